@@ -1,0 +1,1 @@
+//! Instruction datasets: filled by the data-pipeline issue.
