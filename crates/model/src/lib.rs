@@ -1,0 +1,43 @@
+//! Gemma, Gemma 2 and Gemma 3 text models on burn, loaded from Hugging Face checkpoints.
+//!
+//! The model computes what transformers computes: parameters keep their Hugging Face names
+//! (`model.layers.0.self_attn.q_proj.weight`) and layout (`[out, in]`), and every numeric
+//! detail (norms in f32 with `1 + w`, scaled embeddings, tanh GELU, `rotate_half` RoPE,
+//! soft-capping, sliding windows) follows the reference implementation.
+
+mod attention;
+mod cache;
+mod checkpoint;
+pub mod config;
+mod embedding;
+mod error;
+mod generate;
+mod layer;
+mod linear;
+mod load;
+mod mask;
+mod mlp;
+mod model;
+mod norm;
+mod rope;
+mod sampling;
+mod tokenizer;
+mod weights;
+
+pub use attention::Attention;
+pub use cache::KvCache;
+pub use checkpoint::Checkpoint;
+pub use config::{Activation, Family, GemmaConfig, LayerType, Rope};
+pub use embedding::Embedding;
+pub use error::{ModelError, Result};
+pub use generate::GenerationConfig;
+pub use layer::DecoderLayer;
+pub use linear::Linear;
+pub use load::LoadOptions;
+pub use mask::AttentionMask;
+pub use mlp::Mlp;
+pub use model::{ForwardInput, GemmaForCausalLM, GemmaModel};
+pub use norm::RmsNorm;
+pub use rope::RopeTables;
+pub use sampling::{Sampler, SamplingConfig, argmax};
+pub use tokenizer::{GemmaTokenizer, TextStream};

@@ -1,0 +1,600 @@
+//! `config.json` of a Gemma checkpoint, read as transformers 4.x and 5.x write it.
+//!
+//! Every key that changes the computation is either used or refused; keys that only
+//! describe the file (`architectures`, `transformers_version`, …) are accepted; any other
+//! key is reported with a warning, so nothing is dropped silently.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::{ModelError, Result};
+
+/// The three Gemma generations Ember runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Gemma 1 / 1.1 (`model_type: gemma`).
+    Gemma,
+    /// Gemma 2 (`gemma2`): sandwich norms, soft-capping, alternating sliding window.
+    Gemma2,
+    /// Gemma 3 text (`gemma3_text`): q/k norms, 5:1 local/global layers, two RoPE bases.
+    Gemma3,
+}
+
+/// Which attention a decoder layer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerType {
+    Full,
+    Sliding,
+}
+
+/// The gate activation of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_pytorch_tanh`: what every released Gemma uses.
+    GeluTanh,
+    /// Exact (erf) GELU, only when `hidden_activation` asks for `gelu` explicitly.
+    GeluErf,
+}
+
+/// Rotary embedding of one layer type: `inv_freq = 1 / theta^(2i/d) / factor`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    /// Linear position scaling (`rope_type: linear`); 1.0 for `default`.
+    pub factor: f64,
+}
+
+/// The architecture of a Gemma checkpoint, normalised across config generations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmaConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub activation: Activation,
+    pub max_position_embeddings: usize,
+    /// One entry per decoder layer.
+    pub layer_types: Vec<LayerType>,
+    pub sliding_window: Option<usize>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    /// Attention scores are multiplied by `query_pre_attn_scalar^-0.5` (`head_dim^-0.5` for Gemma 1).
+    pub query_pre_attn_scalar: f64,
+    pub rope_full: Rope,
+    pub rope_sliding: Rope,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    /// The dtype the checkpoint was saved in (`torch_dtype`/`dtype`), if stated.
+    pub torch_dtype: Option<String>,
+}
+
+/// Keys every transformers config may carry that do not change the forward pass.
+const DESCRIPTIVE_KEYS: &[&str] = &[
+    "_name_or_path",
+    "architectures",
+    "transformers_version",
+    "initializer_range",
+    "use_cache",
+    "cache_implementation",
+    "id2label",
+    "label2id",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "problem_type",
+    "is_encoder_decoder",
+    "is_decoder",
+    "add_cross_attention",
+    "chunk_size_feed_forward",
+    "torchscript",
+    "tf_legacy_loss",
+    "use_bfloat16",
+    "pruned_heads",
+    "tie_encoder_decoder",
+    "tokenizer_class",
+    "prefix",
+    "finetuning_task",
+    "task_specific_params",
+    "cross_attention_hidden_size",
+    "decoder_start_token_id",
+    "sep_token_id",
+    // Generation defaults that transformers 4.x wrote into config.json; generation
+    // settings come from generation_config.json and the command line.
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+];
+
+/// Keys read by [`GemmaConfig::parse`], per family.
+const COMMON_KEYS: &[&str] = &[
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "hidden_act",
+    "hidden_activation",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "torch_dtype",
+    "dtype",
+    "rope_theta",
+    "rope_parameters",
+    "attention_bias",
+    "attention_dropout",
+    "use_bidirectional_attention",
+    "quantization_config",
+];
+const GEMMA2_KEYS: &[&str] = &[
+    "query_pre_attn_scalar",
+    "sliding_window",
+    "sliding_window_size",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "layer_types",
+];
+const GEMMA3_KEYS: &[&str] = &[
+    "rope_local_base_freq",
+    "rope_scaling",
+    "sliding_window_pattern",
+    "_sliding_window_pattern",
+];
+
+impl GemmaConfig {
+    /// Reads `config.json` (or any file holding one).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses the JSON text of a `config.json`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).map_err(|source| ModelError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let Value::Object(map) = value else {
+            return Err(Fields::new(&Map::new(), path).error("(root)", "expected a JSON object"));
+        };
+        Fields::new(&map, path).gemma_config()
+    }
+
+    /// Number of decoder layers.
+    pub fn num_hidden_layers(&self) -> usize {
+        self.layer_types.len()
+    }
+
+    /// Rotary embedding used by a layer of this type.
+    pub fn rope(&self, layer_type: LayerType) -> Rope {
+        match layer_type {
+            LayerType::Full => self.rope_full,
+            LayerType::Sliding => self.rope_sliding,
+        }
+    }
+
+    /// Gemma 2 and 3 normalise both before and after attention and MLP.
+    pub fn has_sandwich_norms(&self) -> bool {
+        self.family != Family::Gemma
+    }
+
+    /// Gemma 3 normalises queries and keys per head.
+    pub fn has_qk_norm(&self) -> bool {
+        self.family == Family::Gemma3
+    }
+
+    /// Number of parameters, counting the tied embedding once.
+    pub fn parameter_count(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let q = self.num_attention_heads * d;
+        let kv = self.num_key_value_heads * d;
+        let norms = if self.has_sandwich_norms() { 4 } else { 2 } * h
+            + if self.has_qk_norm() { 2 * d } else { 0 };
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + norms;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
+        self.vocab_size * h + self.num_hidden_layers() * layer + h + head
+    }
+}
+
+/// A config object being read, with the file it came from for messages.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    path: &'a Path,
+}
+
+impl<'a> Fields<'a> {
+    fn new(map: &'a Map<String, Value>, path: &'a Path) -> Self {
+        Self { map, path }
+    }
+
+    fn error(&self, key: &str, message: impl Into<String>) -> ModelError {
+        ModelError::Config {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The value of `key`, treating JSON `null` as absent.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| self.error(key, format!("expected a non-negative integer, found {v}")))
+            })
+            .transpose()
+    }
+
+    fn required_usize(&self, key: &str) -> Result<usize> {
+        self.usize(key)?
+            .ok_or_else(|| self.error(key, "missing; it is required to build the model"))
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key)
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| self.error(key, format!("expected a number, found {v}")))
+            })
+            .transpose()
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| self.error(key, format!("expected true or false, found {v}")))
+            })
+            .transpose()
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key)
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.error(key, format!("expected a string, found {v}")))
+            })
+            .transpose()
+    }
+
+    /// A token id or a list of them (`eos_token_id` is either).
+    fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        let bad = |v: &Value| self.error(key, format!("expected a token id or a list of ids, found {v}"));
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| bad(v)))
+                .collect(),
+            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(|| bad(v)),
+        }
+    }
+
+    fn family(&self) -> Result<Family> {
+        let model_type = self
+            .str("model_type")?
+            .ok_or_else(|| self.error("model_type", "missing; expected gemma, gemma2 or gemma3_text"))?;
+        match model_type {
+            "gemma" => Ok(Family::Gemma),
+            "gemma2" => Ok(Family::Gemma2),
+            "gemma3_text" => Ok(Family::Gemma3),
+            "gemma3" => Err(self.error(
+                "model_type",
+                "this is a multimodal Gemma 3 checkpoint; Ember runs the text model (gemma3_text): \
+                 use a text-only checkpoint such as gemma-3-270m or gemma-3-1b",
+            )),
+            other => Err(ModelError::UnknownModelType {
+                path: self.path.to_path_buf(),
+                found: other.to_string(),
+            }),
+        }
+    }
+
+    fn gemma_config(&self) -> Result<GemmaConfig> {
+        let family = self.family()?;
+        self.check_keys(family);
+        self.refuse_unsupported()?;
+
+        let hidden_size = self.required_usize("hidden_size")?;
+        let num_attention_heads = self.required_usize("num_attention_heads")?;
+        let num_key_value_heads = self.usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(self.error(
+                "num_key_value_heads",
+                format!("{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"),
+            ));
+        }
+        // transformers would silently assume 256 (Gemma 7B's value): make the user say it.
+        let head_dim = self.required_usize("head_dim")?;
+        let num_layers = self.required_usize("num_hidden_layers")?;
+        let layer_types = self.layer_types(family, num_layers)?;
+        let sliding_window = match family {
+            Family::Gemma => None,
+            _ => Some(
+                self.usize("sliding_window")?
+                    .or(self.usize("sliding_window_size")?)
+                    .ok_or_else(|| self.error("sliding_window", "missing; sliding-window layers need it"))?,
+            ),
+        };
+        // Absent keys take transformers' class defaults; an explicit `null` disables.
+        let query_pre_attn_scalar = match family {
+            Family::Gemma => head_dim as f64,
+            _ => self.f64("query_pre_attn_scalar")?.unwrap_or(256.0),
+        };
+        let (rope_full, rope_sliding) = self.ropes(family)?;
+        let softcap = |key: &str, gemma2_default: f64| -> Result<Option<f64>> {
+            match (family, self.map.contains_key(key)) {
+                (Family::Gemma, _) => Ok(None),
+                (Family::Gemma2, false) => Ok(Some(gemma2_default)),
+                _ => self.f64(key),
+            }
+        };
+
+        let config = GemmaConfig {
+            family,
+            vocab_size: self.required_usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: self.required_usize("intermediate_size")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: self.f64("rms_norm_eps")?.unwrap_or(1e-6),
+            activation: self.activation(family)?,
+            max_position_embeddings: self.usize("max_position_embeddings")?.unwrap_or(8192),
+            layer_types,
+            sliding_window,
+            attn_logit_softcapping: softcap("attn_logit_softcapping", 50.0)?,
+            final_logit_softcapping: softcap("final_logit_softcapping", 30.0)?,
+            query_pre_attn_scalar,
+            rope_full,
+            rope_sliding,
+            tie_word_embeddings: self.bool("tie_word_embeddings")?.unwrap_or(true),
+            bos_token_id: self.usize("bos_token_id")?.map(|n| n as u32),
+            eos_token_ids: self.token_ids("eos_token_id")?,
+            pad_token_id: self.usize("pad_token_id")?.map(|n| n as u32),
+            torch_dtype: self.str("torch_dtype")?.or(self.str("dtype")?).map(str::to_string),
+        };
+        for (key, value) in [
+            ("hidden_size", config.hidden_size),
+            ("intermediate_size", config.intermediate_size),
+            ("vocab_size", config.vocab_size),
+            ("num_attention_heads", config.num_attention_heads),
+            ("head_dim", config.head_dim),
+            ("num_hidden_layers", num_layers),
+        ] {
+            if value == 0 {
+                return Err(self.error(key, "must be greater than zero"));
+            }
+        }
+        if config.head_dim % 2 != 0 {
+            return Err(self.error("head_dim", "must be even for rotary embeddings"));
+        }
+        Ok(config)
+    }
+
+    /// Warns about keys this family's config does not define.
+    fn check_keys(&self, family: Family) {
+        let family_keys: &[&[&str]] = match family {
+            Family::Gemma => &[COMMON_KEYS],
+            Family::Gemma2 => &[COMMON_KEYS, GEMMA2_KEYS],
+            Family::Gemma3 => &[COMMON_KEYS, GEMMA2_KEYS, GEMMA3_KEYS],
+        };
+        for key in self.map.keys() {
+            let known = DESCRIPTIVE_KEYS.contains(&key.as_str())
+                || family_keys.iter().any(|keys| keys.contains(&key.as_str()));
+            if !known {
+                tracing::warn!(
+                    "{}: key `{key}` is not part of a {family:?} config and is not used",
+                    self.path.display()
+                );
+            }
+        }
+    }
+
+    /// Refuses settings that would change the computation in ways Ember does not implement.
+    fn refuse_unsupported(&self) -> Result<()> {
+        if self.get("quantization_config").is_some() {
+            return Err(self.error(
+                "quantization_config",
+                "quantized checkpoints are not supported; use the bf16/f32 weights",
+            ));
+        }
+        if self.bool("attention_bias")? == Some(true) {
+            return Err(self.error("attention_bias", "attention biases are not part of any Gemma; expected false"));
+        }
+        if let Some(p) = self.f64("attention_dropout")?
+            && p != 0.0
+        {
+            return Err(self.error("attention_dropout", format!("{p} is not supported; set it to 0.0")));
+        }
+        if self.bool("use_bidirectional_attention")? == Some(true) {
+            return Err(self.error(
+                "use_bidirectional_attention",
+                "bidirectional encoders (EmbeddingGemma) are not causal language models",
+            ));
+        }
+        Ok(())
+    }
+
+    fn activation(&self, family: Family) -> Result<Activation> {
+        // `hidden_activation` overrides the legacy `hidden_act`; Gemma 1 checkpoints wrote
+        // `hidden_act: "gelu"` but were trained with the tanh approximation, which is what
+        // transformers has run for them since 4.39.
+        let (key, legacy) = match self.str("hidden_activation")? {
+            Some(_) => ("hidden_activation", false),
+            None => ("hidden_act", family == Family::Gemma),
+        };
+        match self.str(key)? {
+            None | Some("gelu_pytorch_tanh" | "gelu_new" | "gelu_fast") => Ok(Activation::GeluTanh),
+            Some("gelu") if legacy => Ok(Activation::GeluTanh),
+            Some("gelu") => Ok(Activation::GeluErf),
+            Some(other) => Err(self.error(
+                key,
+                format!("activation `{other}` is not supported; expected gelu_pytorch_tanh or gelu"),
+            )),
+        }
+    }
+
+    fn layer_types(&self, family: Family, num_layers: usize) -> Result<Vec<LayerType>> {
+        if let Some(value) = self.get("layer_types").filter(|_| family != Family::Gemma) {
+            let items = value
+                .as_array()
+                .ok_or_else(|| self.error("layer_types", "expected a list"))?;
+            if items.len() != num_layers {
+                return Err(self.error(
+                    "layer_types",
+                    format!("has {} entries but num_hidden_layers is {num_layers}", items.len()),
+                ));
+            }
+            return items
+                .iter()
+                .map(|v| match v.as_str() {
+                    Some("full_attention") => Ok(LayerType::Full),
+                    Some("sliding_attention") => Ok(LayerType::Sliding),
+                    _ => Err(self.error(
+                        "layer_types",
+                        format!("unknown entry {v}; expected full_attention or sliding_attention"),
+                    )),
+                })
+                .collect();
+        }
+        // Before `layer_types` existed: Gemma 2 alternates starting with a sliding layer,
+        // Gemma 3 has every `sliding_window_pattern`-th layer global.
+        let pattern = match family {
+            Family::Gemma => return Ok(vec![LayerType::Full; num_layers]),
+            Family::Gemma2 => 2,
+            Family::Gemma3 => self
+                .usize("sliding_window_pattern")?
+                .or(self.usize("_sliding_window_pattern")?)
+                .unwrap_or(6),
+        };
+        if pattern == 0 {
+            return Err(self.error("sliding_window_pattern", "must be greater than zero"));
+        }
+        Ok((0..num_layers)
+            .map(|i| {
+                if (i + 1) % pattern == 0 {
+                    LayerType::Full
+                } else {
+                    LayerType::Sliding
+                }
+            })
+            .collect())
+    }
+
+    /// RoPE for full and sliding layers, from `rope_parameters` (5.x) or the 4.x keys.
+    fn ropes(&self, family: Family) -> Result<(Rope, Rope)> {
+        if let Some(params) = self.get("rope_parameters") {
+            let params = params
+                .as_object()
+                .ok_or_else(|| self.error("rope_parameters", "expected an object"))?;
+            let nested = |name: &str| params.get(name).and_then(Value::as_object);
+            return match (nested("full_attention"), nested("sliding_attention")) {
+                (Some(full), Some(sliding)) => Ok((
+                    self.rope_entry("rope_parameters.full_attention", full)?,
+                    self.rope_entry("rope_parameters.sliding_attention", sliding)?,
+                )),
+                (None, None) => {
+                    let rope = self.rope_entry("rope_parameters", params)?;
+                    Ok((rope, rope))
+                }
+                _ => Err(self.error(
+                    "rope_parameters",
+                    "expected both full_attention and sliding_attention entries, or neither",
+                )),
+            };
+        }
+        let default_theta = if family == Family::Gemma3 { 1_000_000.0 } else { 10_000.0 };
+        let theta = self.f64("rope_theta")?.unwrap_or(default_theta);
+        let full = match self.get("rope_scaling") {
+            Some(Value::Object(scaling)) => Rope {
+                theta,
+                ..self.rope_entry("rope_scaling", scaling)?
+            },
+            Some(v) => return Err(self.error("rope_scaling", format!("expected an object, found {v}"))),
+            None => Rope { theta, factor: 1.0 },
+        };
+        let sliding = match family {
+            Family::Gemma3 => Rope {
+                theta: self.f64("rope_local_base_freq")?.unwrap_or(10_000.0),
+                factor: 1.0,
+            },
+            _ => full,
+        };
+        Ok((full, sliding))
+    }
+
+    /// One RoPE description: `{rope_type, rope_theta?, factor?}`.
+    fn rope_entry(&self, key: &str, entry: &Map<String, Value>) -> Result<Rope> {
+        let sub = Fields::new(entry, self.path);
+        let prefixed = |e: ModelError| match e {
+            ModelError::Config { path, key: k, message } => ModelError::Config {
+                path,
+                key: format!("{key}.{k}"),
+                message,
+            },
+            other => other,
+        };
+        let rope_type = sub.str("rope_type").or_else(|_| sub.str("type")).map_err(prefixed)?;
+        let theta = sub.f64("rope_theta").map_err(prefixed)?.unwrap_or(10_000.0);
+        match rope_type.unwrap_or("default") {
+            "default" => Ok(Rope { theta, factor: 1.0 }),
+            "linear" => {
+                let factor = sub
+                    .f64("factor")
+                    .map_err(prefixed)?
+                    .ok_or_else(|| self.error(&format!("{key}.factor"), "linear RoPE scaling needs a factor"))?;
+                Ok(Rope { theta, factor })
+            }
+            other => Err(self.error(
+                &format!("{key}.rope_type"),
+                format!("RoPE type `{other}` is not supported; expected default or linear"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Building a [`GemmaForCausalLM`] from checkpoint tensors. Field paths are the checkpoint
+//! names, so this is a straight walk over the config.
+
+use std::path::Path;
+
+use burn::tensor::{DType, backend::Backend};
+use indicatif::ProgressBar;
+
+use crate::attention::Attention;
+use crate::checkpoint::Checkpoint;
+use crate::config::{GemmaConfig, LayerType};
+use crate::embedding::Embedding;
+use crate::error::Result;
+use crate::layer::DecoderLayer;
+use crate::linear::Linear;
+use crate::mlp::Mlp;
+use crate::model::{GemmaForCausalLM, GemmaModel};
+use crate::norm::RmsNorm;
+use crate::weights::Weights;
+
+/// How to load a checkpoint.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The dtype weights and activations run in (f32, bf16 or f16).
+    pub dtype: DType,
+    /// Advanced by the bytes read; hidden by default.
+    pub progress: ProgressBar,
+}
+
+impl LoadOptions {
+    pub fn new(dtype: DType) -> Self {
+        Self {
+            dtype,
+            progress: ProgressBar::hidden(),
+        }
+    }
+}
+
+impl<B: Backend> GemmaForCausalLM<B> {
+    /// Loads `config.json` and the safetensors weights of the checkpoint in `dir`.
+    pub fn load(dir: &Path, options: &LoadOptions, device: &B::Device) -> Result<Self> {
+        let config = GemmaConfig::from_file(dir.join("config.json"))?;
+        let mut checkpoint = Checkpoint::open(dir)?;
+        options.progress.set_length(checkpoint.total_bytes());
+        let model = {
+            let mut w = Weights::<B> {
+                checkpoint: &mut checkpoint,
+                device: device.clone(),
+                dtype: options.dtype,
+                progress: options.progress.clone(),
+            };
+            Self::from_weights(config, &mut w)?
+        };
+        checkpoint.finish()?;
+        options.progress.finish_and_clear();
+        Ok(model)
+    }
+
+    fn from_weights(config: GemmaConfig, w: &mut Weights<B>) -> Result<Self> {
+        let h = config.hidden_size;
+        let embed_tokens = Embedding {
+            weight: w.param("model.embed_tokens.weight", [config.vocab_size, h])?,
+        };
+        let layers = config
+            .layer_types
+            .iter()
+            .enumerate()
+            .map(|(i, &layer_type)| decoder_layer(&config, layer_type, &format!("model.layers.{i}"), w))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = rms_norm(&config, "model.norm", h, w)?;
+        let lm_head = if config.tie_word_embeddings {
+            // Some exports store the tied head anyway; transformers ignores it, so do we.
+            w.checkpoint.skip("lm_head.weight");
+            None
+        } else {
+            Some(linear("lm_head", [config.vocab_size, h], w)?)
+        };
+        Ok(Self {
+            model: GemmaModel {
+                embed_tokens,
+                layers,
+                norm,
+            },
+            lm_head,
+            config,
+        })
+    }
+}
+
+fn decoder_layer<B: Backend>(
+    cfg: &GemmaConfig,
+    layer_type: LayerType,
+    prefix: &str,
+    w: &mut Weights<B>,
+) -> Result<DecoderLayer<B>> {
+    let h = cfg.hidden_size;
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+    let attn = format!("{prefix}.self_attn");
+    let qk_norm = |name: &str, w: &mut Weights<B>| -> Result<Option<RmsNorm<B>>> {
+        match cfg.has_qk_norm() {
+            true => rms_norm(cfg, &format!("{attn}.{name}"), cfg.head_dim, w).map(Some),
+            false => Ok(None),
+        }
+    };
+    let self_attn = Attention {
+        q_proj: linear(&format!("{attn}.q_proj"), [q, h], w)?,
+        k_proj: linear(&format!("{attn}.k_proj"), [kv, h], w)?,
+        v_proj: linear(&format!("{attn}.v_proj"), [kv, h], w)?,
+        o_proj: linear(&format!("{attn}.o_proj"), [h, q], w)?,
+        q_norm: qk_norm("q_norm", w)?,
+        k_norm: qk_norm("k_norm", w)?,
+        num_heads: cfg.num_attention_heads,
+        num_kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        scaling: cfg.query_pre_attn_scalar.powf(-0.5),
+        softcap: cfg.attn_logit_softcapping,
+    };
+    let i = cfg.intermediate_size;
+    let mlp = Mlp {
+        gate_proj: linear(&format!("{prefix}.mlp.gate_proj"), [i, h], w)?,
+        up_proj: linear(&format!("{prefix}.mlp.up_proj"), [i, h], w)?,
+        down_proj: linear(&format!("{prefix}.mlp.down_proj"), [h, i], w)?,
+        activation: cfg.activation,
+    };
+    let sandwich = |name: &str, w: &mut Weights<B>| -> Result<Option<RmsNorm<B>>> {
+        match cfg.has_sandwich_norms() {
+            true => rms_norm(cfg, &format!("{prefix}.{name}"), h, w).map(Some),
+            false => Ok(None),
+        }
+    };
+    Ok(DecoderLayer {
+        self_attn,
+        mlp,
+        input_layernorm: rms_norm(cfg, &format!("{prefix}.input_layernorm"), h, w)?,
+        post_attention_layernorm: rms_norm(cfg, &format!("{prefix}.post_attention_layernorm"), h, w)?,
+        pre_feedforward_layernorm: sandwich("pre_feedforward_layernorm", w)?,
+        post_feedforward_layernorm: sandwich("post_feedforward_layernorm", w)?,
+        layer_type,
+    })
+}
+
+fn linear<B: Backend>(prefix: &str, shape: [usize; 2], w: &mut Weights<B>) -> Result<Linear<B>> {
+    Ok(Linear {
+        weight: w.param(&format!("{prefix}.weight"), shape)?,
+    })
+}
+
+fn rms_norm<B: Backend>(cfg: &GemmaConfig, prefix: &str, size: usize, w: &mut Weights<B>) -> Result<RmsNorm<B>> {
+    Ok(RmsNorm {
+        weight: w.param(&format!("{prefix}.weight"), [size])?,
+        eps: cfg.rms_norm_eps,
+    })
+}
