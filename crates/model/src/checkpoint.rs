@@ -127,7 +127,11 @@ impl Checkpoint {
         let bytes = &shard.mmap[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
         let data = TensorData::from_bytes_vec(bytes.to_vec(), shape.to_vec(), disk_dtype);
         self.used.insert(key.to_string());
-        Ok(if disk_dtype == dtype { data } else { data.convert_dtype(dtype) })
+        Ok(if disk_dtype == dtype {
+            data
+        } else {
+            data.convert_dtype(dtype)
+        })
     }
 
     /// Marks `key` as deliberately unused (e.g. an `lm_head.weight` tied to the embedding).

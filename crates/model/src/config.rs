@@ -224,8 +224,7 @@ impl GemmaConfig {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_attention_heads * d;
         let kv = self.num_key_value_heads * d;
-        let norms = if self.has_sandwich_norms() { 4 } else { 2 } * h
-            + if self.has_qk_norm() { 2 * d } else { 0 };
+        let norms = if self.has_sandwich_norms() { 4 } else { 2 } * h + if self.has_qk_norm() { 2 * d } else { 0 };
         let layer = h * q + 2 * h * kv + q * h + 3 * h * i + norms;
         let head = if self.tie_word_embeddings {
             0
@@ -425,8 +424,8 @@ impl<'a> Fields<'a> {
             Family::Gemma3 => &[COMMON_KEYS, GEMMA2_KEYS, GEMMA3_KEYS],
         };
         for key in self.map.keys() {
-            let known = DESCRIPTIVE_KEYS.contains(&key.as_str())
-                || family_keys.iter().any(|keys| keys.contains(&key.as_str()));
+            let known =
+                DESCRIPTIVE_KEYS.contains(&key.as_str()) || family_keys.iter().any(|keys| keys.contains(&key.as_str()));
             if !known {
                 tracing::warn!(
                     "{}: key `{key}` is not part of a {family:?} config and is not used",
@@ -445,7 +444,10 @@ impl<'a> Fields<'a> {
             ));
         }
         if self.bool("attention_bias")? == Some(true) {
-            return Err(self.error("attention_bias", "attention biases are not part of any Gemma; expected false"));
+            return Err(self.error(
+                "attention_bias",
+                "attention biases are not part of any Gemma; expected false",
+            ));
         }
         if let Some(p) = self.f64("attention_dropout")?
             && p != 0.0
@@ -549,7 +551,11 @@ impl<'a> Fields<'a> {
                 )),
             };
         }
-        let default_theta = if family == Family::Gemma3 { 1_000_000.0 } else { 10_000.0 };
+        let default_theta = if family == Family::Gemma3 {
+            1_000_000.0
+        } else {
+            10_000.0
+        };
         let theta = self.f64("rope_theta")?.unwrap_or(default_theta);
         let full = match self.get("rope_scaling") {
             Some(Value::Object(scaling)) => Rope {

@@ -6,15 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read `{}`: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("`{}` is not valid JSON: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Json { path: PathBuf, source: serde_json::Error },
     #[error("`{}`: key `{key}`: {message}", path.display())]
     Config {
         path: PathBuf,
@@ -40,17 +34,9 @@ pub enum ModelError {
         expected: Vec<usize>,
     },
     #[error("tensor `{key}` in `{}` has dtype {dtype}; Ember reads F32, BF16 and F16", path.display())]
-    UnsupportedDtype {
-        path: PathBuf,
-        key: String,
-        dtype: String,
-    },
+    UnsupportedDtype { path: PathBuf, key: String, dtype: String },
     #[error("checkpoint `{}` has {count} tensor(s) the model does not use, e.g. `{first}`", dir.display())]
-    UnexpectedTensors {
-        dir: PathBuf,
-        count: usize,
-        first: String,
-    },
+    UnexpectedTensors { dir: PathBuf, count: usize, first: String },
     #[error("tokenizer `{}`: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
     #[error("{0}")]

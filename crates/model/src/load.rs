@@ -94,7 +94,10 @@ fn decoder_layer<B: Backend>(
     w: &mut Weights<B>,
 ) -> Result<DecoderLayer<B>> {
     let h = cfg.hidden_size;
-    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+    );
     let attn = format!("{prefix}.self_attn");
     let qk_norm = |name: &str, w: &mut Weights<B>| -> Result<Option<RmsNorm<B>>> {
         match cfg.has_qk_norm() {

@@ -57,8 +57,14 @@ impl<B: Backend> AttentionMask<B> {
         }
         let mut masked = masked.reshape([1, 1, t, s]).expand([self.batch, 1, t, s]);
         if let Some(segments) = &self.segments {
-            let seg_q = segments.clone().reshape([self.batch, 1, t, 1]).expand([self.batch, 1, t, s]);
-            let seg_k = segments.clone().reshape([self.batch, 1, 1, s]).expand([self.batch, 1, t, s]);
+            let seg_q = segments
+                .clone()
+                .reshape([self.batch, 1, t, 1])
+                .expand([self.batch, 1, t, s]);
+            let seg_k = segments
+                .clone()
+                .reshape([self.batch, 1, 1, s])
+                .expand([self.batch, 1, t, s]);
             let other_sample = seg_q.not_equal(seg_k.clone());
             masked = masked.bool_or(other_sample).bool_or(seg_k.equal_elem(0));
         }

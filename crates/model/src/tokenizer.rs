@@ -44,7 +44,9 @@ impl GemmaTokenizer {
             message,
         };
         if !path.exists() {
-            return Err(error("file not found; a checkpoint directory needs tokenizer.json".into()));
+            return Err(error(
+                "file not found; a checkpoint directory needs tokenizer.json".into(),
+            ));
         }
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| error(e.to_string()))?;
         let bos = inner
@@ -141,10 +143,12 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| ModelError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// `eos_token_id` is a single id or a list.

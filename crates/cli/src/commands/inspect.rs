@@ -1,0 +1,64 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use ember_model::{Checkpoint, GemmaConfig, LayerType};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint directory.
+    pub dir: PathBuf,
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+pub fn run(args: Args) -> Result<()> {
+    let config = GemmaConfig::from_file(args.dir.join("config.json"))?;
+    let checkpoint = Checkpoint::open(&args.dir)?;
+    let params = config.parameter_count();
+    let layers: String = config
+        .layer_types
+        .iter()
+        .map(|t| match t {
+            LayerType::Full => 'G',
+            LayerType::Sliding => 'l',
+        })
+        .collect();
+    let kv_per_token = 2 * config.num_hidden_layers() * config.num_key_value_heads * config.head_dim;
+    println!("checkpoint     {}", args.dir.display());
+    println!("architecture   {:?}", config.family);
+    println!(
+        "layers         {} ({layers}: G = global attention, l = sliding window of {})",
+        config.num_hidden_layers(),
+        config.sliding_window.map_or("-".to_string(), |w| w.to_string())
+    );
+    println!(
+        "attention      {} query heads, {} key/value heads, head_dim {}",
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    );
+    println!(
+        "hidden         {} (MLP {})",
+        config.hidden_size, config.intermediate_size
+    );
+    println!("vocabulary     {}", config.vocab_size);
+    println!(
+        "rope           theta {} (x{} linear) global, theta {} sliding",
+        config.rope_full.theta, config.rope_full.factor, config.rope_sliding.theta
+    );
+    println!(
+        "soft-capping   attention {:?}, final logits {:?}; query scale {}^-0.5",
+        config.attn_logit_softcapping, config.final_logit_softcapping, config.query_pre_attn_scalar
+    );
+    println!("parameters     {params} ({:.2} B)", params as f64 / 1e9);
+    println!(
+        "dtype on disk  {} ({:.2} GiB of tensors)",
+        config.torch_dtype.as_deref().unwrap_or("unstated"),
+        checkpoint.total_bytes() as f64 / GIB
+    );
+    println!(
+        "memory         weights {:.2} GiB in bf16, {:.2} GiB in f32; KV cache {:.1} MiB per 1k tokens in bf16",
+        params as f64 * 2.0 / GIB,
+        params as f64 * 4.0 / GIB,
+        (kv_per_token * 2 * 1024) as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}

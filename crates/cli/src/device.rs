@@ -1,0 +1,195 @@
+//! Choosing the backend at run time: CUDA, WGPU (Vulkan/Metal/DX12) or the CPU.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::cuda::CudaDevice;
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Cuda, NdArray, Wgpu};
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+
+/// `--device`: `auto`, `cuda[:N]`, `wgpu`, `wgpu:cpu` (a software adapter such as lavapipe) or `cpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    Auto,
+    Cuda(usize),
+    Wgpu,
+    WgpuCpu,
+    Cpu,
+}
+
+impl FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda(0)),
+            "wgpu" => Ok(Self::Wgpu),
+            "wgpu:cpu" => Ok(Self::WgpuCpu),
+            "cpu" => Ok(Self::Cpu),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!(
+                    "unknown device `{s}`; expected auto, cuda, cuda:N, wgpu, wgpu:cpu or cpu"
+                )),
+            },
+        }
+    }
+}
+
+/// `--dtype`: the precision of the base model's weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeArg {
+    /// bf16 where the device supports it, else f32.
+    Auto,
+    Fixed(DType),
+}
+
+impl FromStr for DtypeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" => Ok(Self::Fixed(DType::F32)),
+            "bf16" | "bfloat16" => Ok(Self::Fixed(DType::BF16)),
+            "f16" | "float16" => Ok(Self::Fixed(DType::F16)),
+            _ => Err(format!("unknown dtype `{s}`; expected auto, f32, bf16 or f16")),
+        }
+    }
+}
+
+/// Options shared by every command that runs a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// auto (CUDA, else a hardware WGPU adapter, else CPU), cuda[:N], wgpu, wgpu:cpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// auto (bf16 where supported, else f32), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DtypeArg,
+}
+
+/// Work generic over the backend, run once the backend is chosen.
+pub trait Task {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output>;
+}
+
+enum Chosen {
+    Cuda(usize),
+    Wgpu(WgpuDevice),
+    Cpu,
+}
+
+impl fmt::Display for Chosen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Chosen::Cuda(i) => write!(f, "CUDA device {i}"),
+            Chosen::Wgpu(WgpuDevice::Cpu) => write!(f, "WGPU, software adapter"),
+            Chosen::Wgpu(_) => write!(f, "WGPU, hardware adapter"),
+            Chosen::Cpu => write!(f, "CPU (ndarray)"),
+        }
+    }
+}
+
+/// Runs `task` on the device `args` ask for, printing the choice to stderr.
+pub fn run_on<T: Task>(args: &DeviceArgs, task: T) -> Result<T::Output> {
+    let chosen = choose(args.device)?;
+    match &chosen {
+        Chosen::Cuda(i) => start::<Cuda, T>(&chosen, CudaDevice::new(*i), args.dtype, task),
+        Chosen::Wgpu(device) => start::<Wgpu, T>(&chosen, device.clone(), args.dtype, task),
+        Chosen::Cpu => start::<NdArray, T>(&chosen, Default::default(), args.dtype, task),
+    }
+}
+
+fn start<B: Backend, T: Task>(chosen: &Chosen, device: B::Device, dtype: DtypeArg, task: T) -> Result<T::Output> {
+    let dtype = match dtype {
+        DtypeArg::Auto if B::supports_dtype(&device, DType::BF16) => DType::BF16,
+        DtypeArg::Auto => DType::F32,
+        DtypeArg::Fixed(d) if B::supports_dtype(&device, d) => d,
+        DtypeArg::Fixed(d) => bail!("{chosen} does not support {d:?}; use --dtype f32"),
+    };
+    eprintln!("ember: running on {chosen}, {}", dtype_name(dtype));
+    task.run::<B>(device, dtype)
+}
+
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F32 => "f32",
+        _ => "other",
+    }
+}
+
+fn choose(arg: DeviceArg) -> Result<Chosen> {
+    match arg {
+        DeviceArg::Cpu => Ok(Chosen::Cpu),
+        DeviceArg::WgpuCpu => Ok(Chosen::Wgpu(WgpuDevice::Cpu)),
+        DeviceArg::Wgpu => match wgpu_adapter() {
+            Some(true) => Ok(Chosen::Wgpu(WgpuDevice::DefaultDevice)),
+            Some(false) => Ok(Chosen::Wgpu(WgpuDevice::Cpu)),
+            None => {
+                bail!("no WGPU adapter found: install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --device cpu")
+            }
+        },
+        DeviceArg::Cuda(i) => {
+            let count = cuda_device_count().context("CUDA is not available")?;
+            if i >= count {
+                bail!("CUDA device {i} does not exist: this machine has {count}");
+            }
+            Ok(Chosen::Cuda(i))
+        }
+        DeviceArg::Auto => Ok(match (cuda_device_count(), wgpu_adapter()) {
+            (Ok(n), _) if n > 0 => Chosen::Cuda(0),
+            (_, Some(true)) => Chosen::Wgpu(WgpuDevice::DefaultDevice),
+            _ => Chosen::Cpu,
+        }),
+    }
+}
+
+/// Number of CUDA devices, asking the driver library directly so that a machine without
+/// one gets an error instead of a panic inside the backend.
+fn cuda_device_count() -> Result<usize> {
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: libcuda's documented entry points, called with valid arguments; the library
+    // stays loaded for the whole process (cubecl loads it again by name).
+    unsafe {
+        let lib = ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
+            .iter()
+            .find_map(|name| libloading::Library::new(name).ok())
+            .context("the NVIDIA driver library (libcuda) was not found")?;
+        let init: libloading::Symbol<CuInit> = lib.get(b"cuInit\0")?;
+        let count_fn: libloading::Symbol<CuDeviceGetCount> = lib.get(b"cuDeviceGetCount\0")?;
+        let status = init(0);
+        if status != 0 {
+            bail!("cuInit failed with CUDA error {status}");
+        }
+        let mut count = 0;
+        let status = count_fn(&mut count);
+        if status != 0 {
+            bail!("cuDeviceGetCount failed with CUDA error {status}");
+        }
+        std::mem::forget(lib);
+        Ok(count.max(0) as usize)
+    }
+}
+
+/// `Some(true)` if WGPU sees a hardware adapter, `Some(false)` if only software ones.
+fn wgpu_adapter() -> Option<bool> {
+    let instance = wgpu::Instance::default();
+    let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    if adapters.is_empty() {
+        return None;
+    }
+    Some(
+        adapters
+            .iter()
+            .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu),
+    )
+}
