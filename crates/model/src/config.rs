@@ -604,3 +604,89 @@ impl<'a> Fields<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<GemmaConfig> {
+        GemmaConfig::parse(&json.to_string(), Path::new("config.json"))
+    }
+
+    fn gemma(extra: serde_json::Value) -> serde_json::Value {
+        let mut base = serde_json::json!({
+            "model_type": "gemma", "vocab_size": 32, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+        });
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        base
+    }
+
+    #[test]
+    fn legacy_gelu_means_the_tanh_approximation() {
+        let config = parse(gemma(serde_json::json!({"hidden_act": "gelu"}))).unwrap();
+        assert_eq!(config.activation, Activation::GeluTanh);
+    }
+
+    #[test]
+    fn hidden_activation_overrides_hidden_act() {
+        let json = serde_json::json!({"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu"});
+        assert_eq!(parse(gemma(json)).unwrap().activation, Activation::GeluErf);
+    }
+
+    #[test]
+    fn settings_that_change_the_computation_are_refused_by_name() {
+        for (key, value) in [
+            (
+                "quantization_config",
+                serde_json::json!({"quant_method": "bitsandbytes"}),
+            ),
+            ("attention_bias", serde_json::json!(true)),
+            ("attention_dropout", serde_json::json!(0.1)),
+            ("hidden_act", serde_json::json!("relu")),
+            (
+                "rope_parameters",
+                serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            ),
+            ("num_key_value_heads", serde_json::json!(3)),
+        ] {
+            let err = parse(gemma(serde_json::json!({ key: value }))).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named() {
+        let mut json = gemma(serde_json::json!({}));
+        json.as_object_mut().unwrap().remove("head_dim");
+        assert!(parse(json).unwrap_err().to_string().contains("head_dim"));
+    }
+
+    #[test]
+    fn multimodal_gemma3_points_to_the_text_model() {
+        let err = parse(gemma(serde_json::json!({"model_type": "gemma3"}))).unwrap_err();
+        assert!(err.to_string().contains("gemma3_text"), "{err}");
+    }
+
+    #[test]
+    fn gemma2_without_layer_types_alternates_starting_with_sliding() {
+        let json = gemma(serde_json::json!({"model_type": "gemma2", "num_hidden_layers": 4, "sliding_window": 8}));
+        let config = parse(json).unwrap();
+        use LayerType::*;
+        assert_eq!(config.layer_types, vec![Sliding, Full, Sliding, Full]);
+        // Absent soft-capping keys take transformers' Gemma 2 defaults.
+        assert_eq!(config.attn_logit_softcapping, Some(50.0));
+        assert_eq!(config.final_logit_softcapping, Some(30.0));
+    }
+
+    #[test]
+    fn gemma3_pattern_makes_every_sixth_layer_global() {
+        let json =
+            gemma(serde_json::json!({"model_type": "gemma3_text", "num_hidden_layers": 12, "sliding_window": 8}));
+        let config = parse(json).unwrap();
+        let global: Vec<usize> = (0..12).filter(|&i| config.layer_types[i] == LayerType::Full).collect();
+        assert_eq!(global, vec![5, 11]);
+        assert_eq!(config.rope_full.theta, 1_000_000.0);
+        assert_eq!(config.rope_sliding.theta, 10_000.0);
+    }
+}

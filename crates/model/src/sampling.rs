@@ -89,3 +89,59 @@ pub fn argmax(values: &[f32]) -> u32 {
     }
     best as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOGITS: [f32; 5] = [0.1, 2.0, 1.5, -1.0, 1.9];
+
+    #[test]
+    fn zero_temperature_is_greedy() {
+        assert_eq!(Sampler::new(SamplingConfig::default()).sample(&LOGITS), 1);
+    }
+
+    #[test]
+    fn top_k_of_one_is_greedy_at_any_temperature() {
+        let config = SamplingConfig {
+            temperature: 5.0,
+            top_k: Some(1),
+            ..Default::default()
+        };
+        let mut sampler = Sampler::new(config);
+        assert!((0..50).all(|_| sampler.sample(&LOGITS) == 1));
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let config = SamplingConfig {
+            temperature: 1.0,
+            top_p: Some(0.5),
+            ..Default::default()
+        };
+        let mut sampler = Sampler::new(config);
+        // Token 1 alone holds < 0.5 of the mass; tokens 1 and 4 reach it.
+        assert!((0..200).all(|_| matches!(sampler.sample(&LOGITS), 1 | 4)));
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_tokens() {
+        let config = SamplingConfig {
+            temperature: 1.0,
+            seed: 42,
+            ..Default::default()
+        };
+        let draw = |c: &SamplingConfig| {
+            let mut s = Sampler::new(c.clone());
+            (0..20).map(|_| s.sample(&LOGITS)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(&config), draw(&config));
+        assert_ne!(
+            draw(&config),
+            draw(&SamplingConfig {
+                seed: 43,
+                ..config.clone()
+            })
+        );
+    }
+}

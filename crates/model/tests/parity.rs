@@ -30,6 +30,22 @@ fn logits_match_transformers_with_a_4x_config() {
 }
 
 #[test]
+fn parameter_count_matches_the_loaded_model() {
+    use burn::module::Module;
+    for name in MODELS {
+        let dir = fixture(name);
+        let model = load(&dir);
+        assert_eq!(
+            model.num_params(),
+            GemmaConfig::from_file(dir.join("config.json"))
+                .unwrap()
+                .parameter_count(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn transformers_4x_and_5x_configs_describe_the_same_model() {
     for name in MODELS {
         let dir = fixture(name);
