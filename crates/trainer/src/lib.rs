@@ -1,0 +1,1 @@
+//! The SFT loop, optimizers and checkpoints. Filled by the trainer issue.
