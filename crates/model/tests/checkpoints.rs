@@ -1,4 +1,5 @@
-//! A broken checkpoint directory gives a one-line error naming the problem, never a panic.
+//! Checkpoint directories as they come: sharded, bf16 on disk, or broken. A broken one gives a
+//! one-line error naming the problem, never a panic.
 
 mod common;
 
@@ -150,4 +151,51 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     common::assert_logits_match(dir.path(), "gemma2");
+}
+
+#[test]
+fn bf16_checkpoint_is_converted_to_the_run_dtype() {
+    let dir = copy_fixture("gemma2");
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let bf16: Vec<u8> = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+                .collect();
+            (name, view.shape().to_vec(), bf16)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(safetensors::Dtype::BF16, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+
+    let model = common::load(dir.path());
+    let weight = model.model.layers[0]
+        .mlp
+        .up_proj
+        .weight
+        .val()
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let original = st.tensor("model.layers.0.mlp.up_proj.weight").unwrap();
+    let expected: Vec<f32> = original
+        .data()
+        .chunks_exact(4)
+        .map(|c| half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_f32())
+        .collect();
+    assert_eq!(weight, expected, "bf16 weights widen to f32 exactly");
 }
