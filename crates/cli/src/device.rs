@@ -182,8 +182,11 @@ fn cuda_device_count() -> Result<usize> {
 
 /// `Some(true)` if WGPU sees a hardware adapter, `Some(false)` if only software ones.
 fn wgpu_adapter() -> Option<bool> {
-    let instance = wgpu::Instance::default();
-    let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    // Vulkan, Metal and DX12 only: probing the GL backend prints EGL errors on headless machines.
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(descriptor);
+    let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     if adapters.is_empty() {
         return None;
     }
