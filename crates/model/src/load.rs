@@ -145,6 +145,7 @@ fn decoder_layer<B: Backend>(
 fn linear<B: Backend>(prefix: &str, shape: [usize; 2], w: &mut Weights<B>) -> Result<Linear<B>> {
     Ok(Linear {
         weight: w.param(&format!("{prefix}.weight"), shape)?,
+        lora: None,
     })
 }
 

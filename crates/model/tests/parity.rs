@@ -106,3 +106,16 @@ fn greedy_generation_matches_transformers() {
         assert_eq!(streamed, tokens, "{name}: every token is streamed once, in order");
     }
 }
+
+#[test]
+fn parameter_paths_are_the_checkpoint_names() {
+    let dir = fixture("gemma2");
+    let model = load(&dir);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let checkpoint = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut expected: Vec<String> = checkpoint.names().into_iter().map(String::from).collect();
+    let mut names: Vec<String> = ember_model::named_params(&model).into_iter().map(|p| p.name).collect();
+    expected.sort();
+    names.sort();
+    assert_eq!(names, expected);
+}

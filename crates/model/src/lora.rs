@@ -1,0 +1,45 @@
+use burn::module::{Module, Param};
+use burn::tensor::{DType, Distribution, Tensor, backend::Backend};
+
+/// A LoRA adapter on one projection: `delta(x) = scale · B(A(dropout(x)))`.
+///
+/// Computed as two thin matmuls, never as a dense `W + BA`. Its parameters are f32 whatever
+/// the base runs in; the input is cast up and the sum cast back, as PEFT does.
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    /// PEFT's `lora_A.weight`, `[r, in_features]`.
+    pub a: Param<Tensor<B, 2>>,
+    /// PEFT's `lora_B.weight`, `[out_features, r]`.
+    pub b: Param<Tensor<B, 2>>,
+    /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    #[module(skip)]
+    pub scale: f64,
+    /// Dropout probability on the adapter's input; active only under autodiff.
+    #[module(skip)]
+    pub dropout: f64,
+}
+
+impl<B: Backend> Lora<B> {
+    /// `base + delta(x)`, where `base` is the frozen projection of `x`.
+    pub fn add_to<const D: usize>(&self, base: Tensor<B, D>, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = base.dtype();
+        let mut x = x.cast(DType::F32);
+        if self.dropout > 0.0 && B::ad_enabled(&x.device()) {
+            let keep = Tensor::<B, D>::random(x.shape(), Distribution::Bernoulli(1.0 - self.dropout), &x.device());
+            x = x * keep / (1.0 - self.dropout);
+        }
+        let a = self.a.val().transpose().unsqueeze::<D>();
+        let b = self.b.val().transpose().unsqueeze::<D>();
+        let delta = x.matmul(a).matmul(b) * self.scale;
+        (base.cast(DType::F32) + delta).cast(dtype)
+    }
+
+    /// `scale · B A`, `[out, in]`, in f32: what merging adds to the base weight.
+    pub fn delta_weight(&self) -> Tensor<B, 2> {
+        self.b.val().matmul(self.a.val()) * self.scale
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.val().dims()[0]
+    }
+}
