@@ -1,1 +1,22 @@
-//! LoRA adapters in the format Hugging Face PEFT reads and writes. Filled by the LoRA issue.
+//! LoRA adapters for Ember's Gemma models, interchangeable with Hugging Face PEFT.
+//!
+//! The adapter math lives on each projection of the model ([`ember_model::Lora`]): two thin
+//! f32 matmuls beside the frozen base. This crate decides which projections get one and with
+//! what rank and scale (PEFT's rules), initialises them as PEFT does, reads and writes PEFT's
+//! adapter format, and merges adapters into a plain checkpoint.
+
+mod apply;
+mod atomic;
+mod config;
+mod error;
+mod merge;
+mod peft;
+mod targets;
+
+pub use apply::{add_lora, projections_mut};
+pub use atomic::write_dir_atomically;
+pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
+pub use error::{LoraError, Result};
+pub use merge::{MAX_SHARD_BYTES, export_checkpoint, merge_lora};
+pub use peft::{CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter};
+pub use targets::{Resolver, Target};

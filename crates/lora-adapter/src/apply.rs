@@ -1,0 +1,102 @@
+//! Putting adapters on a loaded model.
+
+use burn::module::Param;
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use ember_model::{DecoderLayer, GemmaForCausalLM, Linear, Lora};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Init, LoraConfig};
+use crate::error::Result;
+use crate::targets::Resolver;
+
+/// The seven projections of layer `index` with their module paths (`model.layers.3.mlp.up_proj`).
+pub fn projections_mut<B: Backend>(index: usize, layer: &mut DecoderLayer<B>) -> [(String, &mut Linear<B>); 7] {
+    let attn = |name: &str| format!("model.layers.{index}.self_attn.{name}");
+    let mlp = |name: &str| format!("model.layers.{index}.mlp.{name}");
+    let a = &mut layer.self_attn;
+    let m = &mut layer.mlp;
+    [
+        (attn("q_proj"), &mut a.q_proj),
+        (attn("k_proj"), &mut a.k_proj),
+        (attn("v_proj"), &mut a.v_proj),
+        (attn("o_proj"), &mut a.o_proj),
+        (mlp("gate_proj"), &mut m.gate_proj),
+        (mlp("up_proj"), &mut m.up_proj),
+        (mlp("down_proj"), &mut m.down_proj),
+    ]
+}
+
+/// Adds a freshly initialised adapter to every targeted projection. Initialisation draws
+/// from `seed` on the host, so it is the same on every backend.
+///
+/// The adapters' parameters are f32 and require gradients; the base stays frozen.
+pub fn add_lora<B: Backend>(
+    mut model: GemmaForCausalLM<B>,
+    config: &LoraConfig,
+    seed: u64,
+) -> Result<GemmaForCausalLM<B>> {
+    let resolver = Resolver::new(config)?;
+    let paths: Vec<String> = (0..model.model.layers.len())
+        .flat_map(|i| projections_mut(i, &mut model.model.layers[i]).map(|(p, _)| p))
+        .collect();
+    resolver.check_names_match(&paths)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (i, layer) in model.model.layers.iter_mut().enumerate() {
+        for (path, linear) in projections_mut(i, layer) {
+            let Some(target) = resolver.target(&path, i) else {
+                continue;
+            };
+            let [out_features, in_features] = linear.shape();
+            let device = linear.weight.val().device();
+            let (a, b) = initial_values(
+                config.init_lora_weights,
+                target.rank,
+                in_features,
+                out_features,
+                &mut rng,
+            );
+            let param = |values: Vec<f32>, shape: [usize; 2]| {
+                Param::from_tensor(Tensor::<B, 2>::from_data(
+                    TensorData::new(values, shape),
+                    (&device, DType::F32),
+                ))
+            };
+            linear.lora = Some(Lora {
+                a: param(a, [target.rank, in_features]),
+                b: param(b, [out_features, target.rank]),
+                scale: target.scale,
+                dropout: config.lora_dropout,
+            });
+        }
+    }
+    Ok(model)
+}
+
+/// A `[rank, in]` and B `[out, rank]` as PEFT initialises them.
+fn initial_values(init: Init, rank: usize, inputs: usize, outputs: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<f32>) {
+    // kaiming_uniform_(a = √5) on a `[rows, fan_in]` weight is U(-1/√fan_in, 1/√fan_in).
+    let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+    };
+    match init {
+        Init::Default => (uniform(rank * inputs, inputs), vec![0.0; outputs * rank]),
+        Init::Random => {
+            let a = uniform(rank * inputs, inputs);
+            (a, uniform(outputs * rank, rank))
+        }
+        Init::Gaussian => {
+            let std = 1.0 / rank as f32;
+            let a = (0..rank * inputs).map(|_| std * standard_normal(rng)).collect();
+            (a, vec![0.0; outputs * rank])
+        }
+    }
+}
+
+/// Box–Muller: one draw from N(0, 1).
+fn standard_normal(rng: &mut StdRng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}

@@ -1,0 +1,166 @@
+//! Adapter invariants: what trains, what a fresh adapter does, and that saving, loading,
+//! merging and exporting preserve the function the model computes.
+
+mod common;
+
+use burn::optim::GradientsParams;
+use burn::tensor::DType;
+use common::{AD, B, Batch, load, max_abs_diff, model_dir, to_vec};
+use ember_lora::{
+    Init, LoraConfig, LoraError, Targets, add_lora, export_checkpoint, load_adapter, merge_lora, save_adapter,
+};
+use ember_model::{causal_lm_loss_sum, named_params};
+
+fn random_config() -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        init_lora_weights: Init::Random,
+        ..LoraConfig::default()
+    }
+}
+
+fn logits_of(model: &ember_model::GemmaForCausalLM<B>, base: &str) -> Vec<f32> {
+    to_vec(model.forward(Batch::of(base).input(), None))
+}
+
+#[test]
+fn lora_backward_grads_adapter_only() {
+    let model = add_lora(load::<AD>(&model_dir("gemma3")), &LoraConfig::default(), 1).unwrap();
+    let batch = Batch::of("gemma3");
+    let (sum, count) = causal_lm_loss_sum(model.forward(batch.input(), None), batch.labels());
+    let grads = GradientsParams::from_grads((sum / count as f32).backward(), &model);
+    let mut adapters = 0;
+    for param in named_params(&model) {
+        let has_grad = match param.shape.len() {
+            1 => grads.get::<B, 1>(param.id).is_some(),
+            _ => grads.get::<B, 2>(param.id).is_some(),
+        };
+        let is_adapter = param.name.contains(".lora.");
+        assert_eq!(has_grad, is_adapter, "{}: gradient {has_grad}", param.name);
+        adapters += is_adapter as usize;
+    }
+    assert_eq!(adapters, 7 * 7 * 2, "A and B on all 7 projections of all 7 layers");
+}
+
+#[test]
+fn fresh_adapter_with_zero_b_leaves_logits_unchanged() {
+    let base = load::<B>(&model_dir("gemma2"));
+    let before = logits_of(&base, "gemma2");
+    let model = add_lora(base, &LoraConfig::default(), 3).unwrap();
+    assert_eq!(logits_of(&model, "gemma2"), before);
+}
+
+#[test]
+fn saved_adapter_loads_back_to_the_same_model() {
+    let model = add_lora(load::<B>(&model_dir("gemma3")), &random_config(), 5).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    save_adapter(&model, &random_config(), &adapter).unwrap();
+    let (loaded, config) = load_adapter(load::<B>(&model_dir("gemma3")), &adapter).unwrap();
+    assert_eq!(config, random_config());
+    assert_eq!(logits_of(&loaded, "gemma3"), logits_of(&model, "gemma3"));
+
+    let bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(metadata.metadata().as_ref().unwrap()["format"], "pt");
+    let info = metadata
+        .info("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+        .unwrap();
+    assert_eq!((info.dtype, info.shape.clone()), (safetensors::Dtype::F32, vec![4, 64]));
+    let info = metadata
+        .info("base_model.model.model.layers.6.mlp.down_proj.lora_B.weight")
+        .unwrap();
+    assert_eq!(info.shape, vec![64, 4]);
+}
+
+#[test]
+fn adapter_for_another_model_size_is_refused() {
+    let model = add_lora(load::<B>(&model_dir("gemma3")), &random_config(), 5).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&model, &random_config(), dir.path()).unwrap();
+    // gemma-mqa has one kv head of 24 dims: k_proj is [24, 64], not [32, 64].
+    let err = load_adapter(load::<B>(&model_dir("gemma-mqa")), dir.path()).unwrap_err();
+    assert!(matches!(err, LoraError::ShapeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("another model size"), "{err}");
+}
+
+#[test]
+fn adapter_with_layers_the_model_lacks_is_refused() {
+    let model = add_lora(load::<B>(&model_dir("gemma3")), &random_config(), 5).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&model, &random_config(), dir.path()).unwrap();
+    // gemma2 has 4 layers, the adapter 7.
+    let err = load_adapter(load::<B>(&model_dir("gemma2")), dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoraError::UnexpectedTensors { .. } | LoraError::ShapeMismatch { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_adapter_settings_are_refused_by_name() {
+    let model = add_lora(load::<B>(&model_dir("gemma3")), &random_config(), 5).unwrap();
+    for (key, value) in [
+        ("use_dora", serde_json::json!(true)),
+        ("modules_to_save", serde_json::json!(["lm_head"])),
+        ("bias", serde_json::json!("all")),
+        ("init_lora_weights", serde_json::json!("pissa")),
+        ("peft_type", serde_json::json!("IA3")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        save_adapter(&model, &random_config(), dir.path()).unwrap();
+        let path = dir.path().join("adapter_config.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json[key] = value;
+        std::fs::write(&path, json.to_string()).unwrap();
+        let err = load_adapter(load::<B>(&model_dir("gemma3")), dir.path()).unwrap_err();
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn a_target_that_matches_no_projection_is_refused() {
+    let config = LoraConfig {
+        target_modules: Targets::Names(vec!["q_proj".into(), "lm_head".into()]),
+        ..LoraConfig::default()
+    };
+    let err = add_lora(load::<B>(&model_dir("gemma3")), &config, 0).unwrap_err();
+    assert!(err.to_string().contains("lm_head"), "{err}");
+}
+
+#[test]
+fn merged_model_and_its_export_compute_what_base_plus_adapter_computes() {
+    let model = add_lora(load::<B>(&model_dir("gemma2")), &random_config(), 9).unwrap();
+    let with_adapter = logits_of(&model, "gemma2");
+    let merged = merge_lora(model).unwrap();
+    let merged_logits = logits_of(&merged, "gemma2");
+    assert!(max_abs_diff(&merged_logits, &with_adapter) < 1e-4);
+
+    let out = tempfile::tempdir().unwrap();
+    let export = out.path().join("merged");
+    // A small shard limit forces several shards and an index, as a real export has.
+    export_checkpoint(&merged, &model_dir("gemma2"), &export, DType::F32, 200_000).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let shards: std::collections::BTreeSet<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(shards.len() > 1, "{shards:?}");
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "model.safetensors.index.json",
+    ] {
+        assert!(export.join(file).exists(), "{file}");
+    }
+    let reloaded = load::<B>(&export);
+    assert_eq!(logits_of(&reloaded, "gemma2"), merged_logits);
+}

@@ -1,0 +1,71 @@
+//! Ember against PEFT: adapters PEFT saved load in Ember and give PEFT's logits, loss and
+//! gradients (f32, CPU). Fixtures: `fixtures/make_lora_fixtures.py`.
+
+mod common;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use common::{AD, Batch, load, max_abs_diff, model_dir, read_f32, relative_error, repo, to_vec};
+use ember_lora::load_adapter;
+use ember_model::{causal_lm_loss_sum, named_params};
+
+const CASES: &[&str] = &["plain", "rslora", "patterns"];
+
+fn base_of(case: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("fixtures/lora").join(case).join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    json["base"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn peft_adapters_give_peft_logits_loss_and_gradients() {
+    for case in CASES {
+        let dir = repo().join("fixtures/lora").join(case);
+        let base = base_of(case);
+        let (model, _) = load_adapter(load::<AD>(&model_dir(&base)), &dir).unwrap();
+        let reference = read_f32(&dir.join("reference.safetensors"));
+        let get = |name: &str| {
+            reference
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+
+        let batch = Batch::of(&base);
+        let logits = model.forward(batch.input(), None);
+        let vocab = logits.dims()[2];
+        let ours = batch.real_logits(&to_vec(logits.clone()), vocab);
+        let theirs = batch.real_logits(&get("logits").2, vocab);
+        let worst = max_abs_diff(&ours, &theirs);
+        assert!(worst < 1e-4, "{case}: logits differ by {worst:e}");
+
+        let (sum, count) = causal_lm_loss_sum(logits, batch.labels());
+        let loss = sum / count as f32;
+        let loss_value = to_vec(loss.clone())[0];
+        assert!(
+            (loss_value - get("loss").2[0]).abs() < 1e-5,
+            "{case}: loss {loss_value} vs {}",
+            get("loss").2[0]
+        );
+
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut checked = 0;
+        for param in named_params(&model) {
+            let Some((path, matrix)) = param.name.rsplit_once(".lora.") else {
+                continue;
+            };
+            let key = ember_lora::peft_key(path, if matrix == "a" { 'A' } else { 'B' }) + ".grad";
+            let grad = grads
+                .get::<burn::backend::NdArray<f32>, 2>(param.id)
+                .unwrap_or_else(|| panic!("{case}: no gradient for {key}"));
+            let err = relative_error(&to_vec(grad), &get(&key).2);
+            assert!(err < 1e-4, "{case}: {key} relative error {err:e}");
+            checked += 1;
+        }
+        let expected = reference.iter().filter(|(n, _, _)| n.ends_with(".grad")).count();
+        assert_eq!(checked, expected, "{case}: every PEFT gradient has an Ember twin");
+        assert!(model.num_params() > 0);
+    }
+}
