@@ -18,6 +18,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Describe a checkpoint: architecture, layer types, parameters, memory.
     Inspect(commands::inspect::Args),
+    /// Rewrite an adapter as a clean PEFT directory, or merge it into a full checkpoint.
+    Export(commands::export::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +31,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Export(args) => commands::export::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -14,6 +14,9 @@ pub struct Args {
     /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter directory (PEFT format) to run the model with.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Text to continue; `<bos>` is added once.
     #[arg(long)]
     pub prompt: String,
@@ -42,8 +45,13 @@ impl Task for Args {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
         let tokenizer = GemmaTokenizer::from_dir(&self.model)?;
-        let model = GemmaForCausalLM::<B>::load(&self.model, &load_options(dtype), &device)
+        let mut model = GemmaForCausalLM::<B>::load(&self.model, &load_options(dtype), &device)
             .with_context(|| format!("loading the model from {}", self.model.display()))?;
+        if let Some(adapter) = &self.adapter {
+            model = ember_lora::load_adapter(model, adapter)
+                .with_context(|| format!("loading the adapter from {}", adapter.display()))?
+                .0;
+        }
         let prompt = tokenizer.encode(&self.prompt)?;
         let config = GenerationConfig {
             max_new_tokens: self.max_new_tokens,

@@ -1,2 +1,3 @@
+pub mod export;
 pub mod generate;
 pub mod inspect;
