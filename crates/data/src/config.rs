@@ -191,7 +191,10 @@ impl DataConfig {
             return bad("max_seq_length", "must be at least 2 (BOS and one token)");
         }
         if self.num_proc == Some(0) {
-            return bad("num_proc", "must be at least 1 (or left out for every core)");
+            return bad(
+                "num_proc",
+                "must be at least 1 (or left out for every core)",
+            );
         }
         if self.packing && self.group_by_length {
             return bad(

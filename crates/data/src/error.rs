@@ -80,16 +80,19 @@ pub enum DataError {
     #[error("{location}: malformed JSON: {message}")]
     Json { location: Location, message: String },
 
-    #[error("{location}: invalid UTF-8{}: datasets must be UTF-8 text", column_suffix(column))]
+    #[error(
+        "{location}: invalid UTF-8{}: datasets must be UTF-8 text",
+        column_suffix(column)
+    )]
     InvalidUtf8 {
         location: Location,
         column: Option<String>,
     },
 
     #[error(
-        "{location}: missing column `{column}`; the columns that exist are: {}; \
-         map the right one under [data.columns]",
-        available.join(", ")
+        "{location}: missing column `{column}`; the columns that exist are: {}; {}",
+        list_or_none(available),
+        missing_hint(column)
     )]
     MissingColumn {
         location: Location,
@@ -157,6 +160,22 @@ pub enum DataError {
         saved: u64,
         current: u64,
     },
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn missing_hint(column: &str) -> &'static str {
+    if column.contains('[') {
+        "each turn needs `role` and `content` (ShareGPT: `from` and `value`)"
+    } else {
+        "map the right one under [data.columns]"
+    }
 }
 
 fn column_suffix(column: &Option<String>) -> String {

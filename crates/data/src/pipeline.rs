@@ -71,7 +71,10 @@ pub fn load(config: &DataConfig, tokenizer: &Tokenizer) -> Result<Splits, DataEr
             }
         }
     };
-    for (name, dataset) in [("train", Some(&splits.train)), ("eval", splits.eval.as_ref())] {
+    for (name, dataset) in [
+        ("train", Some(&splits.train)),
+        ("eval", splits.eval.as_ref()),
+    ] {
         let Some(dataset) = dataset else { continue };
         let stats = dataset.stats();
         info!(
@@ -134,7 +137,13 @@ impl Job<'_> {
         chunk: Vec<(crate::error::Location, Record)>,
         collected: &mut Collected,
     ) -> Result<(), DataError> {
-        let outcomes = process_all(self.pool, chunk, self.formatter, self.tokenizer, self.config)?;
+        let outcomes = process_all(
+            self.pool,
+            chunk,
+            self.formatter,
+            self.tokenizer,
+            self.config,
+        )?;
         for outcome in outcomes {
             collected.add(outcome);
         }
@@ -194,7 +203,10 @@ impl Collected {
             });
         }
         let mut is_eval = vec![false; n];
-        for record in permutation(n, derive(seed, EVAL_STREAM)).into_iter().take(n_eval) {
+        for record in permutation(n, derive(seed, EVAL_STREAM))
+            .into_iter()
+            .take(n_eval)
+        {
             is_eval[record] = true;
         }
         let mut sides = [

@@ -199,7 +199,9 @@ fn chat_turns(
             .iter()
             .find(|(name, _)| *name == role_name)
             .map(|(_, role)| *role)
-            .ok_or_else(|| conversation_error(location, unknown_role(&role_field, &role_name, keys)))?;
+            .ok_or_else(|| {
+                conversation_error(location, unknown_role(&role_field, &role_name, keys))
+            })?;
         let content_field = format!("{field}.{}", keys.content);
         let content = match object.remove(keys.content) {
             Some(Value::String(s)) => s,
@@ -227,11 +229,13 @@ fn text_parts(parts: Vec<Value>, field: &str, location: &Location) -> Result<Str
         match object.remove("type") {
             Some(Value::String(t)) if t == "text" => {}
             Some(other) => {
+                let kind = match &other {
+                    Value::String(kind) => kind.clone(),
+                    value => value.to_string(),
+                };
                 return Err(conversation_error(
                     location,
-                    format!(
-                        "`{part_field}` is a {other} part; only text parts can be trained on"
-                    ),
+                    format!("`{part_field}` is a `{kind}` part; only text parts can be trained on"),
                 ));
             }
             None => return Err(missing(location, &part_field, "type", keys_present)),
@@ -255,7 +259,9 @@ fn check_order(turns: &[Turn], column: &str) -> Result<(), String> {
         Some(_) => turns,
     };
     if dialogue.is_empty() {
-        return Err(format!("`{column}` holds a system message and no user turn"));
+        return Err(format!(
+            "`{column}` holds a system message and no user turn"
+        ));
     }
     for (i, turn) in dialogue.iter().enumerate() {
         let expected = if i % 2 == 0 { Role::User } else { Role::Model };

@@ -185,8 +185,8 @@ fn parse(template: &str, layout: &Layout) -> Result<Vec<Part>, DataError> {
         let uses = parts.iter().filter(|p| **p == Part::Field(*field)).count();
         if uses == 0 {
             return Err(template_error(&format!(
-                "never uses {{{0}}}, but a `{0}` column is mapped; use it or drop it from \
-                 [data.columns]",
+                "never uses {{{0}}}, but [data.columns] maps `{0}`; use it in the template or \
+                 drop it from the mapping",
                 field.name()
             )));
         }
@@ -232,7 +232,10 @@ pub(crate) enum Formatter {
     /// Custom or alpaca-seed: literal text, special tokens and fields, then EOS.
     Fields { pieces: Vec<Piece>, eos: u32 },
     /// Gemma's chat format.
-    GemmaChat { start_of_turn: u32, end_of_turn: u32 },
+    GemmaChat {
+        start_of_turn: u32,
+        end_of_turn: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -244,7 +247,11 @@ pub(crate) enum Piece {
 
 impl Formatter {
     /// Binds `spec` (already [checked](TemplateSpec::check) against `layout`) to `tokenizer`.
-    pub fn new(spec: &TemplateSpec, layout: &Layout, tokenizer: &Tokenizer) -> Result<Self, DataError> {
+    pub fn new(
+        spec: &TemplateSpec,
+        layout: &Layout,
+        tokenizer: &Tokenizer,
+    ) -> Result<Self, DataError> {
         spec.check(layout)?;
         let text = match spec {
             TemplateSpec::GemmaChat => {
@@ -306,7 +313,11 @@ impl Formatter {
 
 /// Splits literal template text at special tokens (`<start_of_turn>` ...). `<bos>` and `<eos>`
 /// are placed by the pipeline; anywhere but the template's edges they are an error.
-fn split_specials(literal: &str, tokenizer: &Tokenizer, out: &mut Vec<Piece>) -> Result<(), DataError> {
+fn split_specials(
+    literal: &str,
+    tokenizer: &Tokenizer,
+    out: &mut Vec<Piece>,
+) -> Result<(), DataError> {
     let mut text = String::new();
     let mut rest = literal;
     while let Some(c) = rest.chars().next() {
@@ -376,11 +387,7 @@ fn render_fields(pieces: &[Piece], eos: u32, record: Record) -> Vec<Segment> {
                 };
                 // Non-response fields may be used twice: clone, and take the response.
                 let response = matches!(field, Field::Output | Field::Completion);
-                let text = if response {
-                    slot.take()
-                } else {
-                    slot.clone()
-                };
+                let text = if response { slot.take() } else { slot.clone() };
                 Segment::Text {
                     text: text.unwrap_or_default(),
                     response,

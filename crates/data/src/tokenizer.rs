@@ -49,8 +49,14 @@ impl Tokenizer {
                     needed_for,
                 })
         };
-        let bos = id("<bos>", "every sample starts with it; use a Gemma tokenizer.json")?;
-        let eos = id("<eos>", "every response ends with it; use a Gemma tokenizer.json")?;
+        let bos = id(
+            "<bos>",
+            "every sample starts with it; use a Gemma tokenizer.json",
+        )?;
+        let eos = id(
+            "<eos>",
+            "every response ends with it; use a Gemma tokenizer.json",
+        )?;
         let pad = inner.token_to_id("<pad>").unwrap_or(eos);
         let mut specials: Vec<(String, u32)> = inner
             .get_added_tokens_decoder()

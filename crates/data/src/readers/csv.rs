@@ -32,7 +32,10 @@ impl CsvReader {
             .has_headers(true)
             .from_path(path)
             .map_err(|e| csv_error(path, e))?;
-        let header = reader.byte_headers().map_err(|e| csv_error(path, e))?.clone();
+        let header = reader
+            .byte_headers()
+            .map_err(|e| csv_error(path, e))?
+            .clone();
         if header.is_empty() {
             return Err(DataError::Csv {
                 location: file_location(path),
@@ -56,13 +59,15 @@ impl CsvReader {
         }
         let mut columns = Vec::new();
         for column in layout.columns() {
-            let index = names.iter().position(|n| n == column).ok_or_else(|| {
-                DataError::MissingColumn {
-                    location: Location::new(path, Position::Line(1)),
-                    column: column.to_owned(),
-                    available: names.clone(),
-                }
-            })?;
+            let index =
+                names
+                    .iter()
+                    .position(|n| n == column)
+                    .ok_or_else(|| DataError::MissingColumn {
+                        location: Location::new(path, Position::Line(1)),
+                        column: column.to_owned(),
+                        available: names.clone(),
+                    })?;
             columns.push((column.to_owned(), index));
         }
         Ok(Self {

@@ -116,7 +116,7 @@ impl JsonArrayReader {
         }
         match byte {
             None => Err(self.error(format!(
-                "the file ends before the array's closing `]` (after {} elements): it is cut off",
+                "the file ends before the array's closing `]`, after {} element(s): it is cut off",
                 self.index
             ))),
             Some(b']') if self.state == State::First || self.state == State::Rest => {

@@ -183,14 +183,17 @@ fn parse_object(bytes: &[u8], location: Location) -> Result<RawRecord, DataError
     }
 }
 
-/// serde_json's message without its "at line 1 column 5" (the location says where), plus the
-/// column when it helps.
+/// serde_json's message without its "at line 1 column 5" (the location names the line), plus
+/// the column when there is one.
 fn strip_position(e: &serde_json::Error) -> String {
     let message = e.to_string();
     let message = message
         .rsplit_once(" at line ")
         .map_or(message.as_str(), |(m, _)| m);
-    format!("{message} (column {})", e.column())
+    match e.column() {
+        0 => message.to_owned(),
+        column => format!("{message} (column {column})"),
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {

@@ -34,7 +34,11 @@ impl ParquetReader {
             location: file_location(path),
             message: format!("not a readable parquet file: {e}"),
         })?;
-        let schema = reader.metadata().file_metadata().schema_descr().root_schema();
+        let schema = reader
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .root_schema();
         let available: Vec<String> = schema
             .get_fields()
             .iter()
