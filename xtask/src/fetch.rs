@@ -280,7 +280,12 @@ mod tests {
     fn install_checks_the_sum_before_the_file_takes_its_name() {
         let dir = tempfile::tempdir().unwrap();
         let archive = tarball(dir.path(), b"abc");
-        install(&fake("good/file.txt", ABC), &[archive.clone()], dir.path()).unwrap();
+        install(
+            &fake("good/file.txt", ABC),
+            std::slice::from_ref(&archive),
+            dir.path(),
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("good/file.txt")).unwrap(),
             b"abc"

@@ -62,10 +62,11 @@ fn flush(
     if text.is_empty() {
         return Ok(());
     }
-    let (ids, offsets) = tokenizer.encode_with_offsets(text)?;
-    out.ids.extend_from_slice(&ids);
+    let encoding = tokenizer.encode_text(text)?;
+    out.ids.extend_from_slice(encoding.get_ids());
     out.trained.extend(
-        offsets
+        encoding
+            .get_offsets()
             .iter()
             .map(|&(start, end)| all || spans.iter().any(|s| start < s.end && end > s.start)),
     );

@@ -106,17 +106,12 @@ impl Tokenizer {
 
     /// Token ids of `text` with their byte ranges in `text`; no special tokens are added and
     /// special-token strings in `text` stay text.
-    pub(crate) fn encode_with_offsets(
-        &self,
-        text: &str,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), DataError> {
-        let encoding = self
-            .inner
+    pub(crate) fn encode_text(&self, text: &str) -> Result<tokenizers::Encoding, DataError> {
+        self.inner
             .encode(text, false)
             .map_err(|e| DataError::Tokenize {
                 message: e.to_string(),
-            })?;
-        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+            })
     }
 
     /// Text of `ids`, special tokens written out.

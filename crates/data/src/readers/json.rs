@@ -136,34 +136,43 @@ impl JsonArrayReader {
         }
     }
 
-    /// Reads an object whose `{` was just consumed, through its closing `}`.
+    /// Reads an object whose `{` was just consumed, through its closing `}`, a buffer at a time.
     fn read_object(&mut self) -> Result<RawRecord, DataError> {
         let start_line = self.line;
         self.element.clear();
         self.element.push(b'{');
-        let (mut depth, mut in_string, mut escaped) = (1usize, false, false);
-        while depth > 0 {
-            let Some(byte) = self.next_byte()? else {
+        let mut scan = Scan {
+            depth: 1,
+            in_string: false,
+            escaped: false,
+        };
+        loop {
+            let Self {
+                reader,
+                path,
+                element,
+                line,
+                ..
+            } = self;
+            let buf = reader.fill_buf().map_err(|source| DataError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if buf.is_empty() {
                 return Err(DataError::Json {
                     location: self.location(start_line),
                     message: "the file ends inside this element: it is cut off".to_owned(),
                 });
+            }
+            let (used, done) = match scan.until_closed(buf) {
+                Some(end) => (end + 1, true),
+                None => (buf.len(), false),
             };
-            self.element.push(byte);
-            if in_string {
-                match byte {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => in_string = false,
-                    _ => {}
-                }
-            } else {
-                match byte {
-                    b'"' => in_string = true,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => depth -= 1,
-                    _ => {}
-                }
+            element.extend_from_slice(&buf[..used]);
+            *line += buf[..used].iter().filter(|&&b| b == b'\n').count() as u64;
+            reader.consume(used);
+            if done {
+                break;
             }
         }
         let location = self.location(start_line);
@@ -195,5 +204,41 @@ impl Iterator for JsonArrayReader {
             self.state = State::Done;
         }
         next
+    }
+}
+
+/// Where the scanner is inside an element: nesting depth and string state.
+struct Scan {
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scan {
+    /// Advances over `bytes`; returns the index of the byte that closes the element, if any.
+    fn until_closed(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, &byte) in bytes.iter().enumerate() {
+            if self.in_string {
+                match byte {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+            } else {
+                match byte {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth -= 1;
+                        if self.depth == 0 {
+                            return Some(i);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
     }
 }

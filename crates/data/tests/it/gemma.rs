@@ -172,6 +172,11 @@ fn the_alpaca_and_chat_demos_load_completely() {
     let splits = load_ok(&config(&alpaca), &tokenizer);
     assert_eq!(splits.train.stats().records, 999);
     assert_eq!(splits.train.len(), 999);
+    assert_eq!(splits.train.num_tokens(), 192_205);
+    // Every id of all 999 samples equals the seed's tokenization: Python
+    // `tokenizer.encode_batch([ALPACA_PROMPT.format(...) + "<eos>" ...])` hashed with the
+    // layout of `Dataset::fingerprint` (FNV-1a over u64 length, then u32 id + trained byte).
+    assert_eq!(splits.train.fingerprint(), 0x194a_21b6_41d7_ebbe);
 
     let mut chat_config = config(&chat);
     chat_config.columns = Columns {
