@@ -216,8 +216,16 @@ pub fn run(program: &str, args: &[&str], registry: &str) -> Result<()> {
     };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        // The client's own message, without JavaScript stack frames, last lines first kept.
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| {
+                !l.trim_start_matches("npm error")
+                    .trim_start()
+                    .starts_with("at ")
+            })
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(12)..];
         bail!(
             "`{command}` failed ({}): is {registry} reachable from this machine (network, proxy, \
              registry settings)?\n{}",
