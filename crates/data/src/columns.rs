@@ -86,7 +86,6 @@ impl Columns {
             let keys: Vec<&str> = layouts.concat();
             return Err(clash(&keys));
         }
-        let name = |v: &Option<String>, default: &str| v.clone().unwrap_or_else(|| default.into());
         if let Some(column) = &self.messages {
             return Ok(Layout::Messages {
                 column: column.clone(),
@@ -99,15 +98,12 @@ impl Columns {
         }
         if !prompt.is_empty() {
             return match (&self.prompt, &self.completion) {
-                (Some(p), Some(c)) => Ok(Layout::PromptCompletion {
-                    prompt: p.clone(),
-                    completion: c.clone(),
+                (Some(prompt), Some(completion)) => Ok(Layout::PromptCompletion {
+                    prompt: prompt.clone(),
+                    completion: completion.clone(),
                 }),
-                _ => Err(missing_key(if self.prompt.is_none() {
-                    "prompt"
-                } else {
-                    "completion"
-                })),
+                (None, _) => Err(missing_key("prompt")),
+                (_, None) => Err(missing_key("completion")),
             };
         }
         if instruction.is_empty() {
@@ -117,16 +113,15 @@ impl Columns {
                 output: "output".into(),
             });
         }
-        for (key, value) in [("instruction", &self.instruction), ("output", &self.output)] {
-            if value.is_none() {
-                return Err(missing_key(key));
-            }
+        match (&self.instruction, &self.output) {
+            (Some(instruction), Some(output)) => Ok(Layout::Instruction {
+                instruction: instruction.clone(),
+                input: self.input.clone(),
+                output: output.clone(),
+            }),
+            (None, _) => Err(missing_key("instruction")),
+            (_, None) => Err(missing_key("output")),
         }
-        Ok(Layout::Instruction {
-            instruction: name(&self.instruction, "instruction"),
-            input: self.input.clone(),
-            output: name(&self.output, "output"),
-        })
     }
 }
 

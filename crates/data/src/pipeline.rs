@@ -5,7 +5,7 @@ use tracing::{info, warn};
 use crate::columns::Layout;
 use crate::config::{DataConfig, EvalSplit};
 use crate::dataset::{Dataset, DatasetStats, FileRecords};
-use crate::error::DataError;
+use crate::error::{DataError, Location};
 use crate::readers;
 use crate::record::Record;
 use crate::shuffle::{derive, permutation};
@@ -91,7 +91,7 @@ pub fn load(config: &DataConfig, tokenizer: &Tokenizer) -> Result<Splits, DataEr
                 dropped_too_long = stats.dropped_too_long,
                 dropped_untrained = stats.dropped_untrained,
                 max_seq_length = config.max_seq_length,
-                "samples longer than max_seq_length"
+                "samples truncated or dropped"
             );
         }
     }
@@ -134,7 +134,7 @@ impl Job<'_> {
 
     fn tokenize(
         &self,
-        chunk: Vec<(crate::error::Location, Record)>,
+        chunk: Vec<(Location, Record)>,
         collected: &mut Collected,
     ) -> Result<(), DataError> {
         let outcomes = process_all(

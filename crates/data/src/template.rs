@@ -246,7 +246,7 @@ pub(crate) enum Piece {
 }
 
 impl Formatter {
-    /// Binds `spec` (already [checked](TemplateSpec::check) against `layout`) to `tokenizer`.
+    /// Checks `spec` against `layout` and binds it to `tokenizer`'s special tokens.
     pub fn new(
         spec: &TemplateSpec,
         layout: &Layout,
@@ -285,7 +285,7 @@ impl Formatter {
     /// The segments of `record`, whose layout matches the one this formatter was built for.
     pub fn render(&self, record: Record) -> Vec<Segment> {
         match self {
-            Formatter::Fields { pieces, eos } => render_fields(pieces, *eos, record),
+            Formatter::Fields { pieces, eos } => render_fields(pieces, *eos, &record),
             Formatter::GemmaChat {
                 start_of_turn,
                 end_of_turn,
@@ -351,24 +351,10 @@ fn split_specials(
     Ok(())
 }
 
-fn render_fields(pieces: &[Piece], eos: u32, record: Record) -> Vec<Segment> {
-    let (mut instruction, mut input, mut output, mut prompt, mut completion) =
-        (None, None, None, None, None);
-    match record {
-        Record::Instruction {
-            instruction: i,
-            input: n,
-            output: o,
-        } => (instruction, input, output) = (Some(i), n, Some(o)),
-        Record::PromptCompletion {
-            prompt: p,
-            completion: c,
-        } => (prompt, completion) = (Some(p), Some(c)),
-        Record::Chat(_) => {}
-    }
-    let mut segments = Vec::with_capacity(pieces.len() + 1);
-    for piece in pieces {
-        segments.push(match piece {
+fn render_fields(pieces: &[Piece], eos: u32, record: &Record) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = pieces
+        .iter()
+        .map(|piece| match piece {
             Piece::Text(text) => Segment::Text {
                 text: text.clone(),
                 response: false,
@@ -377,29 +363,29 @@ fn render_fields(pieces: &[Piece], eos: u32, record: Record) -> Vec<Segment> {
                 id: *id,
                 response: false,
             },
-            Piece::Field(field) => {
-                let slot = match field {
-                    Field::Instruction => &mut instruction,
-                    Field::Input => &mut input,
-                    Field::Output => &mut output,
-                    Field::Prompt => &mut prompt,
-                    Field::Completion => &mut completion,
-                };
-                // Non-response fields may be used twice: clone, and take the response.
-                let response = matches!(field, Field::Output | Field::Completion);
-                let text = if response { slot.take() } else { slot.clone() };
-                Segment::Text {
-                    text: text.unwrap_or_default(),
-                    response,
-                }
-            }
-        });
-    }
+            Piece::Field(field) => Segment::Text {
+                text: field_text(record, *field).to_owned(),
+                response: matches!(field, Field::Output | Field::Completion),
+            },
+        })
+        .collect();
     segments.push(Segment::Special {
         id: eos,
         response: true,
     });
     segments
+}
+
+/// The text of `field` in `record`; `parse` admits only the fields of the record's layout.
+fn field_text(record: &Record, field: Field) -> &str {
+    match (record, field) {
+        (Record::Instruction { instruction, .. }, Field::Instruction) => instruction,
+        (Record::Instruction { input, .. }, Field::Input) => input.as_deref().unwrap_or_default(),
+        (Record::Instruction { output, .. }, Field::Output) => output,
+        (Record::PromptCompletion { prompt, .. }, Field::Prompt) => prompt,
+        (Record::PromptCompletion { completion, .. }, Field::Completion) => completion,
+        _ => "",
+    }
 }
 
 fn render_chat(turns: Vec<Turn>, start_of_turn: u32, end_of_turn: u32) -> Vec<Segment> {
