@@ -10,7 +10,7 @@
 //! let splits = load(&config, &tokenizer)?;
 //! println!("{}", DatasetReport::new(&config, &splits, &tokenizer, 2)?);
 //! let options = LoaderOptions::new(&config, 2, tokenizer.pad_id());
-//! let mut loader = Loader::new(&splits.train, options)?;
+//! let mut loader = Loader::new(splits.train, options)?;
 //! let batch = loader.next_batch();
 //! let resume_at = loader.position(); // serde: store it in the checkpoint
 //! # Ok(()) }

@@ -1,6 +1,8 @@
 //! The order of batches: rows (one sample, or a packed group), shuffled per epoch from the
 //! seed, optionally grouped by length, and a position that resumes exactly.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
@@ -60,8 +62,8 @@ pub struct LoaderPosition {
 /// Each epoch visits every row once: a row is one sample, or with packing a group of samples
 /// packed once (best-fit decreasing) when the loader is made. The last batch of an epoch may
 /// be smaller than `batch_size` (Hugging Face's default, `drop_last = False`).
-pub struct Loader<'a> {
-    dataset: &'a Dataset,
+pub struct Loader {
+    dataset: Arc<Dataset>,
     options: LoaderOptions,
     /// Sample indices of every row, flat; `row_starts[r]..row_starts[r + 1]` is row `r`.
     row_samples: Vec<usize>,
@@ -71,9 +73,14 @@ pub struct Loader<'a> {
     position: LoaderPosition,
 }
 
-impl<'a> Loader<'a> {
-    /// A loader at the start of epoch 0.
-    pub fn new(dataset: &'a Dataset, options: LoaderOptions) -> Result<Self, DataError> {
+impl Loader {
+    /// A loader at the start of epoch 0. It shares `dataset` (pass a `Dataset`, or an
+    /// `Arc<Dataset>` to keep using it elsewhere).
+    pub fn new(
+        dataset: impl Into<Arc<Dataset>>,
+        options: LoaderOptions,
+    ) -> Result<Self, DataError> {
+        let dataset = dataset.into();
         if options.batch_size == 0 {
             return Err(DataError::Config {
                 key: "batch_size",
@@ -85,7 +92,7 @@ impl<'a> Loader<'a> {
                 path: "(the dataset given to the loader)".to_owned(),
             });
         }
-        let (row_samples, row_starts) = rows(dataset, &options);
+        let (row_samples, row_starts) = rows(&dataset, &options);
         let mut loader = Self {
             dataset,
             options,
@@ -106,7 +113,7 @@ impl<'a> Loader<'a> {
 
     /// A loader at `position`, which must come from a loader over the same data and options.
     pub fn resume(
-        dataset: &'a Dataset,
+        dataset: impl Into<Arc<Dataset>>,
         options: LoaderOptions,
         position: LoaderPosition,
     ) -> Result<Self, DataError> {
@@ -139,6 +146,11 @@ impl<'a> Loader<'a> {
         Ok(loader)
     }
 
+    /// The dataset the batches come from.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
     /// Where the next batch comes from.
     pub fn position(&self) -> LoaderPosition {
         self.position
@@ -168,7 +180,7 @@ impl<'a> Loader<'a> {
             .map(|&r| &self.row_samples[self.row_starts[r]..self.row_starts[r + 1]])
             .collect();
         self.position.batch += 1;
-        Batch::collate(self.dataset, &rows, self.options.pad_id)
+        Batch::collate(&self.dataset, &rows, self.options.pad_id)
     }
 
     fn row_len(&self, row: usize) -> usize {
@@ -230,7 +242,7 @@ impl<'a> Loader<'a> {
     }
 }
 
-impl Iterator for Loader<'_> {
+impl Iterator for Loader {
     type Item = Batch;
 
     /// Never `None`: the loader runs epoch after epoch; the trainer decides when to stop.

@@ -15,7 +15,7 @@ use crate::tokenizer::Tokenizer;
 pub const ALPACA_SEED: &str = "Based on given instruction and input, generate an appropriate \
 response\n### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n{output}";
 
-/// The `template` key of the [data] config.
+/// The `template` key of the `[data]` config.
 ///
 /// * `"alpaca-seed"`: [`ALPACA_SEED`], then EOS. Needs instruction, input and output columns.
 /// * `"gemma-chat"`: Gemma's chat format, exactly as its Hugging Face chat template writes it:

@@ -1,5 +1,7 @@
 //! Batches as the model sees them: padding, labels, packing masks, order and resume.
 
+use std::sync::Arc;
+
 use ember_data::{
     Batch, DataConfig, Dataset, EvalSplit, IGNORE_INDEX, Loader, LoaderOptions, LoaderPosition,
     eval_batches,
@@ -9,12 +11,14 @@ use crate::common::{bytes_tokenizer, config, load_ok, write};
 
 /// Sample `i` has length `lengths[i]`; its ids are `1000 * (i + 1) + position` (unique, so a
 /// token in a batch tells which sample and position it came from); the second half is trained.
-fn dataset(lengths: &[usize]) -> Dataset {
-    Dataset::from_samples(lengths.iter().enumerate().map(|(i, &len)| {
-        let ids = (0..len).map(|p| 1000 * (i as u32 + 1) + p as u32).collect();
-        let trained = (0..len).map(|p| p >= len / 2).collect();
-        (ids, trained)
-    }))
+fn dataset(lengths: &[usize]) -> Arc<Dataset> {
+    Arc::new(Dataset::from_samples(lengths.iter().enumerate().map(
+        |(i, &len)| {
+            let ids = (0..len).map(|p| 1000 * (i as u32 + 1) + p as u32).collect();
+            let trained = (0..len).map(|p| p >= len / 2).collect();
+            (ids, trained)
+        },
+    )))
 }
 
 fn options(batch_size: usize) -> LoaderOptions {
@@ -41,7 +45,7 @@ fn packing_never_attends_across_samples() {
     let data = dataset(&LENGTHS);
     let mut opts = options(2);
     opts.packing = true;
-    let mut loader = Loader::new(&data, opts).unwrap();
+    let mut loader = Loader::new(data.clone(), opts).unwrap();
     let mut seen = Vec::new();
     let mut packed_rows = 0;
     for _ in 0..loader.batches_per_epoch() {
@@ -91,7 +95,7 @@ fn labels_are_unshifted_ids_at_trained_positions_and_never_a_sample_start() {
     for packing in [false, true] {
         let mut opts = options(3);
         opts.packing = packing;
-        let mut loader = Loader::new(&data, opts).unwrap();
+        let mut loader = Loader::new(data.clone(), opts).unwrap();
         for _ in 0..loader.batches_per_epoch() {
             let batch = loader.next_batch();
             let mut trained = 0;
@@ -121,7 +125,7 @@ fn unpacked_rows_are_right_padded_to_the_longest_in_the_batch() {
     let data = dataset(&[3, 5, 2]);
     let mut opts = options(3);
     opts.shuffle = false;
-    let batch = Loader::new(&data, opts).unwrap().next_batch();
+    let batch = Loader::new(data.clone(), opts).unwrap().next_batch();
     assert_eq!((batch.batch_size, batch.seq_len), (3, 5));
     assert_eq!(
         batch.segment_ids,
@@ -139,8 +143,8 @@ fn unpacked_rows_are_right_padded_to_the_longest_in_the_batch() {
     assert!(batch.may_attend(1, 4, 0) && !batch.may_attend(1, 0, 4) && !batch.may_attend(0, 3, 0));
 }
 
-fn run(data: &Dataset, opts: LoaderOptions, batches: usize) -> Vec<Batch> {
-    let mut loader = Loader::new(data, opts).unwrap();
+fn run(data: &Arc<Dataset>, opts: LoaderOptions, batches: usize) -> Vec<Batch> {
+    let mut loader = Loader::new(data.clone(), opts).unwrap();
     (0..batches).map(|_| loader.next_batch()).collect()
 }
 
@@ -165,13 +169,13 @@ fn resume_matches_the_uninterrupted_run() {
     for opts in variants {
         let uninterrupted = run(&data, opts, 20);
         for stop in [0, 1, 5, 6, 13] {
-            let mut loader = Loader::new(&data, opts).unwrap();
+            let mut loader = Loader::new(data.clone(), opts).unwrap();
             for batch in &uninterrupted[..stop] {
                 assert_eq!(&loader.next_batch(), batch);
             }
             let saved = serde_json::to_string(&loader.position()).unwrap();
             let position: LoaderPosition = serde_json::from_str(&saved).unwrap();
-            let mut resumed = Loader::resume(&data, opts, position).unwrap();
+            let mut resumed = Loader::resume(data.clone(), opts, position).unwrap();
             for (i, batch) in uninterrupted[stop..].iter().enumerate() {
                 assert_eq!(
                     &resumed.next_batch(),
@@ -187,14 +191,14 @@ fn resume_matches_the_uninterrupted_run() {
 #[test]
 fn resume_over_other_data_or_seed_is_refused() {
     let data = dataset(&LENGTHS);
-    let mut loader = Loader::new(&data, options(2)).unwrap();
+    let mut loader = Loader::new(data.clone(), options(2)).unwrap();
     loader.next_batch();
     let position = loader.position();
     let other = dataset(&LENGTHS[1..]);
-    let err = Loader::resume(&other, options(2), position).err().unwrap();
+    let err = Loader::resume(other, options(2), position).err().unwrap();
     assert!(err.to_string().contains("data fingerprint"), "{err}");
     let err = Loader::resume(
-        &data,
+        data.clone(),
         LoaderOptions {
             seed: 8,
             ..options(2)
@@ -204,7 +208,9 @@ fn resume_over_other_data_or_seed_is_refused() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("seed"), "{err}");
-    let err = Loader::resume(&data, options(3), position).err().unwrap();
+    let err = Loader::resume(data.clone(), options(3), position)
+        .err()
+        .unwrap();
     assert!(
         err.to_string().contains("fingerprint"),
         "batch size is part of it: {err}"
@@ -267,7 +273,7 @@ fn group_by_length_batches_similar_lengths_longest_first() {
         batch_size: 4,
         ..options(4)
     };
-    let loader = Loader::new(&data, opts).unwrap();
+    let loader = Loader::new(data.clone(), opts).unwrap();
     let batches = run(&data, opts, loader.batches_per_epoch());
     assert_eq!(
         batches[0].seq_len,

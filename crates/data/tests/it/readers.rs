@@ -37,7 +37,7 @@ fn alpaca_in_every_format(dir: &std::path::Path) -> Vec<PathBuf> {
 fn first_batch(config: &DataConfig, tokenizer: &Tokenizer) -> ember_data::Batch {
     let splits = load_ok(config, tokenizer);
     let options = LoaderOptions::new(config, 8, tokenizer.pad_id());
-    Loader::new(&splits.train, options).unwrap().next_batch()
+    Loader::new(splits.train, options).unwrap().next_batch()
 }
 
 #[test]
