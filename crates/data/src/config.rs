@@ -22,7 +22,8 @@ use crate::template::TemplateSpec;
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// A file, a directory (every `.jsonl`, `.json`, `.parquet` and `.csv` file below it, in
-    /// sorted order) or a glob (`data/train-*.parquet`). Several files read as one dataset.
+    /// sorted order, hidden entries skipped; the report lists the files read) or a glob
+    /// (`data/train-*.parquet`). Several files read as one dataset.
     /// Relative paths are resolved against the working directory. Required: there is no
     /// sensible default dataset.
     pub path: String,

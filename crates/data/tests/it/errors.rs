@@ -345,3 +345,21 @@ fn a_tokenizer_without_bos_is_refused() {
     let err = ember_data::Tokenizer::new(inner).err().expect("no <bos>");
     assert!(err.to_string().contains("no `<bos>` token"), "{err}");
 }
+
+#[test]
+fn a_corrupt_parquet_file_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixture("alpaca.parquet")).unwrap();
+    let not_parquet = write(dir.path(), "text.parquet", "instruction,input,output\n");
+    let cut = write(dir.path(), "cut.parquet", &good[..good.len() / 2]);
+    let mut scrambled = good.clone();
+    for byte in &mut scrambled[8..good.len() / 2] {
+        *byte = byte.wrapping_mul(31).wrapping_add(7);
+    }
+    let scrambled = write(dir.path(), "scrambled.parquet", scrambled);
+    for path in [not_parquet, cut, scrambled] {
+        let message = load_err(&config(&path), &bytes_tokenizer());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_contains(&message, &[name.as_str()]);
+    }
+}
