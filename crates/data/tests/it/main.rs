@@ -1,0 +1,14 @@
+//! ember-data's integration tests, one binary (one link on a 2-core machine).
+//!
+//! Tests marked "real tokenizer" need `cargo xtask fetch-assets`; with
+//! `EMBER_SKIP_ASSET_TESTS=1` they print "skipped" and pass.
+
+mod batching;
+mod common;
+mod config;
+mod errors;
+mod gemma;
+mod masks;
+mod readers;
+mod report;
+mod throughput;
