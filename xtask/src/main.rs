@@ -50,7 +50,10 @@ fn main() -> Result<()> {
         Command::Test { cargo_args } => {
             fetch::fetch_all(&manifest::cache_dir()?, false)?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Process::new(cargo).args(["test", "--workspace"]).args(&cargo_args).status()?;
+            let status = Process::new(cargo)
+                .args(["test", "--workspace"])
+                .args(&cargo_args)
+                .status()?;
             if !status.success() {
                 bail!("tests failed ({status})");
             }

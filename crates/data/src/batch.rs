@@ -57,14 +57,10 @@ impl Batch {
         };
         for row in rows {
             for (segment, sample) in (1u32..).zip(row.iter().filter_map(|&s| dataset.get(s))) {
-                for (position, (&id, &trained)) in
-                    (0u32..).zip(sample.input_ids.iter().zip(sample.trained))
-                {
+                for (position, (&id, &trained)) in (0u32..).zip(sample.input_ids.iter().zip(sample.trained)) {
                     let label = trained && position > 0;
                     batch.input_ids.push(id);
-                    batch
-                        .labels
-                        .push(if label { i64::from(id) } else { IGNORE_INDEX });
+                    batch.labels.push(if label { i64::from(id) } else { IGNORE_INDEX });
                     batch.segment_ids.push(segment);
                     batch.position_ids.push(position);
                     batch.num_trained_tokens += usize::from(label);
@@ -72,9 +68,7 @@ impl Batch {
             }
             let padding = seq_len - row_len(row);
             batch.input_ids.extend(std::iter::repeat_n(pad_id, padding));
-            batch
-                .labels
-                .extend(std::iter::repeat_n(IGNORE_INDEX, padding));
+            batch.labels.extend(std::iter::repeat_n(IGNORE_INDEX, padding));
             batch.segment_ids.extend(std::iter::repeat_n(0, padding));
             batch.position_ids.extend(std::iter::repeat_n(0, padding));
         }

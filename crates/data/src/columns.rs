@@ -63,10 +63,7 @@ impl Columns {
     /// Resolves the mapping into one layout, or says which keys clash or are missing.
     pub fn layout(&self) -> Result<Layout, DataError> {
         let given = |keys: &[(&'static str, &Option<String>)]| -> Vec<&'static str> {
-            keys.iter()
-                .filter(|(_, v)| v.is_some())
-                .map(|(k, _)| *k)
-                .collect()
+            keys.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect()
         };
         let instruction = given(&[
             ("instruction", &self.instruction),
@@ -74,10 +71,7 @@ impl Columns {
             ("output", &self.output),
         ]);
         let prompt = given(&[("prompt", &self.prompt), ("completion", &self.completion)]);
-        let chat = given(&[
-            ("messages", &self.messages),
-            ("conversations", &self.conversations),
-        ]);
+        let chat = given(&[("messages", &self.messages), ("conversations", &self.conversations)]);
         let layouts: Vec<&[&str]> = [&instruction[..], &prompt[..], &chat[..]]
             .into_iter()
             .filter(|keys| !keys.is_empty())
@@ -87,14 +81,10 @@ impl Columns {
             return Err(clash(&keys));
         }
         if let Some(column) = &self.messages {
-            return Ok(Layout::Messages {
-                column: column.clone(),
-            });
+            return Ok(Layout::Messages { column: column.clone() });
         }
         if let Some(column) = &self.conversations {
-            return Ok(Layout::Conversations {
-                column: column.clone(),
-            });
+            return Ok(Layout::Conversations { column: column.clone() });
         }
         if !prompt.is_empty() {
             return match (&self.prompt, &self.completion) {
@@ -131,10 +121,7 @@ fn clash(keys: &[&str]) -> DataError {
         message: format!(
             "mixes the keys {} of different layouts; give either instruction/input/output, \
              prompt/completion, messages, or conversations",
-            keys.iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
         ),
     }
 }

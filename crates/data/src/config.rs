@@ -192,10 +192,7 @@ impl DataConfig {
             return bad("max_seq_length", "must be at least 2 (BOS and one token)");
         }
         if self.num_proc == Some(0) {
-            return bad(
-                "num_proc",
-                "must be at least 1 (or left out for every core)",
-            );
+            return bad("num_proc", "must be at least 1 (or left out for every core)");
         }
         if self.packing && self.group_by_length {
             return bad(
@@ -222,10 +219,7 @@ impl DataConfig {
 
     /// Tokenizer threads in effect.
     pub fn threads(&self) -> usize {
-        self.num_proc.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
-        })
+        self.num_proc
+            .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1))
     }
 }

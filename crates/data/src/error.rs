@@ -80,14 +80,8 @@ pub enum DataError {
     #[error("{location}: malformed JSON: {message}")]
     Json { location: Location, message: String },
 
-    #[error(
-        "{location}: invalid UTF-8{}: datasets must be UTF-8 text",
-        column_suffix(column)
-    )]
-    InvalidUtf8 {
-        location: Location,
-        column: Option<String>,
-    },
+    #[error("{location}: invalid UTF-8{}: datasets must be UTF-8 text", column_suffix(column))]
+    InvalidUtf8 { location: Location, column: Option<String> },
 
     #[error(
         "{location}: missing column `{column}`; the columns that exist are: {}; {}",
@@ -140,10 +134,7 @@ pub enum DataError {
     Tokenizer { path: PathBuf, message: String },
 
     #[error("tokenizer has no `{token}` token; {needed_for}")]
-    MissingToken {
-        token: String,
-        needed_for: &'static str,
-    },
+    MissingToken { token: String, needed_for: &'static str },
 
     #[error("tokenization failed: {message}")]
     Tokenize { message: String },
@@ -179,8 +170,5 @@ fn missing_hint(column: &str) -> &'static str {
 }
 
 fn column_suffix(column: &Option<String>) -> String {
-    column
-        .as_ref()
-        .map(|c| format!(" in column `{c}`"))
-        .unwrap_or_default()
+    column.as_ref().map(|c| format!(" in column `{c}`")).unwrap_or_default()
 }

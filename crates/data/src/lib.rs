@@ -70,9 +70,7 @@ pub use config::{DataConfig, EvalSplit, Format, TrainOn, Truncation};
 pub use dataset::{Dataset, DatasetStats, FileRecords, Sample};
 pub use error::{DataError, Location, Position};
 pub use pipeline::{Splits, load};
-pub use report::{
-    DatasetReport, Example, Percentiles, SplitSummary, TRAINED_CLOSE, TRAINED_OPEN, mark_trained,
-};
+pub use report::{DatasetReport, Example, Percentiles, SplitSummary, TRAINED_CLOSE, TRAINED_OPEN, mark_trained};
 pub use sampler::{Loader, LoaderOptions, LoaderPosition, eval_batches};
 pub use template::{ALPACA_SEED, TemplateSpec};
 pub use tokenizer::Tokenizer;

@@ -64,17 +64,11 @@ pub fn load(config: &DataConfig, tokenizer: &Tokenizer) -> Result<Splits, DataEr
             let (train, eval) = collected.split(*fraction, config.seed)?;
             Splits {
                 train: train.finish(&config.path, config.max_seq_length)?,
-                eval: Some(eval.finish(
-                    &format!("{} (eval fraction)", config.path),
-                    config.max_seq_length,
-                )?),
+                eval: Some(eval.finish(&format!("{} (eval fraction)", config.path), config.max_seq_length)?),
             }
         }
     };
-    for (name, dataset) in [
-        ("train", Some(&splits.train)),
-        ("eval", splits.eval.as_ref()),
-    ] {
+    for (name, dataset) in [("train", Some(&splits.train)), ("eval", splits.eval.as_ref())] {
         let Some(dataset) = dataset else { continue };
         let stats = dataset.stats();
         info!(
@@ -132,18 +126,8 @@ impl Job<'_> {
         Ok(collected)
     }
 
-    fn tokenize(
-        &self,
-        chunk: Vec<(Location, Record)>,
-        collected: &mut Collected,
-    ) -> Result<(), DataError> {
-        let outcomes = process_all(
-            self.pool,
-            chunk,
-            self.formatter,
-            self.tokenizer,
-            self.config,
-        )?;
+    fn tokenize(&self, chunk: Vec<(Location, Record)>, collected: &mut Collected) -> Result<(), DataError> {
+        let outcomes = process_all(self.pool, chunk, self.formatter, self.tokenizer, self.config)?;
         for outcome in outcomes {
             collected.add(outcome);
         }
@@ -203,10 +187,7 @@ impl Collected {
             });
         }
         let mut is_eval = vec![false; n];
-        for record in permutation(n, derive(seed, EVAL_STREAM))
-            .into_iter()
-            .take(n_eval)
-        {
+        for record in permutation(n, derive(seed, EVAL_STREAM)).into_iter().take(n_eval) {
             is_eval[record] = true;
         }
         let mut sides = [
@@ -238,9 +219,7 @@ impl Collected {
             dropped_untrained: count(Dropped::Untrained),
         };
         if stats.records == 0 {
-            return Err(DataError::EmptyDataset {
-                path: path.to_owned(),
-            });
+            return Err(DataError::EmptyDataset { path: path.to_owned() });
         }
         if self.samples.is_empty() {
             return Err(DataError::NothingToTrain {

@@ -52,11 +52,7 @@ impl Role {
 
 impl Record {
     /// Extracts the mapped columns of `object`; `location` names the record in errors.
-    pub fn from_json(
-        mut object: Map<String, Value>,
-        layout: &Layout,
-        location: &Location,
-    ) -> Result<Self, DataError> {
+    pub fn from_json(mut object: Map<String, Value>, layout: &Layout, location: &Location) -> Result<Self, DataError> {
         let mut text = |column: &str| take_text(&mut object, column, location);
         Ok(match layout {
             Layout::Instruction {
@@ -85,48 +81,29 @@ impl Record {
 }
 
 /// Removes `column` from `object` as text, or names what is missing or mistyped.
-fn take_text(
-    object: &mut Map<String, Value>,
-    column: &str,
-    location: &Location,
-) -> Result<String, DataError> {
+fn take_text(object: &mut Map<String, Value>, column: &str, location: &Location) -> Result<String, DataError> {
     match take(object, column, location)? {
         Value::String(s) => Ok(s),
         other => Err(wrong_type(location, column, "text", &other)),
     }
 }
 
-fn take_list(
-    object: &mut Map<String, Value>,
-    column: &str,
-    location: &Location,
-) -> Result<Vec<Value>, DataError> {
+fn take_list(object: &mut Map<String, Value>, column: &str, location: &Location) -> Result<Vec<Value>, DataError> {
     match take(object, column, location)? {
         Value::Array(items) => Ok(items),
         other => Err(wrong_type(location, column, "a list of turns", &other)),
     }
 }
 
-fn take(
-    object: &mut Map<String, Value>,
-    column: &str,
-    location: &Location,
-) -> Result<Value, DataError> {
-    object
-        .remove(column)
-        .ok_or_else(|| DataError::MissingColumn {
-            location: location.clone(),
-            column: column.to_owned(),
-            available: object.keys().cloned().collect(),
-        })
+fn take(object: &mut Map<String, Value>, column: &str, location: &Location) -> Result<Value, DataError> {
+    object.remove(column).ok_or_else(|| DataError::MissingColumn {
+        location: location.clone(),
+        column: column.to_owned(),
+        available: object.keys().cloned().collect(),
+    })
 }
 
-pub(crate) fn wrong_type(
-    location: &Location,
-    column: &str,
-    expected: &'static str,
-    found: &Value,
-) -> DataError {
+pub(crate) fn wrong_type(location: &Location, column: &str, expected: &'static str, found: &Value) -> DataError {
     let found = match found {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("a boolean ({b})"),
@@ -174,12 +151,7 @@ const SHAREGPT: ChatKeys = ChatKeys {
     ],
 };
 
-fn chat_turns(
-    items: Vec<Value>,
-    column: &str,
-    location: &Location,
-    keys: &ChatKeys,
-) -> Result<Vec<Turn>, DataError> {
+fn chat_turns(items: Vec<Value>, column: &str, location: &Location, keys: &ChatKeys) -> Result<Vec<Turn>, DataError> {
     let mut turns = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let field = format!("{column}[{i}]");
@@ -199,9 +171,7 @@ fn chat_turns(
             .iter()
             .find(|(name, _)| *name == role_name)
             .map(|(_, role)| *role)
-            .ok_or_else(|| {
-                conversation_error(location, unknown_role(&role_field, &role_name, keys))
-            })?;
+            .ok_or_else(|| conversation_error(location, unknown_role(&role_field, &role_name, keys)))?;
         let content_field = format!("{field}.{}", keys.content);
         let content = match object.remove(keys.content) {
             Some(Value::String(s)) => s,
@@ -253,15 +223,11 @@ fn text_parts(parts: Vec<Value>, field: &str, location: &Location) -> Result<Str
 fn check_order(turns: &[Turn], column: &str) -> Result<(), String> {
     let dialogue = match turns.first() {
         None => return Err(format!("`{column}` is an empty conversation")),
-        Some(Turn {
-            role: Role::System, ..
-        }) => &turns[1..],
+        Some(Turn { role: Role::System, .. }) => &turns[1..],
         Some(_) => turns,
     };
     if dialogue.is_empty() {
-        return Err(format!(
-            "`{column}` holds a system message and no user turn"
-        ));
+        return Err(format!("`{column}` holds a system message and no user turn"));
     }
     for (i, turn) in dialogue.iter().enumerate() {
         let expected = if i % 2 == 0 { Role::User } else { Role::Model };

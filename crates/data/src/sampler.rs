@@ -76,10 +76,7 @@ pub struct Loader {
 impl Loader {
     /// A loader at the start of epoch 0. It shares `dataset` (pass a `Dataset`, or an
     /// `Arc<Dataset>` to keep using it elsewhere).
-    pub fn new(
-        dataset: impl Into<Arc<Dataset>>,
-        options: LoaderOptions,
-    ) -> Result<Self, DataError> {
+    pub fn new(dataset: impl Into<Arc<Dataset>>, options: LoaderOptions) -> Result<Self, DataError> {
         let dataset = dataset.into();
         if options.batch_size == 0 {
             return Err(DataError::Config {
@@ -270,19 +267,12 @@ fn rows(dataset: &Dataset, options: &LoaderOptions) -> (Vec<usize>, Vec<usize>) 
 }
 
 /// Evaluation batches: every sample once, in order, unpacked and unshuffled.
-pub fn eval_batches(
-    dataset: &Dataset,
-    batch_size: usize,
-    pad_id: u32,
-) -> impl Iterator<Item = Batch> + '_ {
+pub fn eval_batches(dataset: &Dataset, batch_size: usize, pad_id: u32) -> impl Iterator<Item = Batch> + '_ {
     let indices: Vec<usize> = (0..dataset.len()).collect();
     let batch_size = batch_size.max(1);
     (0..dataset.len().div_ceil(batch_size)).map(move |b| {
         let end = ((b + 1) * batch_size).min(indices.len());
-        let rows: Vec<&[usize]> = indices[b * batch_size..end]
-            .iter()
-            .map(std::slice::from_ref)
-            .collect();
+        let rows: Vec<&[usize]> = indices[b * batch_size..end].iter().map(std::slice::from_ref).collect();
         Batch::collate(dataset, &rows, pad_id)
     })
 }

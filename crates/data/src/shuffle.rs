@@ -53,11 +53,7 @@ mod tests {
         let outputs = [rng.next_u64(), rng.next_u64(), rng.next_u64()];
         assert_eq!(
             outputs,
-            [
-                0xe220_a839_7b1d_cdaf,
-                0x6e78_9e6a_a1b9_65f4,
-                0x06c4_5d18_8009_454f
-            ]
+            [0xe220_a839_7b1d_cdaf, 0x6e78_9e6a_a1b9_65f4, 0x06c4_5d18_8009_454f]
         );
     }
 

@@ -101,10 +101,7 @@ impl Field {
     ];
 
     fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map_or("", |(n, _)| *n)
+        Self::ALL.iter().find(|(_, f)| *f == self).map_or("", |(n, _)| *n)
     }
 }
 
@@ -201,10 +198,7 @@ fn parse(template: &str, layout: &Layout) -> Result<Vec<Part>, DataError> {
 }
 
 fn unknown_placeholder(name: &str, available: &[Field]) -> DataError {
-    let names: Vec<String> = available
-        .iter()
-        .map(|f| format!("{{{}}}", f.name()))
-        .collect();
+    let names: Vec<String> = available.iter().map(|f| format!("{{{}}}", f.name())).collect();
     template_error(&format!(
         "has placeholder {{{name}}}; the mapped columns give {} (write `{{{{` for a literal brace)",
         names.join(", ")
@@ -232,10 +226,7 @@ pub(crate) enum Formatter {
     /// Custom or alpaca-seed: literal text, special tokens and fields, then EOS.
     Fields { pieces: Vec<Piece>, eos: u32 },
     /// Gemma's chat format.
-    GemmaChat {
-        start_of_turn: u32,
-        end_of_turn: u32,
-    },
+    GemmaChat { start_of_turn: u32, end_of_turn: u32 },
 }
 
 #[derive(Debug)]
@@ -247,11 +238,7 @@ pub(crate) enum Piece {
 
 impl Formatter {
     /// Checks `spec` against `layout` and binds it to `tokenizer`'s special tokens.
-    pub fn new(
-        spec: &TemplateSpec,
-        layout: &Layout,
-        tokenizer: &Tokenizer,
-    ) -> Result<Self, DataError> {
+    pub fn new(spec: &TemplateSpec, layout: &Layout, tokenizer: &Tokenizer) -> Result<Self, DataError> {
         spec.check(layout)?;
         let text = match spec {
             TemplateSpec::GemmaChat => {
@@ -313,11 +300,7 @@ impl Formatter {
 
 /// Splits literal template text at special tokens (`<start_of_turn>` ...). `<bos>` and `<eos>`
 /// are placed by the pipeline; anywhere but the template's edges they are an error.
-fn split_specials(
-    literal: &str,
-    tokenizer: &Tokenizer,
-    out: &mut Vec<Piece>,
-) -> Result<(), DataError> {
+fn split_specials(literal: &str, tokenizer: &Tokenizer, out: &mut Vec<Piece>) -> Result<(), DataError> {
     let mut text = String::new();
     let mut rest = literal;
     while let Some(c) = rest.chars().next() {

@@ -100,13 +100,12 @@ pub(crate) fn process(
     config: &DataConfig,
 ) -> Result<Outcome, DataError> {
     let segments = formatter.render(record);
-    let mut sample =
-        encode_segments(tokenizer, &segments, config.train_on).map_err(|e| match e {
-            DataError::Tokenize { message } => DataError::Tokenize {
-                message: format!("{location}: {message}"),
-            },
-            other => other,
-        })?;
+    let mut sample = encode_segments(tokenizer, &segments, config.train_on).map_err(|e| match e {
+        DataError::Tokenize { message } => DataError::Tokenize {
+            message: format!("{location}: {message}"),
+        },
+        other => other,
+    })?;
     let truncated = sample.ids.len() > config.max_seq_length;
     if truncated {
         if config.truncation == Truncation::Drop {

@@ -36,27 +36,17 @@ impl Tokenizer {
         // Lengths are the pipeline's business: never let tokenizer.json truncate or pad.
         inner
             .with_truncation(None)
-            .map_err(|e| DataError::Tokenize {
-                message: e.to_string(),
-            })?;
+            .map_err(|e| DataError::Tokenize { message: e.to_string() })?;
         inner.with_padding(None);
         inner.set_encode_special_tokens(true);
         let id = |token: &str, needed_for| {
-            inner
-                .token_to_id(token)
-                .ok_or_else(|| DataError::MissingToken {
-                    token: token.to_owned(),
-                    needed_for,
-                })
+            inner.token_to_id(token).ok_or_else(|| DataError::MissingToken {
+                token: token.to_owned(),
+                needed_for,
+            })
         };
-        let bos = id(
-            "<bos>",
-            "every sample starts with it; use a Gemma tokenizer.json",
-        )?;
-        let eos = id(
-            "<eos>",
-            "every response ends with it; use a Gemma tokenizer.json",
-        )?;
+        let bos = id("<bos>", "every sample starts with it; use a Gemma tokenizer.json")?;
+        let eos = id("<eos>", "every response ends with it; use a Gemma tokenizer.json")?;
         let pad = inner.token_to_id("<pad>").unwrap_or(eos);
         let mut specials: Vec<(String, u32)> = inner
             .get_added_tokens_decoder()
@@ -109,17 +99,13 @@ impl Tokenizer {
     pub(crate) fn encode_text(&self, text: &str) -> Result<tokenizers::Encoding, DataError> {
         self.inner
             .encode(text, false)
-            .map_err(|e| DataError::Tokenize {
-                message: e.to_string(),
-            })
+            .map_err(|e| DataError::Tokenize { message: e.to_string() })
     }
 
     /// Text of `ids`, special tokens written out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
         self.inner
             .decode(ids, false)
-            .map_err(|e| DataError::Tokenize {
-                message: e.to_string(),
-            })
+            .map_err(|e| DataError::Tokenize { message: e.to_string() })
     }
 }

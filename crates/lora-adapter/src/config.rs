@@ -267,7 +267,9 @@ impl Reader<'_> {
                 "alora_invocation_tokens",
                 "arrow_config",
             ];
-            if !used.contains(&key.as_str()) && !DESCRIPTIVE_KEYS.contains(&key.as_str()) {
+            // Newer PEFT releases write every option they know, unset ones as null/false.
+            let unset = matches!(self.map.get(key), Some(Value::Null | Value::Bool(false)));
+            if !unset && !used.contains(&key.as_str()) && !DESCRIPTIVE_KEYS.contains(&key.as_str()) {
                 tracing::warn!("{}: key `{key}` is not used by Ember", self.path.display());
             }
         }

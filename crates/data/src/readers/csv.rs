@@ -32,10 +32,7 @@ impl CsvReader {
             .has_headers(true)
             .from_path(path)
             .map_err(|e| csv_error(path, e))?;
-        let header = reader
-            .byte_headers()
-            .map_err(|e| csv_error(path, e))?
-            .clone();
+        let header = reader.byte_headers().map_err(|e| csv_error(path, e))?.clone();
         if header.is_empty() {
             return Err(DataError::Csv {
                 location: file_location(path),
@@ -59,15 +56,14 @@ impl CsvReader {
         }
         let mut columns = Vec::new();
         for column in layout.columns() {
-            let index =
-                names
-                    .iter()
-                    .position(|n| n == column)
-                    .ok_or_else(|| DataError::MissingColumn {
-                        location: Location::new(path, Position::Line(1)),
-                        column: column.to_owned(),
-                        available: names.clone(),
-                    })?;
+            let index = names
+                .iter()
+                .position(|n| n == column)
+                .ok_or_else(|| DataError::MissingColumn {
+                    location: Location::new(path, Position::Line(1)),
+                    column: column.to_owned(),
+                    available: names.clone(),
+                })?;
             columns.push((column.to_owned(), index));
         }
         Ok(Self {
@@ -104,9 +100,7 @@ fn csv_error(path: &Path, error: ::csv::Error) -> DataError {
             path: path.to_owned(),
             source,
         },
-        ::csv::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => DataError::Csv {
+        ::csv::ErrorKind::UnequalLengths { expected_len, len, .. } => DataError::Csv {
             location,
             message: format!(
                 "this record has {len} fields, the header has {expected_len}; quote fields \

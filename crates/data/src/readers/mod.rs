@@ -96,17 +96,13 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), DataError> {
 }
 
 fn extension(path: &Path) -> Option<String> {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
+    path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase)
 }
 
 /// Opens `path` as `format` (or by its extension) and streams the columns `layout` reads.
 pub(crate) fn open(path: &Path, format: Format, layout: &Layout) -> Result<Records, DataError> {
     Ok(match (format, extension(path).as_deref()) {
-        (Format::Jsonl, _) | (Format::Auto, Some("jsonl")) => {
-            Box::new(jsonl::JsonlReader::new(path, open_file(path)?))
-        }
+        (Format::Jsonl, _) | (Format::Auto, Some("jsonl")) => Box::new(jsonl::JsonlReader::new(path, open_file(path)?)),
         (Format::Json, _) | (Format::Auto, Some("json")) => {
             if first_byte(path)? == Some(b'{') {
                 Box::new(jsonl::JsonlReader::new(path, open_file(path)?))
@@ -114,16 +110,10 @@ pub(crate) fn open(path: &Path, format: Format, layout: &Layout) -> Result<Recor
                 Box::new(json::JsonArrayReader::new(path, open_file(path)?))
             }
         }
-        (Format::Parquet, _) | (Format::Auto, Some("parquet")) => {
-            Box::new(parquet::ParquetReader::open(path, layout)?)
-        }
-        (Format::Csv, _) | (Format::Auto, Some("csv")) => {
-            Box::new(csv::CsvReader::open(path, layout)?)
-        }
+        (Format::Parquet, _) | (Format::Auto, Some("parquet")) => Box::new(parquet::ParquetReader::open(path, layout)?),
+        (Format::Csv, _) | (Format::Auto, Some("csv")) => Box::new(csv::CsvReader::open(path, layout)?),
         (Format::Auto, _) => {
-            return Err(DataError::UnknownFormat {
-                path: path.to_owned(),
-            });
+            return Err(DataError::UnknownFormat { path: path.to_owned() });
         }
     })
 }
@@ -174,10 +164,7 @@ fn parse_object(bytes: &[u8], location: Location) -> Result<RawRecord, DataError
     match value {
         Value::Object(object) => Ok(RawRecord { location, object }),
         other => Err(DataError::Json {
-            message: format!(
-                "a record must be a JSON object, this one is {}",
-                json_kind(&other)
-            ),
+            message: format!("a record must be a JSON object, this one is {}", json_kind(&other)),
             location,
         }),
     }
@@ -187,9 +174,7 @@ fn parse_object(bytes: &[u8], location: Location) -> Result<RawRecord, DataError
 /// the column when there is one.
 fn strip_position(e: &serde_json::Error) -> String {
     let message = e.to_string();
-    let message = message
-        .rsplit_once(" at line ")
-        .map_or(message.as_str(), |(m, _)| m);
+    let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m);
     match e.column() {
         0 => message.to_owned(),
         column => format!("{message} (column {column})"),

@@ -34,27 +34,20 @@ impl ParquetReader {
             location: file_location(path),
             message: format!("not a readable parquet file: {e}"),
         })?;
-        let schema = reader
-            .metadata()
-            .file_metadata()
-            .schema_descr()
-            .root_schema();
-        let available: Vec<String> = schema
-            .get_fields()
-            .iter()
-            .map(|f| f.name().to_owned())
-            .collect();
+        let schema = reader.metadata().file_metadata().schema_descr().root_schema();
+        let available: Vec<String> = schema.get_fields().iter().map(|f| f.name().to_owned()).collect();
         let mut selected = Vec::new();
         for column in layout.columns() {
-            let field = schema
-                .get_fields()
-                .iter()
-                .find(|f| f.name() == column)
-                .ok_or_else(|| DataError::MissingColumn {
-                    location: file_location(path),
-                    column: column.to_owned(),
-                    available: available.clone(),
-                })?;
+            let field =
+                schema
+                    .get_fields()
+                    .iter()
+                    .find(|f| f.name() == column)
+                    .ok_or_else(|| DataError::MissingColumn {
+                        location: file_location(path),
+                        column: column.to_owned(),
+                        available: available.clone(),
+                    })?;
             check_type(path, field, layout.is_chat())?;
             selected.push(field.clone());
         }

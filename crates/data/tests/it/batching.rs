@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use ember_data::{
-    Batch, DataConfig, Dataset, EvalSplit, IGNORE_INDEX, Loader, LoaderOptions, LoaderPosition,
-    eval_batches,
+    Batch, DataConfig, Dataset, EvalSplit, IGNORE_INDEX, Loader, LoaderOptions, LoaderPosition, eval_batches,
 };
 
 use crate::common::{bytes_tokenizer, config, load_ok, write};
@@ -12,13 +11,11 @@ use crate::common::{bytes_tokenizer, config, load_ok, write};
 /// Sample `i` has length `lengths[i]`; its ids are `1000 * (i + 1) + position` (unique, so a
 /// token in a batch tells which sample and position it came from); the second half is trained.
 fn dataset(lengths: &[usize]) -> Arc<Dataset> {
-    Arc::new(Dataset::from_samples(lengths.iter().enumerate().map(
-        |(i, &len)| {
-            let ids = (0..len).map(|p| 1000 * (i as u32 + 1) + p as u32).collect();
-            let trained = (0..len).map(|p| p >= len / 2).collect();
-            (ids, trained)
-        },
-    )))
+    Arc::new(Dataset::from_samples(lengths.iter().enumerate().map(|(i, &len)| {
+        let ids = (0..len).map(|p| 1000 * (i as u32 + 1) + p as u32).collect();
+        let trained = (0..len).map(|p| p >= len / 2).collect();
+        (ids, trained)
+    })))
 }
 
 fn options(batch_size: usize) -> LoaderOptions {
@@ -52,26 +49,19 @@ fn packing_never_attends_across_samples() {
         let batch = loader.next_batch();
         for row in 0..batch.batch_size {
             let at = |t: usize| row * batch.seq_len + t;
-            let segments: Vec<u32> = (0..batch.seq_len)
-                .map(|t| batch.segment_ids[at(t)])
-                .collect();
+            let segments: Vec<u32> = (0..batch.seq_len).map(|t| batch.segment_ids[at(t)]).collect();
             packed_rows += usize::from(segments.iter().any(|&s| s > 1));
             for q in 0..batch.seq_len {
                 for k in 0..batch.seq_len {
                     let allowed = batch.may_attend(row, q, k);
                     let real = segments[q] != 0 && segments[k] != 0;
-                    let same_sample = real
-                        && origin(batch.input_ids[at(q)]).0 == origin(batch.input_ids[at(k)]).0;
+                    let same_sample = real && origin(batch.input_ids[at(q)]).0 == origin(batch.input_ids[at(k)]).0;
                     // The mask the model sees allows exactly: same sample, not the future.
                     assert_eq!(allowed, same_sample && k <= q, "row {row} q {q} k {k}");
                 }
                 if segments[q] != 0 {
                     let (sample, position) = origin(batch.input_ids[at(q)]);
-                    assert_eq!(
-                        batch.position_ids[at(q)],
-                        position,
-                        "positions restart per sample"
-                    );
+                    assert_eq!(batch.position_ids[at(q)], position, "positions restart per sample");
                     if position == 0 {
                         seen.push(sample);
                     }
@@ -82,11 +72,7 @@ fn packing_never_attends_across_samples() {
     }
     assert!(packed_rows > 0, "the test must pack something");
     seen.sort_unstable();
-    assert_eq!(
-        seen,
-        (0..LENGTHS.len() as u32).collect::<Vec<_>>(),
-        "each sample once"
-    );
+    assert_eq!(seen, (0..LENGTHS.len() as u32).collect::<Vec<_>>(), "each sample once");
 }
 
 #[test]
@@ -127,18 +113,9 @@ fn unpacked_rows_are_right_padded_to_the_longest_in_the_batch() {
     opts.shuffle = false;
     let batch = Loader::new(data.clone(), opts).unwrap().next_batch();
     assert_eq!((batch.batch_size, batch.seq_len), (3, 5));
-    assert_eq!(
-        batch.segment_ids,
-        [1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
-    );
-    assert_eq!(
-        batch.attention_mask(),
-        [1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
-    );
-    assert_eq!(
-        batch.position_ids,
-        [0, 1, 2, 0, 0, 0, 1, 2, 3, 4, 0, 1, 0, 0, 0]
-    );
+    assert_eq!(batch.segment_ids, [1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]);
+    assert_eq!(batch.attention_mask(), [1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]);
+    assert_eq!(batch.position_ids, [0, 1, 2, 0, 0, 0, 1, 2, 3, 4, 0, 1, 0, 0, 0]);
     assert!(!batch.is_packed());
     assert!(batch.may_attend(1, 4, 0) && !batch.may_attend(1, 0, 4) && !batch.may_attend(0, 3, 0));
 }
@@ -197,20 +174,11 @@ fn resume_over_other_data_or_seed_is_refused() {
     let other = dataset(&LENGTHS[1..]);
     let err = Loader::resume(other, options(2), position).err().unwrap();
     assert!(err.to_string().contains("data fingerprint"), "{err}");
-    let err = Loader::resume(
-        data.clone(),
-        LoaderOptions {
-            seed: 8,
-            ..options(2)
-        },
-        position,
-    )
-    .err()
-    .unwrap();
-    assert!(err.to_string().contains("seed"), "{err}");
-    let err = Loader::resume(data.clone(), options(3), position)
+    let err = Loader::resume(data.clone(), LoaderOptions { seed: 8, ..options(2) }, position)
         .err()
         .unwrap();
+    assert!(err.to_string().contains("seed"), "{err}");
+    let err = Loader::resume(data.clone(), options(3), position).err().unwrap();
     assert!(
         err.to_string().contains("fingerprint"),
         "batch size is part of it: {err}"
@@ -241,14 +209,7 @@ fn shuffling_is_deterministic_per_seed_and_changes_per_epoch() {
         );
     }
     assert_ne!(epochs[0], epochs[1]);
-    let other_seed = run(
-        &data,
-        LoaderOptions {
-            seed: 8,
-            ..options(2)
-        },
-        per_epoch,
-    );
+    let other_seed = run(&data, LoaderOptions { seed: 8, ..options(2) }, per_epoch);
     assert_ne!(epoch_order(&other_seed), epochs[0]);
     let unshuffled = run(
         &data,
@@ -258,10 +219,7 @@ fn shuffling_is_deterministic_per_seed_and_changes_per_epoch() {
         },
         per_epoch,
     );
-    assert_eq!(
-        epoch_order(&unshuffled),
-        (0..LENGTHS.len() as u32).collect::<Vec<_>>()
-    );
+    assert_eq!(epoch_order(&unshuffled), (0..LENGTHS.len() as u32).collect::<Vec<_>>());
 }
 
 #[test]
@@ -275,11 +233,7 @@ fn group_by_length_batches_similar_lengths_longest_first() {
     };
     let loader = Loader::new(data.clone(), opts).unwrap();
     let batches = run(&data, opts, loader.batches_per_epoch());
-    assert_eq!(
-        batches[0].seq_len,
-        *lengths.iter().max().unwrap(),
-        "longest first"
-    );
+    assert_eq!(batches[0].seq_len, *lengths.iter().max().unwrap(), "longest first");
     let padding = |bs: &[Batch]| {
         bs.iter()
             .map(|b| b.segment_ids.iter().filter(|&&s| s == 0).count())
@@ -304,15 +258,16 @@ fn group_by_length_batches_similar_lengths_longest_first() {
 #[test]
 fn eval_batches_cover_every_sample_in_order() {
     let data = dataset(&LENGTHS);
-    let order: Vec<u32> = eval_batches(&data, 4, 0)
-        .flat_map(|b| epoch_order(&[b]))
-        .collect();
+    let order: Vec<u32> = eval_batches(&data, 4, 0).flat_map(|b| epoch_order(&[b])).collect();
     assert_eq!(order, (0..LENGTHS.len() as u32).collect::<Vec<_>>());
 }
 
 fn numbered_jsonl(n: usize) -> String {
     (0..n)
-        .map(|i| serde_json::json!({"instruction": format!("q{i}"), "input": "", "output": format!("a{i}")}).to_string() + "\n")
+        .map(|i| {
+            serde_json::json!({"instruction": format!("q{i}"), "input": "", "output": format!("a{i}")}).to_string()
+                + "\n"
+        })
         .collect()
 }
 
@@ -326,23 +281,13 @@ fn an_eval_fraction_is_exact_disjoint_and_seeded() {
     let splits = load_ok(&config, &tokenizer);
     let eval = splits.eval.as_ref().unwrap();
     assert_eq!((splits.train.len(), eval.len()), (36, 4));
-    assert_eq!(
-        (splits.train.stats().records, eval.stats().records),
-        (36, 4)
-    );
+    assert_eq!((splits.train.stats().records, eval.stats().records), (36, 4));
     let text = |d: &Dataset| -> Vec<Vec<u32>> { d.iter().map(|s| s.input_ids.to_vec()).collect() };
     let (train_ids, eval_ids) = (text(&splits.train), text(eval));
     assert!(eval_ids.iter().all(|e| !train_ids.contains(e)));
-    assert_eq!(
-        load_ok(&config, &tokenizer),
-        splits,
-        "same seed, same split"
-    );
+    assert_eq!(load_ok(&config, &tokenizer), splits, "same seed, same split");
     config.seed += 1;
-    assert_ne!(
-        text(load_ok(&config, &tokenizer).eval.as_ref().unwrap()),
-        eval_ids
-    );
+    assert_ne!(text(load_ok(&config, &tokenizer).eval.as_ref().unwrap()), eval_ids);
 
     config.eval = Some(EvalSplit::Fraction(0.001));
     assert!(crate::common::load_err(&config, &tokenizer).contains("eval records"));

@@ -21,10 +21,7 @@ pub fn asset(relative: &str) -> Option<PathBuf> {
         return Some(path);
     }
     if std::env::var("EMBER_SKIP_ASSET_TESTS").as_deref() == Ok("1") {
-        eprintln!(
-            "skipped: {} is missing (EMBER_SKIP_ASSET_TESTS=1)",
-            path.display()
-        );
+        eprintln!("skipped: {} is missing (EMBER_SKIP_ASSET_TESTS=1)", path.display());
         return None;
     }
     panic!(
@@ -50,14 +47,7 @@ pub fn gemma3() -> Option<Tokenizer> {
 /// `<start_of_turn>` 4, `<end_of_turn>` 5) whose text tokens are UTF-8 bytes (`id = byte +
 /// 6`): every test can run without assets.
 pub fn bytes_tokenizer() -> Tokenizer {
-    let specials = [
-        "<pad>",
-        "<eos>",
-        "<bos>",
-        "<unk>",
-        "<start_of_turn>",
-        "<end_of_turn>",
-    ];
+    let specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"];
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (id, token) in specials.iter().enumerate() {
@@ -107,9 +97,7 @@ pub fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
 
 /// A committed fixture (see `tests/fixtures/make_parquet.py`).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// The records of `tests/fixtures/alpaca.parquet`: (instruction, input, output).
@@ -137,9 +125,7 @@ pub fn alpaca_records() -> Vec<[&'static str; 3]> {
 pub fn alpaca_jsonl() -> String {
     alpaca_records()
         .iter()
-        .map(|[i, n, o]| {
-            serde_json::json!({"instruction": i, "input": n, "output": o}).to_string() + "\n"
-        })
+        .map(|[i, n, o]| serde_json::json!({"instruction": i, "input": n, "output": o}).to_string() + "\n")
         .collect()
 }
 

@@ -1,8 +1,6 @@
 //! The `[data]` table: defaults, every key read, unknown keys rejected by name.
 
-use ember_data::{
-    Columns, DataConfig, EvalSplit, Format, Layout, TemplateSpec, TrainOn, Truncation,
-};
+use ember_data::{Columns, DataConfig, EvalSplit, Format, Layout, TemplateSpec, TrainOn, Truncation};
 
 fn parse(toml_text: &str) -> Result<DataConfig, String> {
     toml::from_str::<DataConfig>(toml_text).map_err(|e| e.to_string())
@@ -24,11 +22,7 @@ fn only_path_is_required_and_defaults_follow_the_seed() {
         TemplateSpec::AlpacaSeed
     );
     config.validate().unwrap();
-    assert!(
-        parse("format = \"csv\"")
-            .unwrap_err()
-            .contains("missing field `path`")
-    );
+    assert!(parse("format = \"csv\"").unwrap_err().contains("missing field `path`"));
 }
 
 #[test]
@@ -95,10 +89,7 @@ fn values_serde_cannot_check_are_validated() {
             "packing = true\ngroup_by_length = true",
             "`group_by_length` cannot be combined",
         ),
-        (
-            "eval = { fraction = 1.0 }",
-            "`eval.fraction` must be strictly between",
-        ),
+        ("eval = { fraction = 1.0 }", "`eval.fraction` must be strictly between"),
         ("num_proc = 0", "`num_proc` must be at least 1"),
         ("max_seq_length = 1", "`max_seq_length` must be at least 2"),
         ("columns = { prompt = \"p\" }", "needs `completion`"),

@@ -25,11 +25,7 @@ fn malformed_json_line_names_file_and_line() {
 #[test]
 fn missing_column_is_named_with_the_columns_that_exist() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "qa.jsonl",
-        "{\"question\": \"q\", \"answer\": \"a\"}\n",
-    );
+    let path = write(dir.path(), "qa.jsonl", "{\"question\": \"q\", \"answer\": \"a\"}\n");
     let message = load_err(&config(&path), &bytes_tokenizer());
     assert_contains(
         &message,
@@ -47,10 +43,7 @@ fn missing_column_in_a_csv_header_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "d.csv", "instruction,output\nhi,there\n");
     let message = load_err(&config(&path), &bytes_tokenizer());
-    assert_contains(
-        &message,
-        &["d.csv:1", "missing column `input`", "instruction, output"],
-    );
+    assert_contains(&message, &["d.csv:1", "missing column `input`", "instruction, output"]);
 }
 
 #[test]
@@ -62,10 +55,7 @@ fn missing_column_in_a_parquet_schema_is_named() {
         ..Columns::default()
     };
     let message = load_err(&config, &bytes_tokenizer());
-    assert_contains(
-        &message,
-        &["chat.parquet", "missing column `prompt`", "messages"],
-    );
+    assert_contains(&message, &["chat.parquet", "missing column `prompt`", "messages"]);
 }
 
 #[test]
@@ -109,21 +99,14 @@ fn invalid_utf8_is_an_error_naming_the_line() {
     let message = load_err(&config(&path), &bytes_tokenizer());
     assert_contains(&message, &["latin1.jsonl:2", "invalid UTF-8"]);
 
-    let path = write(
-        dir.path(),
-        "latin1.json",
-        [b"[".as_slice(), bad, b"]"].concat(),
-    );
+    let path = write(dir.path(), "latin1.json", [b"[".as_slice(), bad, b"]"].concat());
     let message = load_err(&config(&path), &bytes_tokenizer());
     assert_contains(&message, &["latin1.json: element 0", "invalid UTF-8"]);
 
     let csv = b"instruction,input,output\nok,,fine\ncaf\xe9,,b\n";
     let path = write(dir.path(), "latin1.csv", csv);
     let message = load_err(&config(&path), &bytes_tokenizer());
-    assert_contains(
-        &message,
-        &["latin1.csv:3", "invalid UTF-8 in column `instruction`"],
-    );
+    assert_contains(&message, &["latin1.csv:3", "invalid UTF-8 in column `instruction`"]);
 }
 
 #[test]
@@ -143,25 +126,13 @@ fn a_number_where_text_is_expected_is_an_error() {
         ],
     );
 
-    let message = load_err(
-        &config(&fixture("output_is_int.parquet")),
-        &bytes_tokenizer(),
-    );
-    assert_contains(
-        &message,
-        &["output_is_int.parquet", "column `output` holds INT64"],
-    );
+    let message = load_err(&config(&fixture("output_is_int.parquet")), &bytes_tokenizer());
+    assert_contains(&message, &["output_is_int.parquet", "column `output` holds INT64"]);
 
-    let message = load_err(
-        &config(&fixture("input_is_null.parquet")),
-        &bytes_tokenizer(),
-    );
+    let message = load_err(&config(&fixture("input_is_null.parquet")), &bytes_tokenizer());
     assert_contains(
         &message,
-        &[
-            "input_is_null.parquet: row 1",
-            "column `input` holds null where text",
-        ],
+        &["input_is_null.parquet: row 1", "column `input` holds null where text"],
     );
 }
 
@@ -169,11 +140,7 @@ fn a_number_where_text_is_expected_is_an_error() {
 fn a_cut_off_json_array_is_reported_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let record = "{\"instruction\": \"a\", \"input\": \"\", \"output\": \"b\"}";
-    let path = write(
-        dir.path(),
-        "cut.json",
-        format!("[{record},\n{{\"instruction\": \"x"),
-    );
+    let path = write(dir.path(), "cut.json", format!("[{record},\n{{\"instruction\": \"x"));
     let message = load_err(&config(&path), &bytes_tokenizer());
     assert_contains(&message, &["cut.json: element 1 (line 2)", "cut off"]);
 
@@ -191,10 +158,7 @@ fn a_record_that_is_not_an_object_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "arr.jsonl", "[\"a\", \"b\"]\n");
     let message = load_err(&config(&path), &bytes_tokenizer());
-    assert_contains(
-        &message,
-        &["arr.jsonl:1", "must be a JSON object", "an array"],
-    );
+    assert_contains(&message, &["arr.jsonl:1", "must be a JSON object", "an array"]);
 }
 
 #[test]
@@ -246,11 +210,7 @@ fn csv_cannot_hold_chat_and_ragged_rows_name_the_line() {
     };
     assert_contains(&load_err(&chat, &bytes_tokenizer()), &["cannot hold chat"]);
 
-    let path = write(
-        dir.path(),
-        "ragged.csv",
-        "instruction,input,output\na,b,c\na,b\n",
-    );
+    let path = write(dir.path(), "ragged.csv", "instruction,input,output\na,b,c\na,b\n");
     let message = load_err(&config(&path), &bytes_tokenizer());
     assert_contains(&message, &["ragged.csv:3", "2 fields, the header has 3"]);
 }
@@ -279,14 +239,8 @@ fn template_mistakes_are_explained() {
         "{\"instruction\": \"a\", \"input\": \"\", \"output\": \"b\"}\n",
     );
     let cases = [
-        (
-            "{instruction}{input}{output} thanks",
-            "must end with {output}",
-        ),
-        (
-            "{instruction}{input}{question}{output}",
-            "placeholder {question}",
-        ),
+        ("{instruction}{input}{output} thanks", "must end with {output}"),
+        ("{instruction}{input}{question}{output}", "placeholder {question}"),
         ("{instruction}{output}", "never uses {input}"),
         ("{instruction}{input}{output}{output}", "more than once"),
         ("{instruction} } {input}{output}", "`}}`"),
@@ -299,10 +253,7 @@ fn template_mistakes_are_explained() {
     }
     let mut chat = config(&path);
     chat.template = Some(TemplateSpec::GemmaChat);
-    assert_contains(
-        &load_err(&chat, &bytes_tokenizer()),
-        &["gemma-chat needs chat columns"],
-    );
+    assert_contains(&load_err(&chat, &bytes_tokenizer()), &["gemma-chat needs chat columns"]);
 
     let mut no_input = config(&path);
     no_input.columns = Columns {
@@ -310,10 +261,7 @@ fn template_mistakes_are_explained() {
         output: Some("output".into()),
         ..Columns::default()
     };
-    assert_contains(
-        &load_err(&no_input, &bytes_tokenizer()),
-        &["alpaca-seed fills"],
-    );
+    assert_contains(&load_err(&no_input, &bytes_tokenizer()), &["alpaca-seed fills"]);
 }
 
 #[test]
@@ -328,10 +276,7 @@ fn dropping_every_sample_is_an_error_with_the_counts() {
     config.max_seq_length = 8;
     config.truncation = Truncation::Drop;
     let message = load_err(&config, &bytes_tokenizer());
-    assert_contains(
-        &message,
-        &["all 1 records", "1 longer than max_seq_length = 8"],
-    );
+    assert_contains(&message, &["all 1 records", "1 longer than max_seq_length = 8"]);
 }
 
 #[test]

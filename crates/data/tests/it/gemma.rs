@@ -9,10 +9,9 @@ use crate::common::{alpaca_jsonl, asset, config, gemma, gemma3, load_ok, write};
 /// Python: `Tokenizer.from_file(gemma).encode(seed_text + "<eos>").ids` for the first
 /// alpaca record (tokenizers 0.22, 2026-11-27).
 const SEED_IDS: [u32; 53] = [
-    2, 17545, 611, 2764, 14239, 578, 3772, 235269, 11941, 671, 8348, 3590, 108, 6176, 36142,
-    235292, 108, 23136, 2149, 9697, 604, 23213, 9606, 235265, 108, 6176, 11438, 235292, 109, 6176,
-    10567, 235292, 108, 235274, 235265, 38141, 476, 24748, 11652, 235265, 108, 235284, 235265,
-    30896, 16969, 235265, 108, 235304, 235265, 24109, 1578, 235265, 1,
+    2, 17545, 611, 2764, 14239, 578, 3772, 235269, 11941, 671, 8348, 3590, 108, 6176, 36142, 235292, 108, 23136, 2149,
+    9697, 604, 23213, 9606, 235265, 108, 6176, 11438, 235292, 109, 6176, 10567, 235292, 108, 235274, 235265, 38141,
+    476, 24748, 11652, 235265, 108, 235284, 235265, 30896, 16969, 235265, 108, 235304, 235265, 24109, 1578, 235265, 1,
 ];
 
 /// Tokens of the seed's prompt part ("...### Response:\n"), BOS included.
@@ -20,29 +19,25 @@ const PROMPT_LEN: usize = 33;
 
 /// Python: the same text with the Gemma 3 tokenizer.
 const SEED_IDS_GEMMA3: [u32; 53] = [
-    2, 22515, 580, 2238, 14787, 532, 2744, 236764, 8729, 614, 6780, 3072, 107, 10354, 64017,
-    236787, 107, 46762, 1806, 11221, 573, 19447, 7644, 236761, 107, 10354, 13065, 236787, 108,
-    10354, 14503, 236787, 107, 236770, 236761, 53715, 496, 20433, 9337, 236761, 107, 236778,
-    236761, 38215, 14578, 236761, 107, 236800, 236761, 32104, 1388, 236761, 1,
+    2, 22515, 580, 2238, 14787, 532, 2744, 236764, 8729, 614, 6780, 3072, 107, 10354, 64017, 236787, 107, 46762, 1806,
+    11221, 573, 19447, 7644, 236761, 107, 10354, 13065, 236787, 108, 10354, 14503, 236787, 107, 236770, 236761, 53715,
+    496, 20433, 9337, 236761, 107, 236778, 236761, 38215, 14578, 236761, 107, 236800, 236761, 32104, 1388, 236761, 1,
 ];
 
 /// Python: `encode("<bos><start_of_turn>user\nYou are terse.\n\nWhat is 2+2?<end_of_turn>\n
 /// <start_of_turn>model\n4<end_of_turn>\n", add_special_tokens=False)`, the text Gemma's
 /// Hugging Face chat template writes for [system, user, assistant].
 const CHAT_IDS: [u32; 24] = [
-    2, 106, 1645, 108, 2045, 708, 12769, 235265, 109, 1841, 603, 235248, 235284, 235340, 235284,
-    235336, 107, 108, 106, 2516, 108, 235310, 107, 108,
+    2, 106, 1645, 108, 2045, 708, 12769, 235265, 109, 1841, 603, 235248, 235284, 235340, 235284, 235336, 107, 108, 106,
+    2516, 108, 235310, 107, 108,
 ];
 
 const CHAT_IDS_GEMMA3: [u32; 24] = [
-    2, 105, 2364, 107, 3048, 659, 17514, 236761, 108, 3689, 563, 236743, 236778, 236862, 236778,
-    236881, 106, 107, 105, 4368, 107, 236812, 106, 107,
+    2, 105, 2364, 107, 3048, 659, 17514, 236761, 108, 3689, 563, 236743, 236778, 236862, 236778, 236881, 106, 107, 105,
+    4368, 107, 236812, 106, 107,
 ];
 
-fn first_sample(
-    config: &ember_data::DataConfig,
-    tokenizer: &ember_data::Tokenizer,
-) -> (Vec<u32>, Vec<bool>) {
+fn first_sample(config: &ember_data::DataConfig, tokenizer: &ember_data::Tokenizer) -> (Vec<u32>, Vec<bool>) {
     let splits = load_ok(config, tokenizer);
     let sample = splits.train.get(0).unwrap();
     (sample.input_ids.to_vec(), sample.trained.to_vec())
@@ -99,16 +94,8 @@ fn bos_appears_exactly_once() {
         for sample in splits.train.iter() {
             assert_eq!(sample.input_ids[0], 2);
             assert_eq!(sample.input_ids.iter().filter(|&&id| id == 2).count(), 1);
-            assert_eq!(
-                sample.input_ids.iter().filter(|&&id| id == 1).count(),
-                1,
-                "one EOS"
-            );
-            assert_eq!(
-                *sample.input_ids.last().unwrap(),
-                1,
-                "EOS ends the response"
-            );
+            assert_eq!(sample.input_ids.iter().filter(|&&id| id == 1).count(), 1, "one EOS");
+            assert_eq!(*sample.input_ids.last().unwrap(), 1, "EOS ends the response");
         }
         assert_eq!(splits.train.get(0).unwrap().input_ids, SEED_IDS);
     }
@@ -123,9 +110,7 @@ fn gemma_chat_matches_the_hf_chat_template_and_trains_model_turns_only() {
         {"role": "assistant", "content": " 4\n"},
     ]});
     let path = write(dir.path(), "chat.jsonl", format!("{line}\n"));
-    for (tokenizer, expected, end_of_turn) in
-        [(gemma(), &CHAT_IDS, 107), (gemma3(), &CHAT_IDS_GEMMA3, 106)]
-    {
+    for (tokenizer, expected, end_of_turn) in [(gemma(), &CHAT_IDS, 107), (gemma3(), &CHAT_IDS_GEMMA3, 106)] {
         let Some(tokenizer) = tokenizer else { return };
         let mut config = config(&path);
         config.columns = Columns {
@@ -135,12 +120,7 @@ fn gemma_chat_matches_the_hf_chat_template_and_trains_model_turns_only() {
         config.train_on = TrainOn::Completion;
         let (ids, trained) = first_sample(&config, &tokenizer);
         assert_eq!(ids, expected);
-        let trained_ids: Vec<u32> = ids
-            .iter()
-            .zip(&trained)
-            .filter(|(_, t)| **t)
-            .map(|(i, _)| *i)
-            .collect();
+        let trained_ids: Vec<u32> = ids.iter().zip(&trained).filter(|(_, t)| **t).map(|(i, _)| *i).collect();
         // The answer ("4", trimmed) and the <end_of_turn> that closes the model turn.
         assert_eq!(tokenizer.decode(&trained_ids[..1]).unwrap(), "4");
         assert_eq!(trained_ids[1..], [end_of_turn]);

@@ -4,11 +4,7 @@ use ember_data::{Columns, TrainOn, Truncation};
 
 use crate::common::{byte_ids, bytes_tokenizer, config, load_ok, write};
 
-fn prompt_completion(
-    dir: &std::path::Path,
-    prompt: &str,
-    completion: &str,
-) -> ember_data::DataConfig {
+fn prompt_completion(dir: &std::path::Path, prompt: &str, completion: &str) -> ember_data::DataConfig {
     let line = serde_json::json!({"prompt": prompt, "completion": completion});
     let mut config = config(&write(dir, "pc.jsonl", format!("{line}\n")));
     config.columns = Columns {
@@ -60,15 +56,8 @@ fn gemma_chat_trains_model_turns_and_their_end_of_turn_only() {
     let splits = load_ok(&config, &bytes_tokenizer());
     let sample = splits.train.get(0).unwrap();
     // <start_of_turn> = 4, <end_of_turn> = 5 in the test tokenizer.
-    let turn = |role: &str, text: &str| {
-        [
-            vec![4],
-            byte_ids(&format!("{role}\n{text}")),
-            vec![5],
-            byte_ids("\n"),
-        ]
-        .concat()
-    };
+    let turn =
+        |role: &str, text: &str| [vec![4], byte_ids(&format!("{role}\n{text}")), vec![5], byte_ids("\n")].concat();
     let expected = [
         vec![2],
         turn("user", "Hi"),
@@ -85,10 +74,7 @@ fn gemma_chat_trains_model_turns_and_their_end_of_turn_only() {
         .filter(|(_, t)| **t)
         .map(|(i, _)| *i)
         .collect();
-    assert_eq!(
-        trained,
-        [byte_ids("Yo"), vec![5], byte_ids("Ok"), vec![5]].concat()
-    );
+    assert_eq!(trained, [byte_ids("Yo"), vec![5], byte_ids("Ok"), vec![5]].concat());
 }
 
 #[test]
@@ -101,20 +87,14 @@ fn truncation_is_counted_and_untrainable_samples_are_dropped_and_counted() {
     ];
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let mut config = prompt_completion(dir.path(), "", "");
-    config.path = write(dir.path(), "t.jsonl", text)
-        .to_string_lossy()
-        .into_owned();
+    config.path = write(dir.path(), "t.jsonl", text).to_string_lossy().into_owned();
     config.max_seq_length = 10;
     config.train_on = TrainOn::Completion;
     let splits = load_ok(&config, &bytes_tokenizer());
     let stats = splits.train.stats();
     assert_eq!((stats.records, splits.train.len()), (3, 2));
     assert_eq!(
-        (
-            stats.truncated,
-            stats.dropped_untrained,
-            stats.dropped_too_long
-        ),
+        (stats.truncated, stats.dropped_untrained, stats.dropped_too_long),
         (1, 1, 0)
     );
     assert!(splits.train.lengths().all(|l| l <= 10));
@@ -122,8 +102,5 @@ fn truncation_is_counted_and_untrainable_samples_are_dropped_and_counted() {
     config.truncation = Truncation::Drop;
     let splits = load_ok(&config, &bytes_tokenizer());
     let stats = splits.train.stats();
-    assert_eq!(
-        (splits.train.len(), stats.truncated, stats.dropped_too_long),
-        (1, 0, 2)
-    );
+    assert_eq!((splits.train.len(), stats.truncated, stats.dropped_too_long), (1, 0, 2));
 }

@@ -2,13 +2,9 @@
 
 use std::path::PathBuf;
 
-use ember_data::{
-    Columns, DataConfig, Dataset, Format, Loader, LoaderOptions, TemplateSpec, Tokenizer,
-};
+use ember_data::{Columns, DataConfig, Dataset, Format, Loader, LoaderOptions, TemplateSpec, Tokenizer};
 
-use crate::common::{
-    alpaca_jsonl, alpaca_records, bytes_tokenizer, config, fixture, gemma, load_ok, write,
-};
+use crate::common::{alpaca_jsonl, alpaca_records, bytes_tokenizer, config, fixture, gemma, load_ok, write};
 
 /// The alpaca records as JSON Lines, a JSON array, CSV and (committed) Parquet.
 fn alpaca_in_every_format(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -17,18 +13,13 @@ fn alpaca_in_every_format(dir: &std::path::Path) -> Vec<PathBuf> {
         .map(|[i, n, o]| serde_json::json!({"instruction": i, "input": n, "output": o}))
         .collect();
     let mut csv = csv::Writer::from_writer(Vec::new());
-    csv.write_record(["instruction", "input", "output"])
-        .unwrap();
+    csv.write_record(["instruction", "input", "output"]).unwrap();
     for record in alpaca_records() {
         csv.write_record(record).unwrap();
     }
     vec![
         write(dir, "a.jsonl", alpaca_jsonl()),
-        write(
-            dir,
-            "a.json",
-            serde_json::to_string_pretty(&records).unwrap(),
-        ),
+        write(dir, "a.json", serde_json::to_string_pretty(&records).unwrap()),
         write(dir, "a.csv", csv.into_inner().unwrap()),
         fixture("alpaca.parquet"),
     ]
@@ -47,18 +38,10 @@ fn the_same_record_from_jsonl_json_parquet_and_csv_gives_identical_batches() {
     let mut tokenizers = vec![bytes_tokenizer()];
     tokenizers.extend(gemma());
     for tokenizer in &tokenizers {
-        let batches: Vec<_> = files
-            .iter()
-            .map(|file| first_batch(&config(file), tokenizer))
-            .collect();
+        let batches: Vec<_> = files.iter().map(|file| first_batch(&config(file), tokenizer)).collect();
         assert_eq!(batches[0].batch_size, 3);
         for (file, batch) in files.iter().zip(&batches) {
-            assert_eq!(
-                batch,
-                &batches[0],
-                "{} differs from JSON Lines",
-                file.display()
-            );
+            assert_eq!(batch, &batches[0], "{} differs from JSON Lines", file.display());
         }
     }
 }
@@ -102,26 +85,14 @@ fn a_directory_or_glob_of_shards_reads_as_one_dataset_in_name_order() {
         .stats()
         .files
         .iter()
-        .map(|f| {
-            (
-                f.path.file_name().unwrap().to_string_lossy().into_owned(),
-                f.records,
-            )
-        })
+        .map(|f| (f.path.file_name().unwrap().to_string_lossy().into_owned(), f.records))
         .collect();
     assert_eq!(
         files,
-        [
-            ("train-00000.jsonl".to_owned(), 2),
-            ("train-00001.jsonl".to_owned(), 1)
-        ]
+        [("train-00000.jsonl".to_owned(), 2), ("train-00001.jsonl".to_owned(), 1)]
     );
 
-    let by_glob = load_ok(
-        &config(&dir.path().join("shards/train-*.jsonl")),
-        &tokenizer,
-    )
-    .train;
+    let by_glob = load_ok(&config(&dir.path().join("shards/train-*.jsonl")), &tokenizer).train;
     assert_eq!(samples(&by_glob), expected);
 }
 
@@ -140,39 +111,24 @@ fn a_record_larger_than_the_read_buffer_streams_intact() {
     let from_array = load_ok(&config_array, &tokenizer).train;
     assert_eq!(from_array.len(), 2);
     assert_eq!(from_array.stats().truncated, 0);
-    assert_eq!(
-        samples(&from_array),
-        samples(&load_ok(&config_lines, &tokenizer).train)
-    );
+    assert_eq!(samples(&from_array), samples(&load_ok(&config_lines, &tokenizer).train));
 }
 
 #[test]
 fn byte_order_marks_and_blank_lines_are_tolerated() {
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = bytes_tokenizer();
-    let reference = samples(
-        &load_ok(
-            &config(&write(dir.path(), "r.jsonl", alpaca_jsonl())),
-            &tokenizer,
-        )
-        .train,
-    );
+    let reference = samples(&load_ok(&config(&write(dir.path(), "r.jsonl", alpaca_jsonl())), &tokenizer).train);
     let bom_lines = write(
         dir.path(),
         "bom.jsonl",
         format!("\u{feff}{}\n\r\n", alpaca_jsonl().replace('\n', "\r\n")),
     );
-    assert_eq!(
-        samples(&load_ok(&config(&bom_lines), &tokenizer).train),
-        reference
-    );
+    assert_eq!(samples(&load_ok(&config(&bom_lines), &tokenizer).train), reference);
     let mut csv = String::from("\u{feff}instruction,input,output\n");
     csv.push_str("\"Give three tips for staying healthy.\",,\"1. Eat a balanced diet.\n2. Exercise regularly.\n3. Sleep well.\"\n");
     let bom_csv = write(dir.path(), "bom.csv", csv);
-    assert_eq!(
-        samples(&load_ok(&config(&bom_csv), &tokenizer).train),
-        reference[..1]
-    );
+    assert_eq!(samples(&load_ok(&config(&bom_csv), &tokenizer).train), reference[..1]);
 }
 
 /// One chat, written as `messages` JSON Lines, ShareGPT, content parts and Parquet.
@@ -213,11 +169,7 @@ fn chat_layouts_and_formats_agree() {
             .collect()
     };
     let jsonl = |key: &str, a: serde_json::Value, b: serde_json::Value| {
-        format!(
-            "{}\n{}\n",
-            serde_json::json!({ key: a }),
-            serde_json::json!({ key: b })
-        )
+        format!("{}\n{}\n", serde_json::json!({ key: a }), serde_json::json!({ key: b }))
     };
     let with_columns = |path: PathBuf, columns: Columns| {
         let mut config = config(&path);

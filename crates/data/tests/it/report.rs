@@ -11,11 +11,7 @@ fn the_report_counts_and_marks_the_trained_tokens() {
         serde_json::json!({"instruction": "Add.", "input": "2+2", "output": "4"}),
         serde_json::json!({"instruction": "Long.", "input": "", "output": "x".repeat(300)}),
     ];
-    let path = write(
-        dir.path(),
-        "r.jsonl",
-        format!("{}\n{}\n", lines[0], lines[1]),
-    );
+    let path = write(dir.path(), "r.jsonl", format!("{}\n{}\n", lines[0], lines[1]));
     let tokenizer = bytes_tokenizer();
     let mut config = config(&path);
     config.train_on = TrainOn::Completion;
@@ -49,10 +45,7 @@ fn the_report_counts_and_marks_the_trained_tokens() {
 fn percentiles_are_nearest_rank() {
     let values: Vec<usize> = (1..=100).collect();
     let p = Percentiles::of_sorted(&values);
-    assert_eq!(
-        (p.min, p.p50, p.p90, p.p95, p.p99, p.max),
-        (1, 50, 90, 95, 99, 100)
-    );
+    assert_eq!((p.min, p.p50, p.p90, p.p95, p.p99, p.max), (1, 50, 90, 95, 99, 100));
     let p = Percentiles::of_sorted(&[7]);
     assert_eq!((p.min, p.p50, p.p99, p.max), (7, 7, 7, 7));
 }
