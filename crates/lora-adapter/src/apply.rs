@@ -11,6 +11,22 @@ use crate::error::Result;
 use crate::targets::Resolver;
 
 /// The seven projections of layer `index` with their module paths (`model.layers.3.mlp.up_proj`).
+pub fn projections<B: Backend>(index: usize, layer: &DecoderLayer<B>) -> [(String, &Linear<B>); 7] {
+    let attn = |name: &str| format!("model.layers.{index}.self_attn.{name}");
+    let mlp = |name: &str| format!("model.layers.{index}.mlp.{name}");
+    let (a, m) = (&layer.self_attn, &layer.mlp);
+    [
+        (attn("q_proj"), &a.q_proj),
+        (attn("k_proj"), &a.k_proj),
+        (attn("v_proj"), &a.v_proj),
+        (attn("o_proj"), &a.o_proj),
+        (mlp("gate_proj"), &m.gate_proj),
+        (mlp("up_proj"), &m.up_proj),
+        (mlp("down_proj"), &m.down_proj),
+    ]
+}
+
+/// [`projections`], mutably.
 pub fn projections_mut<B: Backend>(index: usize, layer: &mut DecoderLayer<B>) -> [(String, &mut Linear<B>); 7] {
     let attn = |name: &str| format!("model.layers.{index}.self_attn.{name}");
     let mlp = |name: &str| format!("model.layers.{index}.mlp.{name}");

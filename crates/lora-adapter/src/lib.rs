@@ -13,7 +13,7 @@ mod merge;
 mod peft;
 mod targets;
 
-pub use apply::{add_lora, projections_mut};
+pub use apply::{add_lora, projections, projections_mut};
 pub use atomic::write_dir_atomically;
 pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
 pub use error::{LoraError, Result};

@@ -4,26 +4,40 @@ use burn::tensor::{DType, ElementConversion, Int, Tensor, backend::Backend};
 /// Label value of positions that are not trained (padding, prompts), as in transformers.
 pub const IGNORE_INDEX: i64 = -100;
 
-/// Sum of next-token cross-entropies and the number of trained tokens.
-///
-/// `logits[:, t]` predicts `labels[:, t + 1]` (the shift transformers applies); positions
-/// labelled [`IGNORE_INDEX`] count for nothing. Computed in f32. Returning the sum lets a
-/// caller normalise over a whole accumulation window; `sum / count` is transformers' loss.
-///
-/// # Shapes
-/// - `logits`: `[batch, seq, vocab]`
-/// - `labels`: `[batch, seq]`
+/// Sum of cross-entropies of `logits` `[n, vocab]` against `targets` `[n]`, computed in f32;
+/// targets equal to [`IGNORE_INDEX`] count for nothing.
+pub fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    let targets = targets.reshape([n, 1]);
+    let ignored = targets.clone().equal_elem(IGNORE_INDEX);
+    let safe_targets = targets.mask_fill(ignored.clone(), 0);
+    let picked = log_softmax(logits.cast(DType::F32), 1).gather(1, safe_targets); // [n, 1]
+    picked.neg().mask_fill(ignored, 0.0).sum()
+}
+
+/// Next-token targets: position `t` of each row predicts label `t + 1`; the last position
+/// predicts nothing. This is the shift transformers applies inside its causal-LM loss.
+pub fn shift_labels(labels: &[i64], seq: usize) -> Vec<i64> {
+    labels
+        .chunks(seq)
+        .flat_map(|row| row[1..].iter().copied().chain(std::iter::once(IGNORE_INDEX)))
+        .collect()
+}
+
+/// Sum of next-token cross-entropies and the number of trained tokens, for logits
+/// `[batch, seq, vocab]` and labels `[batch, seq]`. `sum / count` is transformers' loss;
+/// the sum lets a caller normalise over a whole accumulation window.
 pub fn causal_lm_loss_sum<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> (Tensor<B, 1>, usize) {
     let [batch, seq, vocab] = logits.dims();
-    let logits = logits
-        .narrow(1, 0, seq - 1)
-        .cast(DType::F32)
-        .reshape([batch * (seq - 1), vocab]);
-    let targets = labels.narrow(1, 1, seq - 1).reshape([batch * (seq - 1), 1]);
-    let trained = targets.clone().not_equal_elem(IGNORE_INDEX);
-    let count = trained.clone().int().sum().into_scalar().elem::<i64>() as usize;
-    let safe_targets = targets.mask_fill(trained.clone().bool_not(), 0);
-    let picked = log_softmax(logits, 1).gather(1, safe_targets); // [n, 1]
-    let nll = picked.neg().mask_fill(trained.bool_not(), 0.0);
-    (nll.sum(), count)
+    let n = batch * (seq - 1);
+    let logits = logits.narrow(1, 0, seq - 1).reshape([n, vocab]);
+    let targets = labels.narrow(1, 1, seq - 1).reshape([n]);
+    let count = targets
+        .clone()
+        .not_equal_elem(IGNORE_INDEX)
+        .int()
+        .sum()
+        .into_scalar()
+        .elem::<i64>() as usize;
+    (cross_entropy_sum(logits, targets), count)
 }

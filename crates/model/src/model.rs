@@ -1,5 +1,5 @@
 use burn::module::Module;
-use burn::tensor::{DType, Int, Tensor, backend::Backend};
+use burn::tensor::{Bool, DType, Int, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
 use crate::config::{GemmaConfig, LayerType};
@@ -26,6 +26,15 @@ pub struct GemmaForCausalLM<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     #[module(skip)]
     pub config: GemmaConfig,
+}
+
+/// Per-call tensors every layer needs: RoPE tables and masks for both layer types.
+#[derive(Debug, Clone)]
+pub struct LayerContext<B: Backend> {
+    rope_full: RopeTables<B>,
+    rope_sliding: RopeTables<B>,
+    mask_full: Tensor<B, 4, Bool>,
+    mask_sliding: Tensor<B, 4, Bool>,
 }
 
 /// What one forward call sees: token ids, their positions and which keys each may attend to.
@@ -60,26 +69,53 @@ impl<B: Backend> GemmaForCausalLM<B> {
         self.model.embed_tokens.weight.val().dtype()
     }
 
-    /// Final hidden states `[batch, seq, hidden]`, after the last norm.
-    pub fn hidden_states(&self, input: ForwardInput<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    /// Rotary tables and masks for `input`, shared by every layer of one forward call.
+    pub fn layer_context(&self, input: &ForwardInput<B>) -> LayerContext<B> {
         let cfg = &self.config;
         let dtype = self.dtype();
         let tables = |layer_type| RopeTables::new(cfg.rope(layer_type), cfg.head_dim, input.positions.clone(), dtype);
-        let rope_full = tables(LayerType::Full);
-        let rope_sliding = tables(LayerType::Sliding);
-        let mask_full = input.mask.build(None);
-        let mask_sliding = input.mask.build(cfg.sliding_window);
-
-        let mut x = self.model.embed_tokens.forward(input.input_ids);
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let (rope, mask) = match layer.layer_type {
-                LayerType::Full => (&rope_full, mask_full.clone()),
-                LayerType::Sliding => (&rope_sliding, mask_sliding.clone()),
-            };
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = layer.forward(x, rope, mask, layer_cache);
+        LayerContext {
+            rope_full: tables(LayerType::Full),
+            rope_sliding: tables(LayerType::Sliding),
+            mask_full: input.mask.build(None),
+            mask_sliding: input.mask.build(cfg.sliding_window),
         }
+    }
+
+    /// Scaled token embeddings `[batch, seq, hidden]`.
+    pub fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.model.embed_tokens.forward(input_ids)
+    }
+
+    /// Decoder layer `index` on `x` `[batch, seq, hidden]`.
+    pub fn layer(
+        &self,
+        index: usize,
+        x: Tensor<B, 3>,
+        context: &LayerContext<B>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let layer = &self.model.layers[index];
+        let (rope, mask) = match layer.layer_type {
+            LayerType::Full => (&context.rope_full, context.mask_full.clone()),
+            LayerType::Sliding => (&context.rope_sliding, context.mask_sliding.clone()),
+        };
+        layer.forward(x, rope, mask, cache.map(|c| (c, index)))
+    }
+
+    /// The final norm, applied to the last layer's output.
+    pub fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.model.norm.forward(x)
+    }
+
+    /// Final hidden states `[batch, seq, hidden]`, after the last norm.
+    pub fn hidden_states(&self, input: ForwardInput<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let context = self.layer_context(&input);
+        let mut x = self.embed(input.input_ids);
+        for index in 0..self.model.layers.len() {
+            x = self.layer(index, x, &context, cache.as_deref_mut());
+        }
+        self.final_norm(x)
     }
 
     /// Logits `[batch, seq, vocab]` for hidden states `[batch, seq, hidden]`, soft-capped

@@ -1,1 +1,5 @@
-//! The SFT loop, optimizers and checkpoints. Filled by the trainer issue.
+//! Ember's supervised fine-tuning: the training loop, optimizers and checkpoints.
+
+pub mod grads;
+pub mod optim;
+pub mod schedule;

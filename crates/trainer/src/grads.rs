@@ -1,0 +1,179 @@
+//! Loss and adapter gradients of one micro-batch, with or without layer-level gradient
+//! checkpointing.
+//!
+//! With checkpointing, the forward runs without autodiff and keeps only each decoder
+//! layer's input. The backward then walks the layers in reverse: it reruns one layer under
+//! autodiff on a fresh leaf, backpropagates `sum(y · dy)`, collects that layer's adapter
+//! gradients and the gradient of its input, and drops everything else. Peak activation
+//! memory is one layer's, not the model's. The LM head and the loss run in chunks of rows so
+//! the `[tokens, vocab]` logits never exist all at once.
+
+use std::collections::BTreeMap;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use ember_lora::{peft_key, projections};
+use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, cross_entropy_sum, shift_labels};
+
+/// Gradients of the adapter matrices by PEFT key, summed over micro-batches.
+pub type AdapterGrads<B> = BTreeMap<String, Tensor<B, 2>>;
+
+/// One micro-batch, host-side, ready to upload to either side of the autodiff backend.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<i64>,
+    /// 0 = padding, 1..n = the sample a token belongs to.
+    pub segments: Vec<i64>,
+    pub positions: Vec<i64>,
+    /// Next-token targets, already shifted; -100 = not trained.
+    pub targets: Vec<i64>,
+    pub num_trained_tokens: usize,
+}
+
+impl MicroBatch {
+    /// From a data-pipeline batch: labels are shifted to next-token targets here.
+    pub fn from_batch(b: &ember_data::Batch) -> Self {
+        Self {
+            batch: b.batch_size,
+            seq: b.seq_len,
+            input_ids: b.input_ids.iter().map(|&v| v as i64).collect(),
+            segments: b.segment_ids.iter().map(|&v| v as i64).collect(),
+            positions: b.position_ids.iter().map(|&v| v as i64).collect(),
+            targets: shift_labels(&b.labels, b.seq_len),
+            num_trained_tokens: b.num_trained_tokens,
+        }
+    }
+
+    pub fn input<Bk: Backend>(&self, device: &Bk::Device) -> ForwardInput<Bk> {
+        let shape = [self.batch, self.seq];
+        let ints = |v: &[i64]| Tensor::<Bk, 1, Int>::from_data(v, device).reshape(shape);
+        ForwardInput {
+            input_ids: ints(&self.input_ids),
+            positions: ints(&self.positions),
+            mask: AttentionMask::with_segments(ints(&self.segments)),
+        }
+    }
+
+    pub fn targets<Bk: Backend>(&self, device: &Bk::Device) -> Tensor<Bk, 1, Int> {
+        Tensor::from_data(self.targets.as_slice(), device)
+    }
+}
+
+/// Rows of hidden states per LM-head chunk: bounds the logits held at once.
+pub const HEAD_CHUNK_ROWS: usize = 2048;
+
+/// Adds the gradient of `sum(token losses) / normaliser` to `grads` and returns the
+/// micro-batch's summed token loss.
+pub fn accumulate<B: AutodiffBackend>(
+    model: &GemmaForCausalLM<B>,
+    batch: &MicroBatch,
+    normaliser: f64,
+    checkpointing: bool,
+    grads: &mut AdapterGrads<B::InnerBackend>,
+) -> f64 {
+    if checkpointing {
+        accumulate_checkpointed(model, batch, normaliser, grads)
+    } else {
+        accumulate_full(model, batch, normaliser, grads)
+    }
+}
+
+fn accumulate_full<B: AutodiffBackend>(
+    model: &GemmaForCausalLM<B>,
+    batch: &MicroBatch,
+    normaliser: f64,
+    grads: &mut AdapterGrads<B::InnerBackend>,
+) -> f64 {
+    let device = model.model.embed_tokens.weight.device();
+    let hidden = model.hidden_states(batch.input(&device), None);
+    let [b, t, h] = hidden.dims();
+    let logits = model.logits(hidden.reshape([1, b * t, h]));
+    let vocab = logits.dims()[2];
+    let loss_sum = cross_entropy_sum(logits.reshape([b * t, vocab]), batch.targets(&device));
+    let value = scalar(&loss_sum);
+    let gradients = (loss_sum / normaliser).backward();
+    for index in 0..model.model.layers.len() {
+        collect_layer(model, index, &gradients, grads);
+    }
+    value
+}
+
+fn accumulate_checkpointed<B: AutodiffBackend>(
+    model: &GemmaForCausalLM<B>,
+    batch: &MicroBatch,
+    normaliser: f64,
+    grads: &mut AdapterGrads<B::InnerBackend>,
+) -> f64 {
+    // Forward without autodiff, keeping each layer's input.
+    let device = model.model.embed_tokens.weight.device();
+    let frozen = model.valid();
+    let inner_input = batch.input::<B::InnerBackend>(&device);
+    let targets = batch.targets::<B>(&device);
+    let inner_context = frozen.layer_context(&inner_input);
+    let mut layer_inputs = Vec::with_capacity(model.model.layers.len());
+    let mut x = frozen.embed(inner_input.input_ids);
+    for index in 0..model.model.layers.len() {
+        layer_inputs.push(x.clone());
+        x = frozen.layer(index, x, &inner_context, None);
+    }
+
+    // Head and loss, chunk by chunk, giving the gradient of the last layer's output.
+    let [b, t, h] = x.dims();
+    let rows = x.reshape([b * t, h]);
+    let mut loss_value = 0.0;
+    let mut row_grads = Vec::new();
+    for start in (0..b * t).step_by(HEAD_CHUNK_ROWS) {
+        let len = HEAD_CHUNK_ROWS.min(b * t - start);
+        let leaf = Tensor::<B, 2>::from_inner(rows.clone().narrow(0, start, len)).require_grad();
+        let normed = model.final_norm(leaf.clone().reshape([1, len, h]));
+        let logits = model.logits(normed).reshape([len, model.config.vocab_size]);
+        let chunk_loss = cross_entropy_sum(logits, targets.clone().narrow(0, start, len));
+        loss_value += scalar(&chunk_loss);
+        let gradients = (chunk_loss / normaliser).backward();
+        row_grads.push(leaf.grad(&gradients).expect("the leaf takes part in the loss"));
+    }
+    let mut grad_y = Tensor::cat(row_grads, 0).reshape([b, t, h]);
+
+    // Layers in reverse: recompute one under autodiff, backpropagate, move down.
+    let context = model.layer_context(&batch.input(&device));
+    for index in (0..model.model.layers.len()).rev() {
+        let leaf = Tensor::<B, 3>::from_inner(layer_inputs.pop().expect("one input per layer")).require_grad();
+        let y = model.layer(index, leaf.clone(), &context, None);
+        let gradients = (y * Tensor::from_inner(grad_y)).sum().backward();
+        collect_layer(model, index, &gradients, grads);
+        grad_y = match leaf.grad(&gradients) {
+            Some(g) => g,
+            None => break, // nothing below this layer needs a gradient
+        };
+    }
+    loss_value
+}
+
+/// Adds the adapter gradients of layer `index` found in `gradients` to `grads`.
+fn collect_layer<B: AutodiffBackend>(
+    model: &GemmaForCausalLM<B>,
+    index: usize,
+    gradients: &B::Gradients,
+    grads: &mut AdapterGrads<B::InnerBackend>,
+) {
+    for (path, linear) in projections(index, &model.model.layers[index]) {
+        let Some(lora) = &linear.lora else { continue };
+        for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
+            if let Some(g) = param.val().grad(gradients) {
+                let key = peft_key(&path, matrix);
+                let sum = match grads.remove(&key) {
+                    Some(previous) => previous + g,
+                    None => g,
+                };
+                grads.insert(key, sum);
+            }
+        }
+    }
+}
+
+fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
+    t.clone().into_scalar().elem::<f64>()
+}

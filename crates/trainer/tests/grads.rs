@@ -1,0 +1,119 @@
+//! Layer-level gradient checkpointing computes the same gradients as the full graph, and
+//! both match PEFT's (fixture `fixtures/lora/plain`).
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::DType;
+use ember_lora::load_adapter;
+use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
+use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
+use safetensors::SafeTensors;
+
+type AD = Autodiff<NdArray<f32>>;
+type B = NdArray<f32>;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_with_adapter() -> GemmaForCausalLM<AD> {
+    let base = GemmaForCausalLM::load(
+        &repo().join("fixtures/models/gemma3"),
+        &LoadOptions::new(DType::F32),
+        &Default::default(),
+    )
+    .unwrap();
+    load_adapter(base, &repo().join("fixtures/lora/plain")).unwrap().0
+}
+
+fn reference_batch() -> MicroBatch {
+    let bytes = std::fs::read(repo().join("fixtures/models/gemma3/reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> Vec<i64> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (ids, mask) = (ints("input_ids"), ints("attention_mask"));
+    let (batch, seq) = (2, ids.len() / 2);
+    let labels: Vec<i64> = ids
+        .iter()
+        .zip(&mask)
+        .map(|(&id, &m)| if m == 0 { IGNORE_INDEX } else { id })
+        .collect();
+    let targets = shift_labels(&labels, seq);
+    let num_trained_tokens = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    MicroBatch {
+        batch,
+        seq,
+        input_ids: ids,
+        segments: mask,
+        positions: (0..batch).flat_map(|_| 0..seq as i64).collect(),
+        targets,
+        num_trained_tokens,
+    }
+}
+
+fn grads(checkpointing: bool) -> (f64, AdapterGrads<B>) {
+    let model = model_with_adapter();
+    let batch = reference_batch();
+    let mut grads = AdapterGrads::new();
+    let loss_sum = accumulate(
+        &model,
+        &batch,
+        batch.num_trained_tokens as f64,
+        checkpointing,
+        &mut grads,
+    );
+    (loss_sum / batch.num_trained_tokens as f64, grads)
+}
+
+fn values(t: &burn::tensor::Tensor<B, 2>) -> Vec<f32> {
+    t.to_data().into_vec::<f32>().unwrap()
+}
+
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    diff / norm.max(1e-30)
+}
+
+#[test]
+fn checkpointed_gradients_equal_full_graph_gradients_and_peft() {
+    let (loss_full, full) = grads(false);
+    let (loss_ckpt, ckpt) = grads(true);
+    assert_eq!(full.len(), 7 * 7 * 2);
+    assert_eq!(full.keys().collect::<Vec<_>>(), ckpt.keys().collect::<Vec<_>>());
+    assert!((loss_full - loss_ckpt).abs() < 1e-5, "{loss_full} vs {loss_ckpt}");
+
+    let bytes = std::fs::read(repo().join("fixtures/lora/plain/reference.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&bytes).unwrap();
+    let peft_loss = f32::from_le_bytes(reference.tensor("loss").unwrap().data().try_into().unwrap());
+    assert!(
+        (loss_full - peft_loss as f64).abs() < 1e-5,
+        "{loss_full} vs PEFT {peft_loss}"
+    );
+    for (key, g) in &full {
+        let ours = values(g);
+        let err = relative_error(&values(&ckpt[key]), &ours);
+        assert!(err < 1e-5, "{key}: checkpointed differs by {err:e}");
+        let peft: Vec<f32> = reference
+            .tensor(&format!("{key}.grad"))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let err = relative_error(&ours, &peft);
+        assert!(err < 1e-4, "{key}: differs from PEFT by {err:e}");
+    }
+}
