@@ -1,0 +1,51 @@
+//! Optimizers over the trainable (adapter) tensors, with the update rules of the reference
+//! implementations: PyTorch's `AdamW` and bitsandbytes' `AdamW8bit`.
+//!
+//! Tensors are handled flattened and named (PEFT keys), so optimizer state is saved and
+//! restored by name, independent of burn's run-specific parameter ids.
+
+mod adamw;
+
+pub use adamw::AdamW;
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+/// Hyper-parameters shared by the AdamW variants; defaults are PyTorch's except the weight
+/// decay, which is the seed recipe's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// An optimizer's state as named host tensors, for checkpoints (bit-exact round trip).
+pub type StateTensors = Vec<(String, TensorData)>;
+
+/// One optimizer step on one tensor at a time.
+pub trait Optimizer<B: Backend> {
+    /// Returns `param` after one update with gradient `grad` (both f32, flattened, same length)
+    /// at learning rate `lr`. `name` identifies the tensor's state across steps and checkpoints.
+    fn update(&mut self, name: &str, param: Tensor<B, 1>, grad: Tensor<B, 1>, lr: f64) -> Tensor<B, 1>;
+
+    /// The whole state, e.g. `{name}.exp_avg`, `{name}.step`.
+    fn state(&self) -> StateTensors;
+
+    /// Restores what [`Optimizer::state`] returned.
+    fn load_state(&mut self, state: StateTensors, device: &B::Device) -> Result<(), String>;
+
+    /// Bytes of optimizer state held on the device.
+    fn state_bytes(&self) -> usize;
+}
