@@ -105,10 +105,28 @@ impl LoraConfig {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_json(&value, path, false)
+    }
+
+    /// Reads the settings from a JSON value (`adapter_config.json`, or the `[lora]` table of a
+    /// run config); `source` names it in messages. `strict` makes a key Ember does not know
+    /// an error instead of a warning: right for a config a user writes, wrong for files
+    /// newer PEFT releases write.
+    pub fn from_json(value: &Value, source: &Path, strict: bool) -> Result<Self> {
         let Value::Object(map) = value else {
-            return Err(Reader { map: &Map::new(), path }.error("(root)", "expected a JSON object"));
+            return Err(Reader {
+                map: &Map::new(),
+                path: source,
+                strict,
+            }
+            .error("(root)", "expected a table of settings"));
         };
-        Reader { map: &map, path }.config()
+        Reader {
+            map,
+            path: source,
+            strict,
+        }
+        .config()
     }
 
     /// The `adapter_config.json` PEFT would write for this adapter.
@@ -153,6 +171,7 @@ impl LoraConfig {
 struct Reader<'a> {
     map: &'a Map<String, Value>,
     path: &'a Path,
+    strict: bool,
 }
 
 impl Reader<'_> {
@@ -269,7 +288,11 @@ impl Reader<'_> {
             ];
             // Newer PEFT releases write every option they know, unset ones as null/false.
             let unset = matches!(self.map.get(key), Some(Value::Null | Value::Bool(false)));
-            if !unset && !used.contains(&key.as_str()) && !DESCRIPTIVE_KEYS.contains(&key.as_str()) {
+            let known = used.contains(&key.as_str()) || DESCRIPTIVE_KEYS.contains(&key.as_str());
+            if self.strict && !known {
+                return Err(self.error(key, format!("unknown setting; known ones: {}", used[..9].join(", "))));
+            }
+            if !unset && !known {
                 tracing::warn!("{}: key `{key}` is not used by Ember", self.path.display());
             }
         }

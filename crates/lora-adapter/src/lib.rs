@@ -18,5 +18,5 @@ pub use atomic::write_dir_atomically;
 pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
 pub use error::{LoraError, Result};
 pub use merge::{MAX_SHARD_BYTES, export_checkpoint, merge_lora};
-pub use peft::{CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter};
+pub use peft::{CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter, write_adapter_files};
 pub use targets::{Resolver, Target};

@@ -46,27 +46,30 @@ pub fn adapter_tensors<B: Backend>(model: &GemmaForCausalLM<B>) -> Result<BTreeM
 
 /// Writes the model's adapters to `dir` as PEFT does, atomically.
 pub fn save_adapter<B: Backend>(model: &GemmaForCausalLM<B>, config: &LoraConfig, dir: &Path) -> Result<()> {
+    write_dir_atomically(dir, |tmp| write_adapter_files(model, config, tmp))
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` into the existing `dir`.
+pub fn write_adapter_files<B: Backend>(model: &GemmaForCausalLM<B>, config: &LoraConfig, dir: &Path) -> Result<()> {
     let tensors = adapter_tensors(model)?;
     if tensors.is_empty() {
         return Err(LoraError::NoAdapter("save"));
     }
-    write_dir_atomically(dir, |tmp| {
-        let config_path = tmp.join(CONFIG_FILE);
-        let text = serde_json::to_string_pretty(&config.to_json()).expect("a JSON value serialises");
-        std::fs::write(&config_path, text + "\n").map_err(|e| LoraError::io(&config_path, e))?;
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(key, (shape, values))| (key, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(key, shape, data)| TensorView::new(Dtype::F32, shape.clone(), data).map(|view| (key.clone(), view)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| safetensors_error(&tmp.join(WEIGHTS_FILE), e))?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let path = tmp.join(WEIGHTS_FILE);
-        safetensors::serialize_to_file(views, Some(metadata), &path).map_err(|e| safetensors_error(&path, e))
-    })
+    let config_path = dir.join(CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&config.to_json()).expect("a JSON value serialises");
+    std::fs::write(&config_path, text + "\n").map_err(|e| LoraError::io(&config_path, e))?;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(key, (shape, values))| (key, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let path = dir.join(WEIGHTS_FILE);
+    let views = bytes
+        .iter()
+        .map(|(key, shape, data)| TensorView::new(Dtype::F32, shape.clone(), data).map(|view| (key.clone(), view)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| safetensors_error(&path, e))?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), &path).map_err(|e| safetensors_error(&path, e))
 }
 
 /// Loads a PEFT adapter directory onto `model`. Refuses adapters Ember cannot apply

@@ -14,7 +14,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_lora::{peft_key, projections};
-use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, cross_entropy_sum, shift_labels};
+use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, cross_entropy_sum, shift_labels};
 
 /// Gradients of the adapter matrices by PEFT key, summed over micro-batches.
 pub type AdapterGrads<B> = BTreeMap<String, Tensor<B, 2>>;
@@ -36,14 +36,15 @@ pub struct MicroBatch {
 impl MicroBatch {
     /// From a data-pipeline batch: labels are shifted to next-token targets here.
     pub fn from_batch(b: &ember_data::Batch) -> Self {
+        let targets = shift_labels(&b.labels, b.seq_len);
         Self {
             batch: b.batch_size,
             seq: b.seq_len,
             input_ids: b.input_ids.iter().map(|&v| v as i64).collect(),
             segments: b.segment_ids.iter().map(|&v| v as i64).collect(),
             positions: b.position_ids.iter().map(|&v| v as i64).collect(),
-            targets: shift_labels(&b.labels, b.seq_len),
-            num_trained_tokens: b.num_trained_tokens,
+            num_trained_tokens: targets.iter().filter(|&&t| t != IGNORE_INDEX).count(),
+            targets,
         }
     }
 

@@ -1,5 +1,13 @@
 //! Ember's supervised fine-tuning: the training loop, optimizers and checkpoints.
 
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod eval;
 pub mod grads;
 pub mod optim;
 pub mod schedule;
+pub mod step;
+pub mod trainer;
+
+pub use error::{Result, TrainError};

@@ -5,8 +5,11 @@
 //! restored by name, independent of burn's run-specific parameter ids.
 
 mod adamw;
+mod adamw8bit;
+mod quant;
 
 pub use adamw::AdamW;
+pub use adamw8bit::{AdamW8bit, MIN_8BIT_SIZE};
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 

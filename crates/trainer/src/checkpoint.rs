@@ -1,0 +1,149 @@
+//! Checkpoints: `output_dir/checkpoint-N/` holds the adapter in PEFT format (usable as is),
+//! the optimizer state, and `trainer_state.json` (step, data position, format version, what
+//! the run was for). Written to a temporary directory and renamed: never half a checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, TensorData};
+use ember_data::LoaderPosition;
+use ember_lora::{LoraConfig, write_adapter_files, write_dir_atomically};
+use ember_model::GemmaForCausalLM;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::optim::{Optimizer, StateTensors};
+
+/// Bumped when the layout of a checkpoint changes.
+pub const FORMAT_VERSION: u32 = 1;
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub format_version: u32,
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    pub total_steps: usize,
+    pub loader: LoaderPosition,
+    /// The base checkpoint's architecture (from its config.json), to refuse a resume onto
+    /// another model.
+    pub model_signature: String,
+    /// `optim` of the run that wrote it.
+    pub optim: String,
+}
+
+/// Saves a checkpoint as `output_dir/checkpoint-{step}`.
+pub fn save<B: Backend, O: Backend>(
+    output_dir: &Path,
+    model: &GemmaForCausalLM<B>,
+    lora: &LoraConfig,
+    optimizer: &dyn Optimizer<O>,
+    state: &TrainerState,
+) -> Result<PathBuf> {
+    let dir = output_dir.join(format!("checkpoint-{}", state.global_step));
+    write_dir_atomically(&dir, |tmp| -> Result<()> {
+        write_adapter_files(model, lora, tmp)?;
+        write_state_tensors(&tmp.join(OPTIMIZER_FILE), optimizer.state()).map_err(|message| {
+            TrainError::Checkpoint {
+                path: tmp.join(OPTIMIZER_FILE),
+                message,
+            }
+        })?;
+        let json = serde_json::to_string_pretty(state).expect("trainer state serialises");
+        std::fs::write(tmp.join(STATE_FILE), json).map_err(|e| TrainError::io(tmp.join(STATE_FILE), e))
+    })?;
+    Ok(dir)
+}
+
+/// Reads `trainer_state.json` and the optimizer state of a checkpoint.
+pub fn load_state(dir: &Path) -> Result<(TrainerState, StateTensors)> {
+    let error = |message: String| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| TrainError::io(dir.join(STATE_FILE), e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| error(format!("{STATE_FILE}: {e}")))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(error(format!(
+            "format version {} is not {FORMAT_VERSION}: it was written by another Ember version",
+            state.format_version
+        )));
+    }
+    let tensors = read_state_tensors(&dir.join(OPTIMIZER_FILE)).map_err(error)?;
+    Ok((state, tensors))
+}
+
+/// The checkpoint with the highest step in `output_dir`.
+pub fn latest(output_dir: &Path) -> Option<PathBuf> {
+    list(output_dir).pop().map(|(_, dir)| dir)
+}
+
+/// Deletes the oldest checkpoints beyond `keep`.
+pub fn prune(output_dir: &Path, keep: usize) -> Result<()> {
+    let all = list(output_dir);
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// `(step, dir)` of every complete checkpoint, oldest first.
+fn list(output_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(output_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let step = e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().join(STATE_FILE).exists().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn write_state_tensors(path: &Path, tensors: StateTensors) -> Result<(), String> {
+    let views = tensors
+        .iter()
+        .map(|(name, data)| {
+            let dtype = match data.dtype {
+                DType::F32 => Dtype::F32,
+                DType::I64 => Dtype::I64,
+                DType::I32 => Dtype::I32,
+                DType::U8 => Dtype::U8,
+                DType::U32 => Dtype::U32,
+                other => return Err(format!("cannot store `{name}` of dtype {other:?}")),
+            };
+            safetensors::tensor::TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
+                .map(|v| (name.clone(), v))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    safetensors::serialize_to_file(views, Some(HashMap::new()), path).map_err(|e| e.to_string())
+}
+
+fn read_state_tensors(path: &Path) -> Result<StateTensors, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = match view.dtype() {
+                Dtype::F32 => DType::F32,
+                Dtype::I64 => DType::I64,
+                Dtype::I32 => DType::I32,
+                Dtype::U8 => DType::U8,
+                Dtype::U32 => DType::U32,
+                other => return Err(format!("`{name}` has unsupported dtype {other:?}")),
+            };
+            Ok((
+                name,
+                TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+
+/// Everything that can stop a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("cannot access `{}`: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("`{}`: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("checkpoint `{}`: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("training stopped: {0}")]
+    Diverged(String),
+    #[error(transparent)]
+    Model(#[from] ember_model::ModelError),
+    #[error(transparent)]
+    Lora(#[from] ember_lora::LoraError),
+    #[error(transparent)]
+    Data(#[from] ember_data::DataError),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

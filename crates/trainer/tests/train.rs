@@ -1,0 +1,136 @@
+//! The training run end to end on the CPU: loss falls, a resumed run equals an
+//! uninterrupted one bit for bit, and bad configs are refused by name.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::DType;
+use ember_trainer::config::RunConfig;
+use ember_trainer::trainer::{Start, train};
+
+type AD = Autodiff<NdArray<f32>>;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn config(output_dir: &Path, max_steps: usize, optim: &str, checkpointing: bool) -> RunConfig {
+    let text = format!(
+        r#"
+[model]
+path = "{model}"
+
+[lora]
+r = 4
+lora_alpha = 8
+target_modules = "all-linear"
+
+[data]
+path = "{data}"
+max_seq_length = 64
+
+[training]
+output_dir = "{out}"
+per_device_train_batch_size = 4
+gradient_accumulation_steps = 2
+max_steps = {max_steps}
+learning_rate = 5e-3
+warmup_steps = 2
+optim = "{optim}"
+weight_decay = 0.01
+save_steps = 3
+seed = 1357
+gradient_checkpointing = {checkpointing}
+"#,
+        model = repo().join("fixtures/models/gemma3").display(),
+        data = repo().join("datasets/tiny-instructions.jsonl").display(),
+        out = output_dir.display(),
+    );
+    RunConfig::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+fn run(config: &RunConfig, start: Start) -> Vec<f64> {
+    let mut losses = Vec::new();
+    train::<AD>(config, start, &Default::default(), DType::F32, |log| {
+        losses.push(log.loss)
+    })
+    .unwrap();
+    losses
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = ["adapter_model.safetensors", "optimizer.safetensors"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn loss_falls_on_the_tiny_dataset() {
+    let out = tempfile::tempdir().unwrap();
+    let losses = run(&config(out.path(), 12, "adamw_torch", true), Start::Fresh);
+    assert_eq!(losses.len(), 12);
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[9..].iter().sum::<f64>() / 3.0;
+    assert!(last < first * 0.92, "loss did not fall: {losses:?}");
+    for file in [
+        "checkpoint-12/adapter_config.json",
+        "checkpoint-12/trainer_state.json",
+        "metrics.jsonl",
+        "run_config.toml",
+    ] {
+        assert!(out.path().join(file).exists(), "{file}");
+    }
+}
+
+#[test]
+fn resume_matches_uninterrupted_run() {
+    for optim in ["adamw_torch", "adamw_8bit"] {
+        let straight = tempfile::tempdir().unwrap();
+        run(&config(straight.path(), 6, optim, true), Start::Fresh);
+
+        let interrupted = tempfile::tempdir().unwrap();
+        run(&config(interrupted.path(), 3, optim, true), Start::Fresh);
+        let checkpoint = interrupted.path().join("checkpoint-3");
+        run(&config(interrupted.path(), 6, optim, true), Start::Resume(checkpoint));
+
+        assert_eq!(
+            files(&straight.path().join("checkpoint-6")),
+            files(&interrupted.path().join("checkpoint-6")),
+            "{optim}: adapter and optimizer state are bit-identical"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_for_another_model_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    run(&config(out.path(), 3, "adamw_torch", false), Start::Fresh);
+    let mut other = config(out.path(), 6, "adamw_torch", false);
+    other.model.path = repo().join("fixtures/models/gemma2");
+    let err = train::<AD>(
+        &other,
+        Start::Resume(out.path().join("checkpoint-3")),
+        &Default::default(),
+        DType::F32,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("another model"), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    for (text, key) in [
+        ("[training]\nlearning_rat = 1e-4\n[data]\npath = \"x\"", "learning_rat"),
+        ("[trainig]\n[data]\npath = \"x\"", "trainig"),
+        ("[lora]\nrank = 4\n[data]\npath = \"x\"", "rank"),
+        ("[data]\npath = \"x\"\ncolumnz = 1", "columnz"),
+    ] {
+        let text = format!("{text}\n[model]\npath = \"m\"\n");
+        let err = RunConfig::parse(&text, Path::new("bad.toml")).unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
