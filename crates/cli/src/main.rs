@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune a LoRA adapter as a run config says (`configs/*.toml`).
+    Train(commands::train::Args),
     /// Continue a prompt with a model, streaming tokens as they are chosen.
     Generate(commands::generate::Args),
     /// Describe a checkpoint: architecture, layer types, parameters, memory.
@@ -29,6 +31,7 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     let result = match Cli::parse().command {
+        Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Export(args) => commands::export::run(args),

@@ -1,0 +1,114 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use ember_trainer::checkpoint;
+use ember_trainer::config::RunConfig;
+use ember_trainer::trainer::{Start, train};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::device::{DeviceArgs, Task, run_on};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run config (TOML): [model], [lora], [data], [training].
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Continue from `latest` (the newest checkpoint in output_dir) or a checkpoint directory.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Override a config value, e.g. `--set training.max_steps=20` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", args.config.display()))?;
+    for item in &args.overrides {
+        apply_override(&mut table, item)?;
+    }
+    let config = RunConfig::from_table(table, &args.config)?;
+    let start = match args.resume.as_deref() {
+        None => Start::Fresh,
+        Some("latest") => Start::Resume(
+            checkpoint::latest(&config.training.output_dir)
+                .with_context(|| format!("no checkpoint to resume in {}", config.training.output_dir.display()))?,
+        ),
+        Some(dir) => Start::Resume(PathBuf::from(dir)),
+    };
+    run_on(&args.device.clone(), Train { config, start })
+}
+
+struct Train {
+    config: RunConfig,
+    start: Start,
+}
+
+impl Task for Train {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+                .expect("a valid progress template"),
+        );
+        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, |log| {
+            bar.set_length(log.total_steps as u64);
+            bar.set_position(log.step as u64);
+            let eval = log.eval_loss.map(|l| format!("  eval {l:.4}")).unwrap_or_default();
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  grad norm {:.3}  {:.0} tok/s{eval}",
+                log.loss, log.learning_rate, log.grad_norm, log.tokens_per_second
+            ));
+            if !bar.is_hidden() {
+                return;
+            }
+            // No terminal (logs, CI): one line per logged step instead of a bar.
+            eprintln!("step {}/{}  {}", log.step, log.total_steps, bar.message());
+        })?;
+        bar.finish();
+        eprintln!(
+            "ember: {} steps, final loss {:.4}; adapter (PEFT format) in {}",
+            summary.steps,
+            summary.final_loss,
+            summary.last_checkpoint.display()
+        );
+        if let Some(eval) = summary.eval {
+            eprintln!(
+                "ember: eval loss {:.4}, perplexity {:.2} over {} tokens",
+                eval.loss, eval.perplexity, eval.tokens
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `section.key=value`, the value parsed as TOML (so `20`, `1e-4`, `true`, `"text"` work).
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let Some((path, raw)) = item.split_once('=') else {
+        bail!("--set {item}: expected KEY=VALUE, e.g. training.max_steps=20");
+    };
+    let value: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("the key just parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let keys: Vec<&str> = path.split('.').collect();
+    let (last, parents) = keys.split_last().expect("split yields one item at least");
+    let mut current = table;
+    for key in parents {
+        current = current
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("--set {item}: `{key}` is not a table"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
