@@ -128,6 +128,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn state_map(state: StateTensors) -> HashMap<String, TensorData> {
     state.into_iter().collect()
 }
+
 /// The parameters of bnb's run before step `t` (1-based) and after it.
 fn bnb_params(fx: &Fixture, name: &str, t: usize) -> (Vec<f32>, Vec<f32>) {
     let before = if t == 1 {
@@ -146,13 +147,13 @@ fn step_tolerance(before: f32, after: f32) -> f32 {
 
 /// Runs `opt` over the fixture's steps from bnb's initial parameters, calling `check` with the
 /// step and each tensor's parameters after it.
-fn run(fx: &Fixture, opt: &mut impl Optimizer<B>, mut check: impl FnMut(usize, &str, &[f32], &dyn Optimizer<B>)) {
+fn run(fx: &Fixture, opt: &mut impl Optimizer<B>, mut check: impl FnMut(usize, &str, &[f32])) {
     let mut params: HashMap<&str, Tensor<B, 1>> = NAMES.iter().map(|&n| (n, fx.tensor(&format!("{n}.init")))).collect();
     for (t, &lr) in (1..=STEPS).zip(&fx.lrs) {
         for name in NAMES {
             let p = params.remove(name).unwrap();
             let p = opt.update(name, p, fx.tensor(&format!("{name}.grad.{t}")), lr);
-            check(t, name, &floats(p.clone()), opt);
+            check(t, name, &floats(p.clone()));
             params.insert(name, p);
         }
     }
@@ -185,11 +186,11 @@ fn tracks_bitsandbytes_within_its_fast_math_error() {
     // as the distance between bnb and f32-state AdamW.
     let fx = Fixture::load();
     let mut f32_params = HashMap::new();
-    run(&fx, &mut AdamW::<B>::new(fx.config), |t, name, p, _| {
+    run(&fx, &mut AdamW::<B>::new(fx.config), |t, name, p| {
         f32_params.insert((t, name.to_string()), p.to_vec());
     });
     let mut budget: HashMap<String, Vec<f32>> = HashMap::new();
-    run(&fx, &mut AdamW8bit::<B>::new(fx.config), |t, name, ours, _| {
+    run(&fx, &mut AdamW8bit::<B>::new(fx.config), |t, name, ours| {
         let (before, bnb) = bnb_params(&fx, name, t);
         let budget = budget.entry(name.to_string()).or_insert_with(|| vec![0.0; bnb.len()]);
         let mut worst = 0.0f32;
@@ -261,7 +262,7 @@ fn each_step_reproduces_bitsandbytes_from_its_own_state() {
 fn final_state_is_bitsandbytes_state() {
     let fx = Fixture::load();
     let mut opt = AdamW8bit::<B>::new(fx.config);
-    run(&fx, &mut opt, |_, _, _, _| {});
+    run(&fx, &mut opt, |_, _, _| {});
     let state = state_map(opt.state());
     for name in NAMES {
         let key = |k: &str| format!("{name}.{k}");

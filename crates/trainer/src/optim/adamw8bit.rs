@@ -80,7 +80,7 @@ impl Scalars {
             one_minus_beta2: 1.0 - beta2,
             eps: correction2 * config.eps as f32,
             step_size: -lr * correction2 / correction1,
-            decay: (weight_decay > 0.0).then(|| 1.0 - lr * weight_decay),
+            decay: (weight_decay > 0.0).then_some(1.0 - lr * weight_decay),
         }
     }
 }
