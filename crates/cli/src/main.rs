@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Fine-tune a LoRA adapter as a run config says (`configs/*.toml`).
     Train(commands::train::Args),
+    /// Mean loss and perplexity of a model (and adapter) over a dataset.
+    Eval(commands::eval::Args),
     /// Continue a prompt with a model, streaming tokens as they are chosen.
     Generate(commands::generate::Args),
     /// Describe a checkpoint: architecture, layer types, parameters, memory.
@@ -32,6 +34,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Export(args) => commands::export::run(args),

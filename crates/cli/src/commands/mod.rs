@@ -1,3 +1,4 @@
+pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod inspect;
