@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Fine-tune a LoRA adapter as a run config says (`configs/*.toml`).
     Train(commands::train::Args),
+    /// Show what training would see: counts, lengths, formatted samples with trained tokens marked.
+    Data(commands::data::Args),
     /// Mean loss and perplexity of a model (and adapter) over a dataset.
     Eval(commands::eval::Args),
     /// Continue a prompt with a model, streaming tokens as they are chosen.
@@ -34,6 +36,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Train(args) => commands::train::run(args),
+        Command::Data(args) => commands::data::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),

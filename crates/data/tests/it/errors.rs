@@ -32,7 +32,7 @@ fn missing_column_is_named_with_the_columns_that_exist() {
         &[
             "qa.jsonl:1",
             "missing column `instruction`",
-            "answer, question",
+            "question, answer", // in the order the file has them
             "[data.columns]",
         ],
     );
