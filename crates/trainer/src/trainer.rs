@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -43,6 +44,8 @@ pub struct StepLog {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {
     pub steps: usize,
+    /// `stop` was raised: the run saved a checkpoint and ended early.
+    pub interrupted: bool,
     pub final_loss: f64,
     pub last_checkpoint: PathBuf,
     pub eval: Option<EvalResult>,
@@ -55,12 +58,15 @@ pub enum Start {
     Resume(PathBuf),
 }
 
-/// Runs `config` on `device`; `on_log` sees every logged step (for a progress bar).
+/// Runs `config` on `device`; `on_log` sees every logged step (for a progress bar). When
+/// `stop` becomes true (Ctrl-C), the run finishes the current step, saves a checkpoint and
+/// returns.
 pub fn train<B: AutodiffBackend>(
     config: &RunConfig,
     start: Start,
     device: &B::Device,
     dtype: DType,
+    stop: &AtomicBool,
     mut on_log: impl FnMut(&StepLog),
 ) -> Result<TrainSummary> {
     let args = &config.training;
@@ -185,7 +191,8 @@ pub fn train<B: AutodiffBackend>(
             on_log(&log);
         }
         last.0 = outcome.loss;
-        if (args.save_steps > 0 && step % args.save_steps == 0) || step == total_steps {
+        let interrupted = stop.load(Ordering::Relaxed);
+        if (args.save_steps > 0 && step % args.save_steps == 0) || step == total_steps || interrupted {
             last.1 = checkpoint::save(
                 &args.output_dir,
                 &model,
@@ -196,6 +203,15 @@ pub fn train<B: AutodiffBackend>(
             if let Some(keep) = args.save_total_limit {
                 checkpoint::prune(&args.output_dir, keep.max(1))?;
             }
+        }
+        if interrupted {
+            return Ok(TrainSummary {
+                steps: step,
+                interrupted: true,
+                final_loss: last.0,
+                last_checkpoint: last.1,
+                eval: None,
+            });
         }
     }
     let eval = splits.eval.as_ref().map(|eval_set| {
@@ -208,6 +224,7 @@ pub fn train<B: AutodiffBackend>(
     });
     Ok(TrainSummary {
         steps: step,
+        interrupted: false,
         final_loss: last.0,
         last_checkpoint: last.1,
         eval,

@@ -2,6 +2,7 @@
 //! uninterrupted one bit for bit, and bad configs are refused by name.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::DType;
@@ -133,4 +134,26 @@ fn unknown_keys_are_refused_by_name() {
         let err = RunConfig::parse(&text, Path::new("bad.toml")).unwrap_err().to_string();
         assert!(err.contains(key), "{key}: {err}");
     }
+}
+
+#[test]
+fn a_stop_request_saves_a_checkpoint_and_ends_the_run() {
+    let out = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let summary = train::<AD>(
+        &config(out.path(), 10, "adamw_torch", true),
+        Start::Fresh,
+        &Default::default(),
+        DType::F32,
+        &stop,
+        |log| {
+            if log.step == 2 {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+    )
+    .unwrap();
+    assert!(summary.interrupted);
+    assert_eq!(summary.steps, 2);
+    assert!(out.path().join("checkpoint-2/trainer_state.json").exists());
 }

@@ -1,4 +1,6 @@
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
@@ -59,7 +61,11 @@ impl Task for Train {
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
                 .expect("a valid progress template"),
         );
-        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, |log| {
+        // Ctrl-C: finish the step, save a checkpoint, exit cleanly.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, &stop, |log| {
             bar.set_length(log.total_steps as u64);
             bar.set_position(log.step as u64);
             let eval = log.eval_loss.map(|l| format!("  eval {l:.4}")).unwrap_or_default();
@@ -74,6 +80,14 @@ impl Task for Train {
             eprintln!("step {}/{}  {}", log.step, log.total_steps, bar.message());
         })?;
         bar.finish();
+        if summary.interrupted {
+            eprintln!(
+                "ember: interrupted after {} steps; checkpoint saved in {} (continue with --resume latest)",
+                summary.steps,
+                summary.last_checkpoint.display()
+            );
+            return Ok(());
+        }
         eprintln!(
             "ember: {} steps, final loss {:.4}; adapter (PEFT format) in {}",
             summary.steps,
