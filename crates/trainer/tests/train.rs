@@ -52,7 +52,8 @@ gradient_checkpointing = {checkpointing}
 
 fn run(config: &RunConfig, start: Start) -> Vec<f64> {
     let mut losses = Vec::new();
-    train::<AD>(config, start, &Default::default(), DType::F32, |log| {
+    let stop = AtomicBool::new(false);
+    train::<AD>(config, start, &Default::default(), DType::F32, &stop, |log| {
         losses.push(log.loss)
     })
     .unwrap();
@@ -116,6 +117,7 @@ fn a_checkpoint_for_another_model_is_refused() {
         Start::Resume(out.path().join("checkpoint-3")),
         &Default::default(),
         DType::F32,
+        &AtomicBool::new(false),
         |_| {},
     )
     .unwrap_err();
