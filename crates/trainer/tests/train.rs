@@ -159,3 +159,16 @@ fn a_stop_request_saves_a_checkpoint_and_ends_the_run() {
     assert_eq!(summary.steps, 2);
     assert!(out.path().join("checkpoint-2/trainer_state.json").exists());
 }
+
+#[test]
+fn every_shipped_config_parses() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "{seen} configs");
+}
