@@ -22,6 +22,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Continue a prompt with a model, streaming tokens as they are chosen.
     Generate(commands::generate::Args),
+    /// Draw a run's loss curve (metrics.jsonl) as an SVG picture.
+    Plot(commands::plot::Args),
     /// Describe a checkpoint: architecture, layer types, parameters, memory.
     Inspect(commands::inspect::Args),
     /// Rewrite an adapter as a clean PEFT directory, or merge it into a full checkpoint.
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Plot(args) => commands::plot::run(args),
         Command::Export(args) => commands::export::run(args),
     };
     match result {

@@ -410,7 +410,7 @@ impl<'a> Fields<'a> {
                 return Err(self.error(key, "must be greater than zero"));
             }
         }
-        if config.head_dim % 2 != 0 {
+        if !config.head_dim.is_multiple_of(2) {
             return Err(self.error("head_dim", "must be even for rotary embeddings"));
         }
         Ok(config)
@@ -520,7 +520,7 @@ impl<'a> Fields<'a> {
         }
         Ok((0..num_layers)
             .map(|i| {
-                if (i + 1) % pattern == 0 {
+                if (i + 1).is_multiple_of(pattern) {
                     LayerType::Full
                 } else {
                     LayerType::Sliding

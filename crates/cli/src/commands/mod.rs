@@ -3,4 +3,5 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod inspect;
+pub mod plot;
 pub mod train;
