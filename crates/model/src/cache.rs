@@ -2,39 +2,65 @@ use burn::tensor::{Tensor, backend::Backend};
 
 /// Keys and values of every layer for the positions processed so far.
 ///
-/// The prompt is run once; each generated token then appends one position.
+/// The prompt is run once; each generated token then appends one position. Storage has a
+/// fixed capacity, allocated on first use, so every decoding step has the same tensor shapes:
+/// GPU backends compile and tune their kernels once instead of at every new length. Slots
+/// past the current length are hidden by the causal mask.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    /// Per layer: `[batch, kv_heads, cached, head_dim]` keys and values.
+    /// Per layer: `[batch, kv_heads, capacity, head_dim]` keys and values.
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    capacity: usize,
+    len: usize,
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(num_layers: usize) -> Self {
+    /// A cache for up to `capacity` positions.
+    pub fn new(num_layers: usize, capacity: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            capacity,
+            len: 0,
         }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        match self.layers.first() {
-            Some(Some((k, _))) => k.dims()[2],
-            _ => 0,
-        }
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Appends this step's keys and values to layer `layer` and returns all of them.
+    /// Positions the cache can hold: the key length attention sees.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes this step's keys and values of layer `layer` at the current length and returns
+    /// the whole storage. The length advances once the last layer has written.
     pub(crate) fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (k, v) = match self.layers[layer].take() {
-            Some((k0, v0)) => (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2)),
-            None => (k, v),
+        let [batch, heads, steps, head_dim] = k.dims();
+        let (start, end) = (self.len, self.len + steps);
+        assert!(
+            end <= self.capacity,
+            "KV cache overflow: {end} positions > capacity {}",
+            self.capacity
+        );
+        let (keys, values) = match self.layers[layer].take() {
+            Some(kv) => kv,
+            None => {
+                let zeros = Tensor::zeros([batch, heads, self.capacity, head_dim], (&k.device(), k.dtype()));
+                (zeros.clone(), zeros)
+            }
         };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
+        let keys = keys.slice_assign([0..batch, 0..heads, start..end, 0..head_dim], k);
+        let values = values.slice_assign([0..batch, 0..heads, start..end, 0..head_dim], v);
+        self.layers[layer] = Some((keys.clone(), values.clone()));
+        if layer + 1 == self.layers.len() {
+            self.len = end;
+        }
+        (keys, values)
     }
 }

@@ -33,13 +33,14 @@ impl<B: Backend> GemmaForCausalLM<B> {
             )));
         }
         let mut sampler = Sampler::new(config.sampling.clone());
-        let mut cache = self.new_cache();
+        // Rounded up so that prompts of similar length share compiled GPU kernels.
+        let capacity = (prompt.len() + config.max_new_tokens).next_multiple_of(256);
+        let mut cache = self.new_cache(capacity);
         let mut step_input = prompt.to_vec();
         let mut generated = Vec::new();
         while generated.len() < config.max_new_tokens {
             let ids = Tensor::<B, 1, Int>::from_data(step_input.as_slice(), device).reshape([1, step_input.len()]);
-            let offset = cache.len();
-            let hidden = self.hidden_states(ForwardInput::causal(ids, offset), Some(&mut cache));
+            let hidden = self.hidden_states(ForwardInput::cached(ids, &cache), Some(&mut cache));
             let seq = hidden.dims()[1];
             let logits = self.logits(hidden.narrow(1, seq - 1, 1)).cast(DType::F32);
             let logits = logits

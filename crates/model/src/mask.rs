@@ -12,17 +12,21 @@ pub struct AttentionMask<B: Backend> {
     /// Absolute index of the first query (the KV-cache length before this call).
     q_offset: usize,
     q_len: usize,
+    /// Keys attended over: `q_len` without a cache, the cache's capacity with one.
+    kv_len: usize,
     segments: Option<Tensor<B, 2, Int>>,
     device: B::Device,
 }
 
 impl<B: Backend> AttentionMask<B> {
-    /// A plain causal mask for `q_len` queries following `q_offset` cached positions.
-    pub fn causal(batch: usize, q_offset: usize, q_len: usize, device: &B::Device) -> Self {
+    /// A plain causal mask for `q_len` queries following `q_offset` cached positions, over
+    /// `kv_len` keys (slots past the queries are masked as future positions).
+    pub fn causal(batch: usize, q_offset: usize, q_len: usize, kv_len: usize, device: &B::Device) -> Self {
         Self {
             batch,
             q_offset,
             q_len,
+            kv_len,
             segments: None,
             device: device.clone(),
         }
@@ -36,15 +40,16 @@ impl<B: Backend> AttentionMask<B> {
             batch,
             q_offset: 0,
             q_len,
+            kv_len: q_len,
             segments: Some(segments),
             device,
         }
     }
 
-    /// `[batch, 1, q_len, q_offset + q_len]`, `true` where attention is forbidden.
+    /// `[batch, 1, q_len, kv_len]`, `true` where attention is forbidden.
     pub fn build(&self, window: Option<usize>) -> Tensor<B, 4, Bool> {
-        let (t, s) = (self.q_len, self.q_offset + self.q_len);
-        let q = Tensor::<B, 1, Int>::arange(self.q_offset as i64..s as i64, &self.device)
+        let (t, s) = (self.q_len, self.kv_len);
+        let q = Tensor::<B, 1, Int>::arange(self.q_offset as i64..(self.q_offset + t) as i64, &self.device)
             .reshape([t, 1])
             .expand([t, s]);
         let k = Tensor::<B, 1, Int>::arange(0..s as i64, &self.device)

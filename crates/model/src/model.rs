@@ -48,15 +48,16 @@ pub struct ForwardInput<B: Backend> {
 }
 
 impl<B: Backend> ForwardInput<B> {
-    /// Unpadded sequences continuing after `offset` cached positions.
-    pub fn causal(input_ids: Tensor<B, 2, Int>, offset: usize) -> Self {
+    /// Unpadded sequences continuing what `cache` holds; attention spans the cache's capacity.
+    pub fn cached(input_ids: Tensor<B, 2, Int>, cache: &KvCache<B>) -> Self {
+        let (offset, kv_len) = (cache.len(), cache.capacity());
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
         let positions = Tensor::<B, 1, Int>::arange(offset as i64..(offset + seq) as i64, &device)
             .reshape([1, seq])
             .expand([batch, seq]);
         Self {
-            mask: AttentionMask::causal(batch, offset, seq, &device),
+            mask: AttentionMask::causal(batch, offset, seq, kv_len, &device),
             input_ids,
             positions,
         }
@@ -136,8 +137,8 @@ impl<B: Backend> GemmaForCausalLM<B> {
         self.logits(self.hidden_states(input, cache))
     }
 
-    /// An empty KV cache for this model.
-    pub fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(self.model.layers.len())
+    /// An empty KV cache for this model, holding up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
+        KvCache::new(self.model.layers.len(), capacity)
     }
 }

@@ -62,7 +62,7 @@ fn kv_cache_decoding_matches_full_sequence_logits() {
         let model = load(&fixture(name));
         let r = Reference::read(&fixture(name));
         let device = Default::default();
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache(32);
         // Row 0 has no padding. Feed a 5-token prefix at once, then one token per step.
         let prefix = 5;
         let mut worst = 0f32;
@@ -71,7 +71,7 @@ fn kv_cache_decoding_matches_full_sequence_logits() {
             let len = if start == 0 { prefix } else { 1 };
             let chunk = &r.input_ids[start..start + len];
             let ids = Tensor::<B, 1, Int>::from_data(chunk, &device).reshape([1, len]);
-            let logits = to_vec(model.forward(ForwardInput::causal(ids, start), Some(&mut cache)));
+            let logits = to_vec(model.forward(ForwardInput::cached(ids, &cache), Some(&mut cache)));
             for i in 0..len {
                 let got = &logits[i * r.vocab..(i + 1) * r.vocab];
                 worst = worst.max(max_abs_diff(got, r.logits_at(0, start + i)));
