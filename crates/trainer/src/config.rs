@@ -94,6 +94,11 @@ pub struct TrainingArgs {
     /// Evaluate every this many steps when there is an eval split; 0: only at the end.
     #[serde(default)]
     pub eval_steps: usize,
+    /// Pad each batch to a multiple of this many tokens (the padding is masked and carries no
+    /// loss). Default 64: on GPUs every new sequence length compiles and tunes kernels again;
+    /// set 1 on a CPU to save the padding's compute.
+    #[serde(default = "defaults::pad_multiple")]
+    pub pad_to_multiple_of: usize,
 }
 
 mod defaults {
@@ -136,6 +141,9 @@ mod defaults {
     }
     pub fn seed() -> u64 {
         42
+    }
+    pub fn pad_multiple() -> usize {
+        64
     }
 }
 

@@ -25,7 +25,7 @@ pub fn evaluate<B: Backend>(
     let device = model.model.embed_tokens.weight.device();
     let (mut sum, mut tokens) = (0.0, 0);
     for batch in eval_batches(dataset, batch_size, pad_id) {
-        let micro = MicroBatch::from_batch(&batch);
+        let micro = MicroBatch::from_batch(&batch, 1);
         let hidden = model.hidden_states(micro.input::<B>(&device), None);
         let [b, t, h] = hidden.dims();
         let logits: Tensor<B, 3> = model.logits(hidden.reshape([1, b * t, h]));

@@ -34,15 +34,26 @@ pub struct MicroBatch {
 }
 
 impl MicroBatch {
-    /// From a data-pipeline batch: labels are shifted to next-token targets here.
-    pub fn from_batch(b: &ember_data::Batch) -> Self {
-        let targets = shift_labels(&b.labels, b.seq_len);
+    /// From a data-pipeline batch: labels are shifted to next-token targets here, and rows
+    /// are padded to a multiple of `pad_to_multiple_of` tokens so that GPU backends see few
+    /// distinct shapes (each new one compiles and tunes kernels again).
+    pub fn from_batch(b: &ember_data::Batch, pad_to_multiple_of: usize) -> Self {
+        let seq = b.seq_len.next_multiple_of(pad_to_multiple_of.max(1));
+        let extra = seq - b.seq_len;
+        let widen = |values: &[i64], fill: i64| -> Vec<i64> {
+            values
+                .chunks(b.seq_len)
+                .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(fill, extra)))
+                .collect()
+        };
+        let as_i64 = |values: &[u32]| values.iter().map(|&v| v as i64).collect::<Vec<_>>();
+        let targets = widen(&shift_labels(&b.labels, b.seq_len), IGNORE_INDEX);
         Self {
             batch: b.batch_size,
-            seq: b.seq_len,
-            input_ids: b.input_ids.iter().map(|&v| v as i64).collect(),
-            segments: b.segment_ids.iter().map(|&v| v as i64).collect(),
-            positions: b.position_ids.iter().map(|&v| v as i64).collect(),
+            seq,
+            input_ids: widen(&as_i64(&b.input_ids), 0),
+            segments: widen(&as_i64(&b.segment_ids), 0),
+            positions: widen(&as_i64(&b.position_ids), 0),
             num_trained_tokens: targets.iter().filter(|&&t| t != IGNORE_INDEX).count(),
             targets,
         }

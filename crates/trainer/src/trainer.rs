@@ -145,7 +145,7 @@ pub fn train<B: AutodiffBackend>(
     while step < total_steps {
         let started = Instant::now();
         let window: Vec<MicroBatch> = (0..args.gradient_accumulation_steps)
-            .map(|_| MicroBatch::from_batch(&loader.next_batch()))
+            .map(|_| MicroBatch::from_batch(&loader.next_batch(), args.pad_to_multiple_of))
             .collect();
         let lr = schedule.lr(step);
         let outcome;

@@ -117,3 +117,46 @@ fn checkpointed_gradients_equal_full_graph_gradients_and_peft() {
         assert!(err < 1e-4, "{key}: differs from PEFT by {err:e}");
     }
 }
+
+#[test]
+fn padding_to_a_multiple_changes_no_loss_or_gradient() {
+    let reference = reference_batch();
+    let labels: Vec<i64> = reference
+        .input_ids
+        .iter()
+        .zip(&reference.segments)
+        .map(|(&id, &s)| if s == 0 { IGNORE_INDEX } else { id })
+        .collect();
+    let batch = ember_data::Batch {
+        batch_size: reference.batch,
+        seq_len: reference.seq,
+        input_ids: reference.input_ids.iter().map(|&v| v as u32).collect(),
+        labels,
+        segment_ids: reference.segments.iter().map(|&v| v as u32).collect(),
+        position_ids: reference.positions.iter().map(|&v| v as u32).collect(),
+        num_trained_tokens: reference.num_trained_tokens,
+    };
+    let run = |multiple: usize| {
+        let micro = MicroBatch::from_batch(&batch, multiple);
+        let mut grads = AdapterGrads::new();
+        let loss = accumulate(
+            &model_with_adapter(),
+            &micro,
+            micro.num_trained_tokens as f64,
+            true,
+            &mut grads,
+        );
+        (micro.seq, loss, grads)
+    };
+    let (seq, loss, grads) = run(1);
+    let (padded_seq, padded_loss, padded_grads) = run(64);
+    assert_eq!((seq, padded_seq), (20, 64));
+    assert!(
+        (loss - padded_loss).abs() < 1e-4 * loss.abs(),
+        "{loss} vs {padded_loss}"
+    );
+    for (key, g) in &grads {
+        let err = relative_error(&values(&padded_grads[key]), &values(g));
+        assert!(err < 1e-5, "{key}: padding changed the gradient by {err:e}");
+    }
+}
