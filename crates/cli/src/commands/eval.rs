@@ -1,13 +1,12 @@
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_data::{DataConfig, Tokenizer};
-use ember_model::GemmaForCausalLM;
 use ember_trainer::eval::evaluate;
 
-use crate::commands::generate::load_options;
+use crate::commands::generate::load_model;
 use crate::device::{DeviceArgs, Task, run_on};
 
 #[derive(clap::Args, Debug)]
@@ -45,13 +44,7 @@ impl Task for Args {
         let mut data = DataConfig::new(self.data.clone());
         data.max_seq_length = self.max_seq_length;
         let dataset = ember_data::load(&data, &tokenizer)?.train;
-        let mut model = GemmaForCausalLM::<B>::load(&self.model, &load_options(dtype), &device)
-            .with_context(|| format!("loading the model from {}", self.model.display()))?;
-        if let Some(adapter) = &self.adapter {
-            model = ember_lora::load_adapter(model, adapter)
-                .with_context(|| format!("loading the adapter from {}", adapter.display()))?
-                .0;
-        }
+        let model = load_model::<B>(&self.model, self.adapter.as_deref(), dtype, &device)?;
         let result = evaluate(&model, &dataset, self.batch_size, tokenizer.pad_id());
         if self.json {
             println!(

@@ -1,5 +1,5 @@
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::DType;
@@ -45,13 +45,7 @@ impl Task for Args {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
         let tokenizer = GemmaTokenizer::from_dir(&self.model)?;
-        let mut model = GemmaForCausalLM::<B>::load(&self.model, &load_options(dtype), &device)
-            .with_context(|| format!("loading the model from {}", self.model.display()))?;
-        if let Some(adapter) = &self.adapter {
-            model = ember_lora::load_adapter(model, adapter)
-                .with_context(|| format!("loading the adapter from {}", adapter.display()))?
-                .0;
-        }
+        let model = load_model::<B>(&self.model, self.adapter.as_deref(), dtype, &device)?;
         let prompt = tokenizer.encode(&self.prompt)?;
         let config = GenerationConfig {
             max_new_tokens: self.max_new_tokens,
@@ -82,6 +76,23 @@ impl Task for Args {
             tokens.len() as f64 / seconds
         );
         Ok(())
+    }
+}
+
+/// The checkpoint in `dir`, with the PEFT adapter in `adapter` applied if given.
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    adapter: Option<&Path>,
+    dtype: DType,
+    device: &B::Device,
+) -> Result<GemmaForCausalLM<B>> {
+    let model = GemmaForCausalLM::<B>::load(dir, &load_options(dtype), device)
+        .with_context(|| format!("loading the model from {}", dir.display()))?;
+    match adapter {
+        Some(adapter) => Ok(ember_lora::load_adapter(model, adapter)
+            .with_context(|| format!("loading the adapter from {}", adapter.display()))?
+            .0),
+        None => Ok(model),
     }
 }
 
