@@ -130,7 +130,8 @@ pub fn train<B: AutodiffBackend>(
     };
     std::fs::create_dir_all(&args.output_dir).map_err(|e| TrainError::io(&args.output_dir, e))?;
     write_resolved_config(&args.output_dir, config)?;
-    let mut metrics = MetricsLog::open(&args.output_dir.join("metrics.jsonl"))?;
+    let resuming = matches!(start, Start::Resume(_));
+    let mut metrics = MetricsLog::open(&args.output_dir.join("metrics.jsonl"), resuming)?;
 
     let state_at = |step: usize, loader: &Loader| TrainerState {
         format_version: FORMAT_VERSION,
@@ -297,17 +298,20 @@ fn write_resolved_config(output_dir: &Path, config: &RunConfig) -> Result<()> {
     std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
 }
 
-/// `metrics.jsonl`: one JSON object per logged step, appended (a resumed run continues it).
+/// `metrics.jsonl`: one JSON object per logged step; a resumed run appends, a fresh one starts
+/// the file anew.
 struct MetricsLog {
     file: std::fs::File,
     path: PathBuf,
 }
 
 impl MetricsLog {
-    fn open(path: &Path) -> Result<Self> {
+    fn open(path: &Path, append: bool) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
             .open(path)
             .map_err(|e| TrainError::io(path, e))?;
         Ok(Self {

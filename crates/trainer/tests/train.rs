@@ -77,6 +77,15 @@ fn loss_falls_on_the_tiny_dataset() {
     let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
     let last: f64 = losses[9..].iter().sum::<f64>() / 3.0;
     assert!(last < first * 0.92, "loss did not fall: {losses:?}");
+    let logged = |dir: &Path| {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(logged(out.path()), 12);
+    run(&config(out.path(), 2, "adamw_torch", true), Start::Fresh);
+    assert_eq!(logged(out.path()), 2, "a fresh run starts metrics.jsonl anew");
     for file in [
         "checkpoint-12/adapter_config.json",
         "checkpoint-12/trainer_state.json",
@@ -98,6 +107,11 @@ fn resume_matches_uninterrupted_run() {
         let checkpoint = interrupted.path().join("checkpoint-3");
         run(&config(interrupted.path(), 6, optim, true), Start::Resume(checkpoint));
 
+        let lines = std::fs::read_to_string(interrupted.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(lines, 6, "{optim}: the resumed run appends to metrics.jsonl");
         assert_eq!(
             files(&straight.path().join("checkpoint-6")),
             files(&interrupted.path().join("checkpoint-6")),
