@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
-use super::{AdamWConfig, Optimizer, StateTensors};
+use super::{AdamWConfig, Optimizer, StateMap, StateTensors};
 
 /// PyTorch's `torch.optim.AdamW` with f32 moments (8 bytes of state per parameter).
 ///
@@ -58,27 +58,16 @@ impl<B: Backend> Optimizer<B> for AdamW<B> {
     }
 
     fn load_state(&mut self, state: StateTensors, device: &B::Device) -> Result<(), String> {
-        let mut map: BTreeMap<String, TensorData> = state.into_iter().collect();
-        let names: Vec<String> = map
-            .keys()
-            .filter_map(|k| k.strip_suffix(".step").map(String::from))
-            .collect();
-        self.states.clear();
-        for name in names {
-            let mut take = |suffix: &str| {
-                map.remove(&format!("{name}.{suffix}"))
-                    .ok_or_else(|| format!("optimizer state has no `{name}.{suffix}`"))
+        let mut map = StateMap::new(state);
+        let mut states = BTreeMap::new();
+        for name in map.names() {
+            let step = map.take_step(&name)?;
+            let mut tensor = |suffix: &str| -> Result<Tensor<B, 1>, String> {
+                Ok(Tensor::from_data(map.take(&name, suffix)?.1, (device, DType::F32)))
             };
-            let step = take("step")?
-                .into_vec::<i64>()
-                .map_err(|e| format!("`{name}.step`: {e:?}"))?
-                .first()
-                .copied()
-                .unwrap_or(0) as u64;
-            let tensor = |data: TensorData| Tensor::<B, 1>::from_data(data, (device, DType::F32));
-            let exp_avg = tensor(take("exp_avg")?);
-            let exp_avg_sq = tensor(take("exp_avg_sq")?);
-            self.states.insert(
+            let exp_avg = tensor("exp_avg")?;
+            let exp_avg_sq = tensor("exp_avg_sq")?;
+            states.insert(
                 name,
                 Moments {
                     step,
@@ -87,10 +76,9 @@ impl<B: Backend> Optimizer<B> for AdamW<B> {
                 },
             );
         }
-        match map.keys().next() {
-            Some(extra) => Err(format!("optimizer state has an unexpected entry `{extra}`")),
-            None => Ok(()),
-        }
+        map.finish()?;
+        self.states = states;
+        Ok(())
     }
 
     fn state_bytes(&self) -> usize {

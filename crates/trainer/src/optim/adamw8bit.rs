@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{DType, Int, IntDType, Tensor, TensorData, backend::Backend, get_device_settings};
 
 use super::quant::{BLOCK, DynamicMap};
-use super::{AdamWConfig, Optimizer, StateTensors};
+use super::{AdamWConfig, Optimizer, StateMap, StateTensors};
 
 /// Tensors with fewer elements keep f32 moments (bnb's `min_8bit_size`).
 pub const MIN_8BIT_SIZE: usize = 4096;
@@ -217,24 +217,11 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
     }
 
     fn load_state(&mut self, state: StateTensors, device: &B::Device) -> Result<(), String> {
-        let mut map: BTreeMap<String, TensorData> = state.into_iter().collect();
-        let names: Vec<String> = map
-            .keys()
-            .filter_map(|k| k.strip_suffix(".step").map(String::from))
-            .collect();
+        let mut map = StateMap::new(state);
         let mut states = BTreeMap::new();
-        for name in names {
-            let mut take = |suffix: &str| {
-                let key = format!("{name}.{suffix}");
-                map.remove(&key)
-                    .map(|data| (key.clone(), data))
-                    .ok_or_else(|| format!("optimizer state has no `{key}`"))
-            };
-            let (key, step) = take("step")?;
-            let step = match step.into_vec::<i64>().map_err(|e| format!("`{key}`: {e:?}"))?[..] {
-                [step] if step >= 0 => step as u64,
-                _ => return Err(format!("`{key}` must be one non-negative integer")),
-            };
+        for name in map.names() {
+            let step = map.take_step(&name)?;
+            let mut take = |suffix: &str| map.take(&name, suffix);
             let state1 = take("state1")?;
             let state2 = take("state2")?;
             let moments = match state1.1.dtype {
@@ -247,9 +234,7 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
             };
             states.insert(name, Entry { step, moments });
         }
-        if let Some(extra) = map.keys().next() {
-            return Err(format!("optimizer state has an unexpected entry `{extra}`"));
-        }
+        map.finish()?;
         self.states = states;
         Ok(())
     }

@@ -11,6 +11,8 @@ mod quant;
 pub use adamw::AdamW;
 pub use adamw8bit::{AdamW8bit, MIN_8BIT_SIZE};
 
+use std::collections::BTreeMap;
+
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 /// Hyper-parameters shared by the AdamW variants; defaults are PyTorch's except the weight
@@ -51,4 +53,53 @@ pub trait Optimizer<B: Backend> {
 
     /// Bytes of optimizer state held on the device.
     fn state_bytes(&self) -> usize;
+}
+
+/// Optimizer state being restored: entries grouped per tensor by its `{name}.step` entry,
+/// taken one by one, with anything left over reported.
+pub(crate) struct StateMap {
+    map: BTreeMap<String, TensorData>,
+}
+
+impl StateMap {
+    pub(crate) fn new(state: StateTensors) -> Self {
+        Self {
+            map: state.into_iter().collect(),
+        }
+    }
+
+    /// Names of the tensors that have state.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.map
+            .keys()
+            .filter_map(|k| k.strip_suffix(".step").map(String::from))
+            .collect()
+    }
+
+    /// Removes `{name}.{suffix}`, returning its key (for messages) and data.
+    pub(crate) fn take(&mut self, name: &str, suffix: &str) -> Result<(String, TensorData), String> {
+        let key = format!("{name}.{suffix}");
+        let data = self
+            .map
+            .remove(&key)
+            .ok_or_else(|| format!("optimizer state has no `{key}`"))?;
+        Ok((key, data))
+    }
+
+    /// Removes and checks `{name}.step`: one non-negative integer.
+    pub(crate) fn take_step(&mut self, name: &str) -> Result<u64, String> {
+        let (key, data) = self.take(name, "step")?;
+        match data.into_vec::<i64>().map_err(|e| format!("`{key}`: {e:?}"))?[..] {
+            [step] if step >= 0 => Ok(step as u64),
+            _ => Err(format!("`{key}` must be one non-negative integer")),
+        }
+    }
+
+    /// Fails if an entry was never taken.
+    pub(crate) fn finish(self) -> Result<(), String> {
+        match self.map.keys().next() {
+            Some(extra) => Err(format!("optimizer state has an unexpected entry `{extra}`")),
+            None => Ok(()),
+        }
+    }
 }
