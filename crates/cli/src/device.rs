@@ -99,6 +99,9 @@ impl fmt::Display for Chosen {
 /// Runs `task` on the device `args` ask for, printing the choice to stderr.
 pub fn run_on<T: Task>(args: &DeviceArgs, task: T) -> Result<T::Output> {
     let chosen = choose(args.device)?;
+    if !matches!(chosen, Chosen::Cpu) {
+        keep_kernel_caches();
+    }
     match &chosen {
         Chosen::Cuda(i) => start::<Cuda, T>(&chosen, CudaDevice::new(*i), args.dtype, task),
         Chosen::Wgpu(device) => start::<Wgpu, T>(&chosen, device.clone(), args.dtype, task),
@@ -115,6 +118,30 @@ fn start<B: Backend, T: Task>(chosen: &Chosen, device: B::Device, dtype: DtypeAr
     };
     eprintln!("ember: running on {chosen}, {}", dtype_name(dtype));
     task.run::<B>(device, dtype)
+}
+
+/// Keeps the GPU kernels one run compiles and tunes for the next: cubecl leaves its
+/// compilation cache off and puts autotune results in a `target/` directory near the
+/// working directory. Both go to `$XDG_CACHE_HOME/ember/kernels` (default
+/// `~/.cache/ember/kernels`) unless a `cubecl.toml` chose otherwise.
+fn keep_kernel_caches() {
+    use cubecl::config::cache::CacheConfig;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let Some(root) = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache")))
+    else {
+        return;
+    };
+    let root = root.join("ember").join("kernels");
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if config.compilation.cache.is_none() {
+        config.compilation.cache = Some(CacheConfig::File(root.clone()));
+    }
+    if matches!(config.autotune.cache, CacheConfig::Target) {
+        config.autotune.cache = CacheConfig::File(root);
+    }
+    CubeClRuntimeConfig::set(config);
 }
 
 pub fn dtype_name(dtype: DType) -> &'static str {

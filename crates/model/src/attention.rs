@@ -46,7 +46,6 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (heads, kv_heads, head_dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let groups = heads / kv_heads;
 
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, head_dim]).swap_dims(1, 2);
         let mut q = split(self.q_proj.forward(x.clone()), heads); // [batch, heads, seq, head_dim]
@@ -62,25 +61,46 @@ impl<B: Backend> Attention<B> {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        let kv_len = k.dims()[2];
-
-        // Fold the query heads of a group into the sequence axis so that each kv head is
-        // used as is, without materialising `groups` copies of K and V.
-        let q = q.reshape([batch, kv_heads, groups * seq, head_dim]);
-        let scores = q.matmul(k.swap_dims(2, 3)).reshape([batch, heads, seq, kv_len]);
-        let dtype = scores.dtype();
-        let mut scores = scores.cast(DType::F32) * self.scaling;
-        if let Some(cap) = self.softcap {
-            scores = (scores / cap).tanh() * cap;
-        }
-        let scores = scores.mask_fill(mask.expand([batch, heads, seq, kv_len]), f32::MIN);
-        let probs = burn::tensor::activation::softmax(scores, 3).cast(dtype);
-        let out = probs
-            .reshape([batch, kv_heads, groups * seq, kv_len])
-            .matmul(v)
-            .reshape([batch, heads, seq, head_dim])
+        let out = attend(q, k, v, mask, self.scaling, self.softcap)
             .swap_dims(1, 2)
             .reshape([batch, seq, heads * head_dim]);
         self.o_proj.forward(out)
     }
+}
+
+/// Scaled dot-product attention with grouped key/value heads: the part a fused kernel will
+/// replace. Scores are soft-capped (Gemma 2), masked and soft-maxed in f32, as transformers'
+/// eager attention does.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, seq, head_dim]`
+/// - `k`, `v`: `[batch, kv_heads, kv_len, head_dim]`
+/// - `mask`: `[batch, 1, seq, kv_len]`, `true` = forbidden
+/// - output: `[batch, heads, seq, head_dim]`
+pub fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 4, Bool>,
+    scaling: f64,
+    softcap: Option<f64>,
+) -> Tensor<B, 4> {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let [_, kv_heads, kv_len, _] = k.dims();
+    let groups = heads / kv_heads;
+    // Fold the query heads of a group into the sequence axis so that each kv head is used
+    // as is, without materialising `groups` copies of K and V.
+    let q = q.reshape([batch, kv_heads, groups * seq, head_dim]);
+    let scores = q.matmul(k.swap_dims(2, 3)).reshape([batch, heads, seq, kv_len]);
+    let dtype = scores.dtype();
+    let mut scores = scores.cast(DType::F32) * scaling;
+    if let Some(cap) = softcap {
+        scores = (scores / cap).tanh() * cap;
+    }
+    let scores = scores.mask_fill(mask.expand([batch, heads, seq, kv_len]), f32::MIN);
+    let probs = burn::tensor::activation::softmax(scores, 3).cast(dtype);
+    probs
+        .reshape([batch, kv_heads, groups * seq, kv_len])
+        .matmul(v)
+        .reshape([batch, heads, seq, head_dim])
 }

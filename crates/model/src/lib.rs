@@ -27,7 +27,7 @@ mod sampling;
 mod tokenizer;
 mod weights;
 
-pub use attention::Attention;
+pub use attention::{Attention, attend};
 pub use cache::KvCache;
 pub use checkpoint::Checkpoint;
 pub use config::{Activation, Family, GemmaConfig, LayerType, Rope};

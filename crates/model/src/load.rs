@@ -16,7 +16,7 @@ use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::model::{GemmaForCausalLM, GemmaModel};
 use crate::norm::RmsNorm;
-use crate::weights::Weights;
+use crate::weights::{Source, Weights};
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
         options.progress.set_length(checkpoint.total_bytes());
         let model = {
             let mut w = Weights::<B> {
-                checkpoint: &mut checkpoint,
+                source: Source::Checkpoint(&mut checkpoint),
                 device: device.clone(),
                 dtype: options.dtype,
                 progress: options.progress.clone(),
@@ -54,6 +54,19 @@ impl<B: Backend> GemmaForCausalLM<B> {
         checkpoint.finish()?;
         options.progress.finish_and_clear();
         Ok(model)
+    }
+
+    /// A model of `config`'s shape with Normal(0, 0.02) weights drawn on the device: what
+    /// benchmarks need, since no real checkpoint of most shapes can be downloaded here and
+    /// drawing billions of values on the host takes minutes.
+    pub fn random(config: GemmaConfig, dtype: DType, device: &B::Device) -> Self {
+        let mut w = Weights::<B> {
+            source: Source::Random { std: 0.02 },
+            device: device.clone(),
+            dtype,
+            progress: ProgressBar::hidden(),
+        };
+        Self::from_weights(config, &mut w).expect("random weights cannot be missing or mis-shaped")
     }
 
     fn from_weights(config: GemmaConfig, w: &mut Weights<B>) -> Result<Self> {
@@ -70,7 +83,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
         let norm = rms_norm(&config, "model.norm", h, w)?;
         let lm_head = if config.tie_word_embeddings {
             // Some exports store the tied head anyway; transformers ignores it, so do we.
-            w.checkpoint.skip("lm_head.weight");
+            w.skip("lm_head.weight");
             None
         } else {
             Some(linear("lm_head", [config.vocab_size, h], w)?)

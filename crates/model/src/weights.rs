@@ -1,13 +1,23 @@
 use burn::module::{Param, ParamId};
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{DType, Distribution, Tensor, backend::Backend};
 use indicatif::ProgressBar;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 
-/// Turns checkpoint tensors into frozen parameters on a device, in the run dtype.
+/// Where parameter values come from.
+pub(crate) enum Source<'a> {
+    Checkpoint(&'a mut Checkpoint),
+    /// Normal(0, std) drawn on the device: a real shape without a real checkpoint (benchmarks).
+    Random {
+        std: f64,
+    },
+}
+
+/// Turns checkpoint tensors (or random values) into frozen parameters on a device, in the
+/// run dtype.
 pub struct Weights<'a, B: Backend> {
-    pub(crate) checkpoint: &'a mut Checkpoint,
+    pub(crate) source: Source<'a>,
     pub(crate) device: B::Device,
     pub(crate) dtype: DType,
     pub(crate) progress: ProgressBar,
@@ -17,9 +27,23 @@ impl<B: Backend> Weights<'_, B> {
     /// The parameter `key` of the given shape. Base weights are frozen: no gradient is
     /// ever computed or stored for them.
     pub fn param<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Param<Tensor<B, D>>> {
-        let data = self.checkpoint.read(key, &shape, self.dtype)?;
-        self.progress.inc(data.as_bytes().len() as u64);
-        let tensor = Tensor::from_data(data, (&self.device, self.dtype));
+        let tensor = match &mut self.source {
+            Source::Checkpoint(checkpoint) => {
+                let data = checkpoint.read(key, &shape, self.dtype)?;
+                self.progress.inc(data.as_bytes().len() as u64);
+                Tensor::from_data(data, (&self.device, self.dtype))
+            }
+            Source::Random { std } => {
+                Tensor::<B, D>::random(shape, Distribution::Normal(0.0, *std), &self.device).cast(self.dtype)
+            }
+        };
         Ok(Param::initialized(ParamId::new(), tensor.set_require_grad(false)))
+    }
+
+    /// Marks `key` as deliberately unused (a checkpoint reports unread tensors otherwise).
+    pub(crate) fn skip(&mut self, key: &str) {
+        if let Source::Checkpoint(checkpoint) = &mut self.source {
+            checkpoint.skip(key);
+        }
     }
 }

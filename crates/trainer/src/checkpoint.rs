@@ -34,6 +34,10 @@ pub struct TrainerState {
     pub model_signature: String,
     /// `optim` of the run that wrote it.
     pub optim: String,
+    /// The `[data]` and `[training]` settings of the run that wrote it, so that a resume
+    /// can report what changed. Absent from checkpoints written before it existed.
+    #[serde(default)]
+    pub settings: serde_json::Value,
 }
 
 /// Saves a checkpoint as `output_dir/checkpoint-{step}`.

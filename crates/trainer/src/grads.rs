@@ -16,6 +16,8 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_lora::{peft_key, projections};
 use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, cross_entropy_sum, shift_labels};
 
+use crate::phases::{Clock, Phases};
+
 /// Gradients of the adapter matrices by PEFT key, summed over micro-batches.
 pub type AdapterGrads<B> = BTreeMap<String, Tensor<B, 2>>;
 
@@ -78,18 +80,20 @@ impl MicroBatch {
 pub const HEAD_CHUNK_ROWS: usize = 2048;
 
 /// Adds the gradient of `sum(token losses) / normaliser` to `grads` and returns the
-/// micro-batch's summed token loss.
+/// micro-batch's summed token loss. With `phases`, the time of each phase is added to it.
 pub fn accumulate<B: AutodiffBackend>(
     model: &GemmaForCausalLM<B>,
     batch: &MicroBatch,
     normaliser: f64,
     checkpointing: bool,
     grads: &mut AdapterGrads<B::InnerBackend>,
+    phases: Option<&mut Phases>,
 ) -> f64 {
+    let clock = Clock::<B>::start(phases, &model.model.embed_tokens.weight.device());
     if checkpointing {
-        accumulate_checkpointed(model, batch, normaliser, grads)
+        accumulate_checkpointed(model, batch, normaliser, grads, clock)
     } else {
-        accumulate_full(model, batch, normaliser, grads)
+        accumulate_full(model, batch, normaliser, grads, clock)
     }
 }
 
@@ -98,18 +102,22 @@ fn accumulate_full<B: AutodiffBackend>(
     batch: &MicroBatch,
     normaliser: f64,
     grads: &mut AdapterGrads<B::InnerBackend>,
+    mut clock: Clock<B>,
 ) -> f64 {
     let device = model.model.embed_tokens.weight.device();
     let hidden = model.hidden_states(batch.input(&device), None);
+    clock.lap(|p| &mut p.forward);
     let [b, t, h] = hidden.dims();
     let logits = model.logits(hidden.reshape([1, b * t, h]));
     let vocab = logits.dims()[2];
     let loss_sum = cross_entropy_sum(logits.reshape([b * t, vocab]), batch.targets(&device));
     let value = scalar(&loss_sum);
+    clock.lap(|p| &mut p.head);
     let gradients = (loss_sum / normaliser).backward();
     for index in 0..model.model.layers.len() {
         collect_layer(model, index, &gradients, grads);
     }
+    clock.lap(|p| &mut p.backward);
     value
 }
 
@@ -118,6 +126,7 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     batch: &MicroBatch,
     normaliser: f64,
     grads: &mut AdapterGrads<B::InnerBackend>,
+    mut clock: Clock<B>,
 ) -> f64 {
     // Forward without autodiff, keeping each layer's input.
     let device = model.model.embed_tokens.weight.device();
@@ -131,11 +140,12 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
         layer_inputs.push(x.clone());
         x = frozen.layer(index, x, &inner_context, None);
     }
+    clock.lap(|p| &mut p.forward);
 
     // Head and loss, chunk by chunk, giving the gradient of the last layer's output.
     let [b, t, h] = x.dims();
     let rows = x.reshape([b * t, h]);
-    let mut loss_value = 0.0;
+    let mut chunk_losses = Vec::new();
     let mut row_grads = Vec::new();
     for start in (0..b * t).step_by(HEAD_CHUNK_ROWS) {
         let len = HEAD_CHUNK_ROWS.min(b * t - start);
@@ -143,11 +153,14 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
         let normed = model.final_norm(leaf.clone().reshape([1, len, h]));
         let logits = model.logits(normed).reshape([len, model.config.vocab_size]);
         let chunk_loss = cross_entropy_sum(logits, targets.clone().narrow(0, start, len));
-        loss_value += scalar(&chunk_loss);
+        chunk_losses.push(chunk_loss.clone().inner());
         let gradients = (chunk_loss / normaliser).backward();
         row_grads.push(leaf.grad(&gradients).expect("the leaf takes part in the loss"));
     }
     let mut grad_y = Tensor::cat(row_grads, 0).reshape([b, t, h]);
+    // One read for all chunks: each read waits for the device.
+    let loss_value = Tensor::cat(chunk_losses, 0).sum().into_scalar().elem::<f64>();
+    clock.lap(|p| &mut p.head);
 
     // Layers in reverse: recompute one under autodiff, backpropagate, move down.
     let context = model.layer_context(&batch.input(&device));
@@ -161,6 +174,7 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
             None => break, // nothing below this layer needs a gradient
         };
     }
+    clock.lap(|p| &mut p.backward);
     loss_value
 }
 

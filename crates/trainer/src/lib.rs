@@ -6,6 +6,7 @@ mod error;
 pub mod eval;
 pub mod grads;
 pub mod optim;
+pub mod phases;
 pub mod schedule;
 pub mod step;
 pub mod trainer;

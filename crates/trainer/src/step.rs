@@ -1,13 +1,16 @@
 //! One optimizer step: gradients over the accumulation window, global-norm clipping, update.
 
 use burn::module::Param;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
-use ember_lora::{peft_key, projections_mut};
+use std::collections::HashMap;
+
+use ember_lora::{peft_key, projections, projections_mut};
 use ember_model::GemmaForCausalLM;
 
 use crate::grads::{AdapterGrads, MicroBatch, accumulate};
 use crate::optim::Optimizer;
+use crate::phases::{Clock, Phases};
 
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +22,8 @@ pub struct StepOutcome {
     pub trained_tokens: usize,
     /// The loss or the gradients were not finite: nothing was updated.
     pub skipped: bool,
+    /// Time per phase when [`StepSettings::profile`] asked for it, else zero.
+    pub phases: Phases,
 }
 
 /// Settings of a step that do not change between steps.
@@ -27,6 +32,8 @@ pub struct StepSettings {
     /// Clip the global gradient norm to this (`max_grad_norm`); `None` disables clipping.
     pub max_grad_norm: Option<f64>,
     pub gradient_checkpointing: bool,
+    /// Measure [`Phases`]: each phase then waits for the device, which costs time.
+    pub profile: bool,
 }
 
 /// Accumulates gradients over `window` (the micro-batches of one optimizer step), with the
@@ -43,17 +50,30 @@ pub fn optimizer_step<B: AutodiffBackend>(
     let normaliser = trained_tokens.max(1) as f64;
     let mut grads = AdapterGrads::new();
     let mut loss_sum = 0.0;
+    let mut phases = Phases::default();
     for batch in window {
-        loss_sum += accumulate(&model, batch, normaliser, settings.gradient_checkpointing, &mut grads);
+        let timing = settings.profile.then_some(&mut phases);
+        loss_sum += accumulate(
+            &model,
+            batch,
+            normaliser,
+            settings.gradient_checkpointing,
+            &mut grads,
+            timing,
+        );
     }
+    let device = model.model.embed_tokens.weight.device();
+    let mut optimizer_phases = Phases::default();
+    let mut clock = Clock::<B::InnerBackend>::start(settings.profile.then_some(&mut optimizer_phases), &device);
     let loss = loss_sum / normaliser;
     let grad_norm = global_norm(&grads);
     let skipped = !loss.is_finite() || !grad_norm.is_finite();
-    let outcome = StepOutcome {
+    let mut outcome = StepOutcome {
         loss,
         grad_norm,
         trained_tokens,
         skipped,
+        phases,
     };
     if skipped {
         return (model, outcome);
@@ -62,29 +82,48 @@ pub fn optimizer_step<B: AutodiffBackend>(
         Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
         None => 1.0,
     };
+    // Every adapter tensor in one call: optimizers batch them into few kernel launches.
+    let mut items = Vec::new();
+    for (i, layer) in model.model.layers.iter().enumerate() {
+        for (path, linear) in projections(i, layer) {
+            let Some(lora) = &linear.lora else { continue };
+            for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
+                let key = peft_key(&path, matrix);
+                let Some(grad) = grads.remove(&key) else { continue };
+                let grad = if clip < 1.0 { grad * clip } else { grad };
+                items.push((key, param.val().inner().flatten(0, 1), grad.flatten(0, 1)));
+            }
+        }
+    }
+    let keys: Vec<String> = items.iter().map(|(key, _, _)| key.clone()).collect();
+    let mut updated: HashMap<String, Tensor<B::InnerBackend, 1>> =
+        keys.into_iter().zip(optimizer.update_many(items, lr)).collect();
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (path, linear) in projections_mut(i, layer) {
             let Some(lora) = linear.lora.as_mut() else { continue };
             for (matrix, param) in [('A', &mut lora.a), ('B', &mut lora.b)] {
-                let key = peft_key(&path, matrix);
-                let Some(grad) = grads.remove(&key) else { continue };
-                let value = param.val().inner();
-                let shape = value.dims();
-                let grad = if clip < 1.0 { grad * clip } else { grad };
-                let updated = optimizer.update(&key, value.flatten(0, 1), grad.flatten(0, 1), lr);
-                let updated = Tensor::<B, 2>::from_inner(updated.reshape(shape)).require_grad();
-                *param = Param::initialized(param.id, updated);
+                let Some(value) = updated.remove(&peft_key(&path, matrix)) else {
+                    continue;
+                };
+                let shape = param.val().dims();
+                let value = Tensor::<B, 2>::from_inner(value.reshape(shape)).require_grad();
+                *param = Param::initialized(param.id, value);
             }
         }
     }
+    clock.lap(|p| &mut p.optimizer);
+    drop(clock);
+    outcome.phases.optimizer = optimizer_phases.optimizer;
     (model, outcome)
 }
 
-/// `sqrt(Σ ‖g‖²)` over every adapter gradient, computed in f64 on the host side.
+/// `sqrt(Σ ‖g‖²)` over every adapter gradient: per-tensor sums on the device, read back in
+/// one transfer (each read waits for the device) and added in f64.
 fn global_norm<B: burn::tensor::backend::Backend>(grads: &AdapterGrads<B>) -> f64 {
-    grads
-        .values()
-        .map(|g| g.clone().square().sum().into_scalar().elem::<f64>())
-        .sum::<f64>()
-        .sqrt()
+    if grads.is_empty() {
+        return 0.0;
+    }
+    let sums: Vec<Tensor<B, 1>> = grads.values().map(|g| g.clone().square().sum()).collect();
+    let sums = Tensor::cat(sums, 0).into_data().convert::<f64>();
+    sums.iter::<f64>().sum::<f64>().sqrt()
 }

@@ -49,6 +49,9 @@ pub struct TrainSummary {
     pub final_loss: f64,
     pub last_checkpoint: PathBuf,
     pub eval: Option<EvalResult>,
+    /// Settings that differ from the resumed checkpoint's run, e.g.
+    /// `training.learning_rate: 0.0005 -> 0.0001` (each is also logged as a warning).
+    pub resume_changes: Vec<String>,
 }
 
 /// Where a run starts from.
@@ -79,6 +82,8 @@ pub fn train<B: AutodiffBackend>(
     let signature = model_signature(model_dir)?;
     let mut optimizer = new_optimizer::<B>(config);
 
+    let settings_json = run_settings(config);
+    let mut resume_changes = Vec::new();
     let (mut model, mut loader, mut step) = match &start {
         Start::Fresh => {
             let model = add_lora(base, &config.lora, args.seed)?;
@@ -87,6 +92,10 @@ pub fn train<B: AutodiffBackend>(
         Start::Resume(dir) => {
             let (state, optimizer_state) = checkpoint::load_state(dir)?;
             check_resume(dir, &state, &signature, config)?;
+            resume_changes = changed_settings(&state.settings, &settings_json);
+            for change in &resume_changes {
+                tracing::warn!("resuming with a changed setting: {change}");
+            }
             let (model, saved_lora) = load_adapter(base, dir)?;
             if saved_lora != config.lora {
                 return Err(TrainError::Checkpoint {
@@ -127,6 +136,7 @@ pub fn train<B: AutodiffBackend>(
     let settings = StepSettings {
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         gradient_checkpointing: args.gradient_checkpointing,
+        profile: false,
     };
     std::fs::create_dir_all(&args.output_dir).map_err(|e| TrainError::io(&args.output_dir, e))?;
     write_resolved_config(&args.output_dir, config)?;
@@ -140,6 +150,7 @@ pub fn train<B: AutodiffBackend>(
         loader: loader.position(),
         model_signature: signature.clone(),
         optim: format!("{:?}", args.optim),
+        settings: settings_json.clone(),
     };
     let mut skipped_in_a_row = 0;
     let mut last = (f64::NAN, PathBuf::new());
@@ -212,6 +223,7 @@ pub fn train<B: AutodiffBackend>(
                 final_loss: last.0,
                 last_checkpoint: last.1,
                 eval: None,
+                resume_changes,
             });
         }
     }
@@ -229,6 +241,7 @@ pub fn train<B: AutodiffBackend>(
         final_loss: last.0,
         last_checkpoint: last.1,
         eval,
+        resume_changes,
     })
 }
 
@@ -281,12 +294,36 @@ fn check_resume(dir: &Path, state: &TrainerState, signature: &str, config: &RunC
             state.optim
         ));
     }
-    if let Some(max) = config.training.max_steps
-        && max != state.total_steps
-    {
-        tracing::warn!("resuming: max_steps changed from {} to {max}", state.total_steps);
-    }
     Ok(())
+}
+
+/// The settings a resume compares: `[data]` and `[training]`, as JSON.
+fn run_settings(config: &RunConfig) -> serde_json::Value {
+    serde_json::json!({
+        "data": serde_json::to_value(&config.data).expect("data settings serialise"),
+        "training": serde_json::to_value(&config.training).expect("training settings serialise"),
+    })
+}
+
+/// `section.key: old -> new` for every setting that differs between two [`run_settings`].
+/// Model, adapter and optimizer changes never get here: [`check_resume`] refuses them.
+fn changed_settings(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let mut changes = Vec::new();
+    let Some(new_sections) = new.as_object() else {
+        return changes;
+    };
+    for (section, new_values) in new_sections {
+        let (Some(old_values), Some(new_values)) = (old[section].as_object(), new_values.as_object()) else {
+            continue;
+        };
+        for (key, value) in new_values {
+            let before = old_values.get(key).unwrap_or(&serde_json::Value::Null);
+            if before != value {
+                changes.push(format!("{section}.{key}: {before} -> {value}"));
+            }
+        }
+    }
+    changes
 }
 
 fn write_resolved_config(output_dir: &Path, config: &RunConfig) -> Result<()> {

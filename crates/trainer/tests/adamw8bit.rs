@@ -484,3 +484,59 @@ fn f32_adamw_is_pytorch_adamw() {
         }
     }
 }
+
+#[test]
+fn packed_updates_equal_one_tensor_at_a_time() {
+    // The fixture's tensors (a partial block, a zero block, an f32-state one, NaN/inf entries)
+    // plus a second 8-bit tensor, so that the packed path has several to pack.
+    let fx = Fixture::load();
+    let device = Default::default();
+    let extra = |t: usize| {
+        let values: Vec<f32> = (0..3700).map(|i| ((i * 7 + t * 13) % 97) as f32 / 97.0 - 0.5).collect();
+        Tensor::<B, 1>::from_data(TensorData::new(values, [3700]), &device)
+    };
+    let names = ["big", "extra", "lora_a", "small"];
+    let tensor = |name: &str, what: &str, t: usize| match name {
+        "extra" => extra(t),
+        _ => fx.tensor(&format!("{name}.{what}")),
+    };
+    let initial = || -> Vec<Tensor<B, 1>> { names.iter().map(|n| tensor(n, "init", 0)).collect() };
+    let grads = |t: usize| -> Vec<Tensor<B, 1>> { names.iter().map(|n| tensor(n, &format!("grad.{t}"), t)).collect() };
+
+    let mut one = AdamW8bit::<B>::new(fx.config);
+    let mut one_params = initial();
+    let mut packed = AdamW8bit::<B>::new(fx.config);
+    let mut packed_params = initial();
+    for (t, &lr) in (1..=STEPS).zip(&fx.lrs) {
+        one_params = names
+            .iter()
+            .zip(one_params)
+            .zip(grads(t))
+            .map(|((name, p), g)| one.update(name, p, g, lr))
+            .collect();
+        let items = names
+            .iter()
+            .zip(packed_params)
+            .zip(grads(t))
+            .map(|((name, p), g)| (name.to_string(), p, g))
+            .collect();
+        packed_params = packed.update_many(items, lr);
+        for (name, (a, b)) in names.iter().zip(one_params.iter().zip(&packed_params)) {
+            let (a, b) = (floats(a.clone()), floats(b.clone()));
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name} at step {t}"
+            );
+        }
+        assert_eq!(one.state(), packed.state(), "state after step {t}");
+        // Packed codes also hold each tensor's padding to a whole block: under 2 bytes × 256 each.
+        let padding = packed.state_bytes() - one.state_bytes();
+        assert!(padding < 2 * 256 * names.len(), "{padding}");
+        if t == 2 {
+            // A checkpoint round trip in the middle unpacks, and the next step packs again.
+            let mut restored = AdamW8bit::<B>::new(fx.config);
+            restored.load_state(packed.state(), &device).unwrap();
+            packed = restored;
+        }
+    }
+}

@@ -68,6 +68,7 @@ fn grads(checkpointing: bool) -> (f64, AdapterGrads<B>) {
         batch.num_trained_tokens as f64,
         checkpointing,
         &mut grads,
+        None,
     );
     (loss_sum / batch.num_trained_tokens as f64, grads)
 }
@@ -145,6 +146,7 @@ fn padding_to_a_multiple_changes_no_loss_or_gradient() {
             micro.num_trained_tokens as f64,
             true,
             &mut grads,
+            None,
         );
         (micro.seq, loss, grads)
     };

@@ -121,6 +121,28 @@ fn resume_matches_uninterrupted_run() {
 }
 
 #[test]
+fn a_resume_reports_changed_settings() {
+    let out = tempfile::tempdir().unwrap();
+    run(&config(out.path(), 3, "adamw_torch", false), Start::Fresh);
+    let mut changed = config(out.path(), 4, "adamw_torch", false);
+    changed.training.learning_rate = 1e-3;
+    let summary = train::<AD>(
+        &changed,
+        Start::Resume(out.path().join("checkpoint-3")),
+        &Default::default(),
+        DType::F32,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(summary.steps, 4);
+    assert_eq!(
+        summary.resume_changes,
+        ["training.max_steps: 3 -> 4", "training.learning_rate: 0.005 -> 0.001"],
+    );
+}
+
+#[test]
 fn a_checkpoint_for_another_model_is_refused() {
     let out = tempfile::tempdir().unwrap();
     run(&config(out.path(), 3, "adamw_torch", false), Start::Fresh);

@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 
-use burn::tensor::{DType, Int, IntDType, Tensor, TensorData, backend::Backend, get_device_settings};
+use burn::tensor::{Bool, DType, Int, IntDType, Tensor, TensorData, backend::Backend, get_device_settings};
 
+use super::packing::Layout;
 use super::quant::{BLOCK, DynamicMap};
 use super::{AdamWConfig, Optimizer, StateMap, StateTensors};
 
@@ -32,13 +33,33 @@ pub struct AdamW8bit<B: Backend> {
     /// The signed map for the first moment, the unsigned one for the second.
     maps: Option<(DynamicMap<B>, DynamicMap<B>)>,
     states: BTreeMap<String, Entry<B>>,
+    /// The 8-bit states of the tensors [`Optimizer::update_many`] last updated, packed; they
+    /// are not in `states` meanwhile.
+    packed: Option<Packed<B>>,
 }
 
+/// Block-wise states of several tensors in one buffer each, every tensor starting on a block
+/// boundary, so that one pass of kernels updates them all.
+struct Packed<B: Backend> {
+    layout: Layout,
+    /// Shared: tensors are packed only when their steps agree.
+    step: u64,
+    codes1: Tensor<B, 1, Int>,
+    codes2: Tensor<B, 1, Int>,
+    absmax1: Tensor<B, 1>,
+    absmax2: Tensor<B, 1>,
+    /// The slots past each tensor's end. bnb never writes them, so their codes go back to
+    /// 128 and 0 after each step: the values a partial block's missing entries load as.
+    padding: Tensor<B, 1, Bool>,
+}
+
+#[derive(Clone)]
 struct Entry<B: Backend> {
     step: u64,
     moments: Moments<B>,
 }
 
+#[derive(Clone)]
 enum Moments<B: Backend> {
     /// bnb's 32-bit path.
     Full { state1: Tensor<B, 1>, state2: Tensor<B, 1> },
@@ -91,8 +112,135 @@ impl<B: Backend> AdamW8bit<B> {
             config,
             maps: None,
             states: BTreeMap::new(),
+            packed: None,
         }
     }
+}
+
+impl<B: Backend> AdamW8bit<B> {
+    /// Makes `packed` hold exactly the tensors of `layout`, taking their states from `states`
+    /// (zeros for new tensors). Returns false, changing nothing, when their steps differ.
+    fn pack(&mut self, layout: &Layout, device: &B::Device) -> bool {
+        if self.packed.as_ref().is_some_and(|p| &p.layout == layout) {
+            return true;
+        }
+        self.unpack();
+        let mut steps = layout.names.iter().map(|n| self.states.get(n).map_or(0, |e| e.step));
+        let step = steps.next().unwrap_or(0);
+        if steps.any(|other| other != step) {
+            return false;
+        }
+        let (mut codes1, mut codes2, mut absmax1, mut absmax2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (name, &n) in layout.names.iter().zip(&layout.lens) {
+            let entry = self.states.remove(name).unwrap_or_else(|| Entry {
+                step: 0,
+                moments: Moments::zeros(n, device),
+            });
+            let Moments::Blockwise {
+                codes1: c1,
+                codes2: c2,
+                absmax1: a1,
+                absmax2: a2,
+            } = entry.moments
+            else {
+                unreachable!("tensors of {MIN_8BIT_SIZE} elements or more have block-wise state")
+            };
+            codes1.push(c1);
+            codes2.push(c2);
+            absmax1.push(a1);
+            absmax2.push(a2);
+        }
+        let blocks = Layout::new(
+            layout
+                .names
+                .iter()
+                .cloned()
+                .zip(layout.lens.iter().map(|n| n.div_ceil(BLOCK))),
+            1,
+        );
+        self.packed = Some(Packed {
+            layout: layout.clone(),
+            step,
+            codes1: layout.pack_int(codes1, 128, device),
+            codes2: layout.pack_int(codes2, 0, device),
+            absmax1: blocks.pack(absmax1, 0.0, device),
+            absmax2: blocks.pack(absmax2, 0.0, device),
+            padding: layout.padding(device),
+        });
+        true
+    }
+
+    /// Moves packed states back to per-tensor ones.
+    fn unpack(&mut self) {
+        if let Some(p) = self.packed.take() {
+            self.states.extend(p.layout.names.iter().cloned().zip(p.entries()));
+        }
+    }
+}
+
+impl<B: Backend> Packed<B> {
+    /// Each tensor's state, as views into the packed buffers.
+    fn entries(&self) -> Vec<Entry<B>> {
+        let blocks = Layout::new(
+            self.layout
+                .names
+                .iter()
+                .cloned()
+                .zip(self.layout.lens.iter().map(|n| n.div_ceil(BLOCK))),
+            1,
+        );
+        let codes1 = self.layout.unpack(self.codes1.clone());
+        let codes2 = self.layout.unpack(self.codes2.clone());
+        let absmax1 = blocks.unpack(self.absmax1.clone());
+        let absmax2 = blocks.unpack(self.absmax2.clone());
+        codes1
+            .into_iter()
+            .zip(codes2)
+            .zip(absmax1.into_iter().zip(absmax2))
+            .map(|((codes1, codes2), (absmax1, absmax2))| Entry {
+                step: self.step,
+                moments: Moments::Blockwise {
+                    codes1,
+                    codes2,
+                    absmax1,
+                    absmax2,
+                },
+            })
+            .collect()
+    }
+}
+
+/// bnb's block-wise kernel on `[blocks, 256]` values: dequantize both moments (codes padded
+/// to whole blocks, one absmax per block), update, requantize. Returns the new parameters,
+/// codes (the backend's default int dtype) and absmax.
+#[allow(clippy::type_complexity)]
+fn blockwise_step<B: Backend>(
+    (map1, map2): &(DynamicMap<B>, DynamicMap<B>),
+    s: &Scalars,
+    grad: Tensor<B, 2>,
+    old: Tensor<B, 2>,
+    [codes1, codes2]: [Tensor<B, 1, Int>; 2],
+    [absmax1, absmax2]: [Tensor<B, 1>; 2],
+) -> (
+    Tensor<B, 2>,
+    Tensor<B, 1, Int>,
+    Tensor<B, 1, Int>,
+    Tensor<B, 1>,
+    Tensor<B, 1>,
+) {
+    let m = map1.dequantize(codes1, absmax1);
+    let v = map2.dequantize(codes2, absmax2);
+    let skip = grad.clone().is_finite().bool_not();
+    let v = (v * s.beta2 + grad.clone() * s.one_minus_beta2 * grad.clone()).mask_fill(skip.clone(), 0.0);
+    let m = (m * s.beta1 + grad * s.one_minus_beta1).mask_fill(skip.clone(), 0.0);
+    let mut new = old.clone() + m.clone() / (v.clone().sqrt() + s.eps) * s.step_size;
+    if let Some(decay) = s.decay {
+        new = new * decay;
+    }
+    let new = new.mask_where(skip, old);
+    let (c1, a1) = map1.quantize(m);
+    let (c2, a2) = map2.quantize(v);
+    (new, c1, c2, a1, a2)
 }
 
 /// Where the backend has general 8-bit integers, codes take one byte.
@@ -129,6 +277,13 @@ fn pad_float<B: Backend>(tensor: Tensor<B, 1>, pad: usize) -> Tensor<B, 1> {
 
 impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
     fn update(&mut self, name: &str, param: Tensor<B, 1>, grad: Tensor<B, 1>, lr: f64) -> Tensor<B, 1> {
+        if self
+            .packed
+            .as_ref()
+            .is_some_and(|p| p.layout.names.iter().any(|n| n == name))
+        {
+            self.unpack();
+        }
         let n = param.dims()[0];
         let device = param.device();
         let entry = self.states.entry(name.to_string()).or_insert_with(|| Entry {
@@ -158,30 +313,25 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
                 absmax1,
                 absmax2,
             } => {
-                let (map1, map2) = self
+                let maps = self
                     .maps
                     .get_or_insert_with(|| (DynamicMap::new(true, &device), DynamicMap::new(false, &device)));
                 let blocks = n.div_ceil(BLOCK);
                 let pad = blocks * BLOCK - n;
                 // The kernel loads a partial last block's missing entries as gradient 0 and codes
                 // 128 (state1) and 0 (state2); they count towards that block's absmax.
-                let grad = pad_float(grad, pad).reshape([blocks, BLOCK]);
-                let old = pad_float(param, pad).reshape([blocks, BLOCK]);
-                let m = map1.dequantize(pad_int(compute_codes(codes1.clone()), pad, 128), absmax1.clone());
-                let v = map2.dequantize(pad_int(compute_codes(codes2.clone()), pad, 0), absmax2.clone());
-
-                let skip = grad.clone().is_finite().bool_not();
-                let v = (v * s.beta2 + grad.clone() * s.one_minus_beta2 * grad.clone()).mask_fill(skip.clone(), 0.0);
-                let m = (m * s.beta1 + grad * s.one_minus_beta1).mask_fill(skip.clone(), 0.0);
-                let mut new = old.clone() + m.clone() / (v.clone().sqrt() + s.eps) * s.step_size;
-                if let Some(decay) = s.decay {
-                    new = new * decay;
-                }
-                let new = new.mask_where(skip, old);
-
                 let dtype = codes1.dtype();
-                let (c1, a1) = map1.quantize(m);
-                let (c2, a2) = map2.quantize(v);
+                let (new, c1, c2, a1, a2) = blockwise_step(
+                    maps,
+                    &s,
+                    pad_float(grad, pad).reshape([blocks, BLOCK]),
+                    pad_float(param, pad).reshape([blocks, BLOCK]),
+                    [
+                        pad_int(compute_codes(codes1.clone()), pad, 128),
+                        pad_int(compute_codes(codes2.clone()), pad, 0),
+                    ],
+                    [absmax1.clone(), absmax2.clone()],
+                );
                 *codes1 = c1.slice(0..n).cast(dtype);
                 *codes2 = c2.slice(0..n).cast(dtype);
                 *absmax1 = a1;
@@ -191,9 +341,69 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
         }
     }
 
+    fn update_many(&mut self, items: Vec<(String, Tensor<B, 1>, Tensor<B, 1>)>, lr: f64) -> Vec<Tensor<B, 1>> {
+        let Some(device) = items.first().map(|(_, param, _)| param.device()) else {
+            return Vec::new();
+        };
+        let layout = Layout::new(
+            items
+                .iter()
+                .filter(|(_, param, _)| param.dims()[0] >= MIN_8BIT_SIZE)
+                .map(|(name, param, _)| (name.clone(), param.dims()[0])),
+            BLOCK,
+        );
+        if layout.names.len() < 2 || !self.pack(&layout, &device) {
+            return items
+                .into_iter()
+                .map(|(name, param, grad)| self.update(&name, param, grad, lr))
+                .collect();
+        }
+        let mut packed_params = Vec::new();
+        let mut packed_grads = Vec::new();
+        let mut out: Vec<Option<Tensor<B, 1>>> = Vec::with_capacity(items.len());
+        for (name, param, grad) in items {
+            if param.dims()[0] >= MIN_8BIT_SIZE {
+                packed_params.push(param);
+                packed_grads.push(grad);
+                out.push(None);
+            } else {
+                out.push(Some(self.update(&name, param, grad, lr)));
+            }
+        }
+        let maps = self
+            .maps
+            .get_or_insert_with(|| (DynamicMap::new(true, &device), DynamicMap::new(false, &device)));
+        let p = self.packed.as_mut().expect("packed above");
+        p.step += 1;
+        let s = Scalars::new(&self.config, p.step, lr);
+        let blocks = layout.total / BLOCK;
+        let dtype = p.codes1.dtype();
+        let (new, c1, c2, a1, a2) = blockwise_step(
+            maps,
+            &s,
+            layout.pack(packed_grads, 0.0, &device).reshape([blocks, BLOCK]),
+            layout.pack(packed_params, 0.0, &device).reshape([blocks, BLOCK]),
+            [compute_codes(p.codes1.clone()), compute_codes(p.codes2.clone())],
+            [p.absmax1.clone(), p.absmax2.clone()],
+        );
+        p.codes1 = c1.mask_fill(p.padding.clone(), 128).cast(dtype);
+        p.codes2 = c2.mask_fill(p.padding.clone(), 0).cast(dtype);
+        p.absmax1 = a1;
+        p.absmax2 = a2;
+        let mut updated = layout.unpack(new.reshape([layout.total])).into_iter();
+        out.into_iter()
+            .map(|slot| slot.unwrap_or_else(|| updated.next().expect("one update per packed tensor")))
+            .collect()
+    }
+
     fn state(&self) -> StateTensors {
+        // Sorted by name whether packed or not, so checkpoints do not depend on it.
+        let mut entries: BTreeMap<&str, Entry<B>> = self.states.iter().map(|(n, e)| (n.as_str(), e.clone())).collect();
+        if let Some(p) = &self.packed {
+            entries.extend(p.layout.names.iter().map(String::as_str).zip(p.entries()));
+        }
         let mut out = Vec::new();
-        for (name, entry) in &self.states {
+        for (name, entry) in entries {
             out.push((format!("{name}.step"), TensorData::new(vec![entry.step as i64], [1])));
             match &entry.moments {
                 Moments::Full { state1, state2 } => {
@@ -236,23 +446,30 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
         }
         map.finish()?;
         self.states = states;
+        self.packed = None;
         Ok(())
     }
 
     fn state_bytes(&self) -> usize {
         let bytes = |t: &Tensor<B, 1, Int>| t.dims()[0] * t.dtype().size();
-        self.states
-            .values()
-            .map(|entry| match &entry.moments {
-                Moments::Full { state1, .. } => 8 * state1.dims()[0],
-                Moments::Blockwise {
-                    codes1,
-                    codes2,
-                    absmax1,
-                    ..
-                } => bytes(codes1) + bytes(codes2) + 8 * absmax1.dims()[0],
-            })
-            .sum()
+        let packed = self
+            .packed
+            .as_ref()
+            .map_or(0, |p| bytes(&p.codes1) + bytes(&p.codes2) + 8 * p.absmax1.dims()[0]);
+        packed
+            + self
+                .states
+                .values()
+                .map(|entry| match &entry.moments {
+                    Moments::Full { state1, .. } => 8 * state1.dims()[0],
+                    Moments::Blockwise {
+                        codes1,
+                        codes2,
+                        absmax1,
+                        ..
+                    } => bytes(codes1) + bytes(codes2) + 8 * absmax1.dims()[0],
+                })
+                .sum::<usize>()
     }
 }
 

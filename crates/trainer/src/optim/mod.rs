@@ -6,6 +6,7 @@
 
 mod adamw;
 mod adamw8bit;
+mod packing;
 mod quant;
 
 pub use adamw::AdamW;
@@ -44,6 +45,16 @@ pub trait Optimizer<B: Backend> {
     /// Returns `param` after one update with gradient `grad` (both f32, flattened, same length)
     /// at learning rate `lr`. `name` identifies the tensor's state across steps and checkpoints.
     fn update(&mut self, name: &str, param: Tensor<B, 1>, grad: Tensor<B, 1>, lr: f64) -> Tensor<B, 1>;
+
+    /// [`Optimizer::update`] on each `(name, param, grad)`, with the same results. GPU backends
+    /// pay per kernel launch and an adapter has hundreds of tensors, so implementations may
+    /// update them packed together.
+    fn update_many(&mut self, items: Vec<(String, Tensor<B, 1>, Tensor<B, 1>)>, lr: f64) -> Vec<Tensor<B, 1>> {
+        items
+            .into_iter()
+            .map(|(name, param, grad)| self.update(&name, param, grad, lr))
+            .collect()
+    }
 
     /// The whole state, e.g. `{name}.exp_avg`, `{name}.step`.
     fn state(&self) -> StateTensors;

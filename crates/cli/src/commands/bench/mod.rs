@@ -1,0 +1,235 @@
+//! `ember bench`: LoRA training speed and memory on a random-weight model of a real Gemma
+//! shape, measured the way `shared/bench/hf_peft_bench.py` measures transformers + PEFT, so
+//! the two can be run side by side on one card.
+
+mod breakdown;
+mod decode;
+mod memory;
+mod shapes;
+
+use std::any::Any;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::backend::Autodiff;
+use burn::backend::cuda::CudaDevice;
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use ember_lora::{LoraConfig, add_lora, projections};
+use ember_model::{GemmaForCausalLM, IGNORE_INDEX};
+use ember_trainer::config::OptimKind;
+use ember_trainer::grads::MicroBatch;
+use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
+use ember_trainer::phases::Phases;
+use ember_trainer::step::{StepSettings, optimizer_step};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+
+use crate::device::{DeviceArgs, Task, dtype_name, run_on};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// gemma-2b, gemma2-2b, gemma-7b (random weights, real shapes) or a model directory's config.
+    #[arg(long, default_value = "gemma-2b")]
+    pub arch: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub seq: usize,
+    /// Timed steps; the reported step time is their median.
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Untimed steps first (the first compiles and tunes GPU kernels).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// adamw_8bit or adamw_torch.
+    #[arg(long, default_value = "adamw_8bit", value_parser = parse_optim)]
+    pub optim: OptimKind,
+    #[arg(long)]
+    pub no_checkpointing: bool,
+    /// Also time each phase of a step, and the matmuls and attention alone.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Also measure decoding: batch 1, this many prompt tokens, then `--decode-tokens` new ones.
+    #[arg(long)]
+    pub decode_prompt: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub decode_tokens: usize,
+    /// The card's dense bf16 peak in TFLOP/s, for model FLOPs utilisation (H100/H200 SXM: 989).
+    #[arg(long, default_value_t = 989.0)]
+    pub peak_tflops: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+fn parse_optim(s: &str) -> Result<OptimKind, String> {
+    match s {
+        "adamw_8bit" | "adamw8bit" => Ok(OptimKind::AdamW8bit),
+        "adamw_torch" | "adamw" => Ok(OptimKind::AdamW),
+        _ => Err(format!("unknown optimizer `{s}`; expected adamw_8bit or adamw_torch")),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = args.device.clone();
+    let report = run_on(&device, Bench { args })?;
+    println!("{report}");
+    Ok(())
+}
+
+struct Bench {
+    args: Args,
+}
+
+impl Task for Bench {
+    type Output = Value;
+
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Value> {
+        let a = self.args;
+        let config = shapes::resolve(&a.arch)?;
+        let cuda_index = (&device as &dyn Any).downcast_ref::<CudaDevice>().map(|d| d.index);
+        let driver = cuda_index.and_then(memory::DriverPeak::start);
+
+        let start = Instant::now();
+        let model = GemmaForCausalLM::<Autodiff<B>>::random(config.clone(), dtype, &device);
+        let mut model = add_lora(model, &LoraConfig::default(), a.seed)?;
+        let _ = B::sync(&device);
+        let build_s = start.elapsed().as_secs_f64();
+        let total = config.parameter_count();
+        let trainable: usize = (0..model.model.layers.len())
+            .flat_map(|i| projections(i, &model.model.layers[i]).map(|(_, linear)| linear))
+            .filter_map(|linear| linear.lora.as_ref())
+            .map(|lora| lora.a.val().shape().num_elements() + lora.b.val().shape().num_elements())
+            .sum();
+        eprintln!(
+            "ember bench: {} ({:.2} B parameters, {:.1} M trainable), batch {} x {}, built in {build_s:.1} s",
+            a.arch,
+            total as f64 / 1e9,
+            trainable as f64 / 1e6,
+            a.batch,
+            a.seq
+        );
+
+        let batch = random_batch(config.vocab_size, a.batch, a.seq, a.seed);
+        let adamw = AdamWConfig::default();
+        let mut optimizer: Box<dyn Optimizer<B>> = match a.optim {
+            OptimKind::AdamW => Box::new(AdamW::new(adamw)),
+            OptimKind::AdamW8bit => Box::new(AdamW8bit::new(adamw)),
+        };
+        let mut settings = StepSettings {
+            max_grad_norm: Some(1.0),
+            gradient_checkpointing: !a.no_checkpointing,
+            profile: false,
+        };
+        let mut times = Vec::new();
+        let mut first_step_s = f64::NAN;
+        let mut loss = f64::NAN;
+        let mut reserved: Option<u64> = None;
+        for step in 0..a.warmup + a.steps {
+            let start = Instant::now();
+            let outcome;
+            (model, outcome) = optimizer_step(model, std::slice::from_ref(&batch), 5e-4, settings, optimizer.as_mut());
+            let _ = B::sync(&device);
+            let seconds = start.elapsed().as_secs_f64();
+            loss = outcome.loss;
+            if let Some((_, bytes)) = memory::allocator_bytes(&device) {
+                reserved = Some(reserved.unwrap_or(0).max(bytes));
+            }
+            eprintln!("  step {step:>2}: {seconds:.3} s, loss {loss:.4}");
+            if step == 0 {
+                first_step_s = seconds;
+            }
+            if step >= a.warmup {
+                times.push(seconds);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let step_s = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+        let tokens_per_s = (a.batch * a.seq) as f64 / step_s;
+        // The reference's FLOPs count: forward 2N + input gradient 2N (+ 2N recompute) per token.
+        let dense = (total - trainable) as f64;
+        let tflops = tokens_per_s * if a.no_checkpointing { 4.0 } else { 6.0 } * dense / 1e12;
+        let mut report = json!({
+            "impl": "ember",
+            "arch": a.arch,
+            "batch": a.batch,
+            "seq": a.seq,
+            "optim": match a.optim { OptimKind::AdamW => "adamw_torch", OptimKind::AdamW8bit => "adamw_8bit" },
+            "ckpt": !a.no_checkpointing,
+            "dtype": dtype_name(dtype),
+            "device": B::name(&device),
+            "build_s": build_s,
+            "first_step_s": first_step_s,
+            "step_s": step_s,
+            "tokens_per_s": tokens_per_s,
+            "approx_tflops": tflops,
+            "mfu": tflops / a.peak_tflops,
+            "allocator_reserved_gib": reserved.map(|r| r as f64 / GIB),
+            "driver_peak_gib": driver.as_ref().map(|d| d.peak_bytes() as f64 / GIB),
+            "optimizer_state_bytes": optimizer.state_bytes(),
+            "trainable": trainable,
+            "total": total,
+            "loss": loss,
+        });
+        drop(driver);
+
+        if a.breakdown {
+            settings.profile = true;
+            let mut phases = Phases::default();
+            let start = Instant::now();
+            for _ in 0..2 {
+                let outcome;
+                (model, outcome) =
+                    optimizer_step(model, std::slice::from_ref(&batch), 5e-4, settings, optimizer.as_mut());
+                phases = outcome.phases;
+            }
+            let profiled_step_s = start.elapsed().as_secs_f64() / 2.0;
+            let e = breakdown::estimate::<B>(&config, a.batch, a.seq, settings.gradient_checkpointing, dtype, &device);
+            let measured = [phases.forward, phases.head, phases.backward, phases.optimizer]
+                .iter()
+                .map(|d| d.as_secs_f64())
+                .sum::<f64>();
+            report["breakdown"] = json!({
+                "profiled_step_s": profiled_step_s,
+                "forward_s": phases.forward.as_secs_f64(),
+                "head_and_loss_s": phases.head.as_secs_f64(),
+                "backward_s": phases.backward.as_secs_f64(),
+                "optimizer_s": phases.optimizer.as_secs_f64(),
+                "outside_phases_s": profiled_step_s - measured,
+                "alone": e.to_json(),
+                "layers_other_s": phases.forward.as_secs_f64() + phases.backward.as_secs_f64() - e.layer_gemm_s - e.attention_s,
+                "head_other_s": phases.head.as_secs_f64() - e.head_gemm_s,
+            });
+        }
+        if let Some(prompt) = a.decode_prompt {
+            let inference = burn::module::AutodiffModule::valid(&model);
+            drop(model);
+            report["decode"] = decode::measure(&inference, prompt, a.decode_tokens, a.seed, &device)?;
+        }
+        eprintln!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(report)
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Random token ids, every next token trained (the reference uses `labels = input_ids`).
+fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> MicroBatch {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let input_ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab as i64)).collect();
+    let targets: Vec<i64> = input_ids
+        .chunks(seq)
+        .flat_map(|row| row[1..].iter().copied().chain([IGNORE_INDEX]))
+        .collect();
+    MicroBatch {
+        batch,
+        seq,
+        segments: vec![1; batch * seq],
+        positions: (0..batch).flat_map(|_| 0..seq as i64).collect(),
+        num_trained_tokens: batch * (seq - 1),
+        input_ids,
+        targets,
+    }
+}
