@@ -11,12 +11,13 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{GemmaConfig, LayerType};
 use crate::embedding::Embedding;
 use crate::error::Result;
+use crate::gguf::{self, GgufFile, GgufWeights};
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::model::{GemmaForCausalLM, GemmaModel};
 use crate::norm::RmsNorm;
-use crate::weights::Weights;
+use crate::weights::{TensorSource, Weights};
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -37,21 +38,38 @@ impl LoadOptions {
 }
 
 impl<B: Backend> GemmaForCausalLM<B> {
-    /// Loads `config.json` and the safetensors weights of the checkpoint in `dir`.
-    pub fn load(dir: &Path, options: &LoadOptions, device: &B::Device) -> Result<Self> {
-        let config = GemmaConfig::from_file(dir.join("config.json"))?;
-        let mut checkpoint = Checkpoint::open(dir)?;
+    /// Loads `config.json` and the safetensors weights of the checkpoint directory `path`, or
+    /// the model in the GGUF file `path` (dequantized to `options.dtype`).
+    pub fn load(path: &Path, options: &LoadOptions, device: &B::Device) -> Result<Self> {
+        if gguf::is_gguf(path) {
+            let mut weights = GgufWeights::new(GgufFile::open(path)?)?;
+            let config = gguf::gemma_config(weights.file())?;
+            options.progress.set_length(weights.total_f32_bytes());
+            let model = Self::from_source(config, &mut weights, options, device)?;
+            weights.finish()?;
+            return Ok(model);
+        }
+        let config = GemmaConfig::from_file(path.join("config.json"))?;
+        let mut checkpoint = Checkpoint::open(path)?;
         options.progress.set_length(checkpoint.total_bytes());
-        let model = {
-            let mut w = Weights::<B> {
-                checkpoint: &mut checkpoint,
-                device: device.clone(),
-                dtype: options.dtype,
-                progress: options.progress.clone(),
-            };
-            Self::from_weights(config, &mut w)?
-        };
+        let model = Self::from_source(config, &mut checkpoint, options, device)?;
         checkpoint.finish()?;
+        Ok(model)
+    }
+
+    fn from_source(
+        config: GemmaConfig,
+        source: &mut dyn TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let mut w = Weights::<B> {
+            source,
+            device: device.clone(),
+            dtype: options.dtype,
+            progress: options.progress.clone(),
+        };
+        let model = Self::from_weights(config, &mut w)?;
         options.progress.finish_and_clear();
         Ok(model)
     }
@@ -70,7 +88,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
         let norm = rms_norm(&config, "model.norm", h, w)?;
         let lm_head = if config.tie_word_embeddings {
             // Some exports store the tied head anyway; transformers ignores it, so do we.
-            w.checkpoint.skip("lm_head.weight");
+            w.source.skip("lm_head.weight");
             None
         } else {
             Some(linear("lm_head", [config.vocab_size, h], w)?)
