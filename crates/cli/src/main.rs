@@ -28,6 +28,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Rewrite an adapter as a clean PEFT directory, or merge it into a full checkpoint.
     Export(commands::export::Args),
+    /// Convert a GGUF model (llama.cpp's format) into a Hugging Face checkpoint directory.
+    Convert(commands::convert::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Plot(args) => commands::plot::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Convert(args) => commands::convert::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
