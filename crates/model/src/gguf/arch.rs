@@ -1,7 +1,6 @@
 //! Which Gemma generation a GGUF file holds (`general.architecture`).
 
 use super::reader::GgufFile;
-use crate::config::Family;
 use crate::error::{ModelError, Result};
 
 /// A GGUF architecture Ember imports; its name prefixes the model's metadata keys
@@ -40,14 +39,6 @@ impl Architecture {
             Self::Gemma => "gemma",
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3",
-        }
-    }
-
-    pub fn family(self) -> Family {
-        match self {
-            Self::Gemma => Family::Gemma,
-            Self::Gemma2 => Family::Gemma2,
-            Self::Gemma3 => Family::Gemma3,
         }
     }
 }

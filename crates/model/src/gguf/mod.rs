@@ -18,13 +18,12 @@ mod weights;
 
 use std::path::Path;
 
-pub use arch::Architecture;
 pub use config::{gemma_config, hf_config};
 pub use convert::{ConvertOptions, convert};
-pub use names::{hf_name, is_shifted_norm};
 pub use reader::{GgufFile, TensorInfo, Value};
-pub use tokenizer::{generation_config, tokenizer, tokenizer_config};
-pub use types::{GgmlType, type_name};
+pub(crate) use tokenizer::generation_config;
+pub use tokenizer::tokenizer;
+pub use types::GgmlType;
 pub use weights::GgufWeights;
 
 /// Whether a model path names a GGUF file rather than a checkpoint directory: any file does
