@@ -19,5 +19,8 @@ pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
 pub use ember_model::MAX_SHARD_BYTES;
 pub use error::{LoraError, Result};
 pub use merge::{export_checkpoint, merge_lora};
-pub use peft::{CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter, write_adapter_files};
+pub use peft::{
+    AdapterTensors, CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter,
+    write_adapter_files,
+};
 pub use targets::{Resolver, Target};
