@@ -44,7 +44,10 @@ impl<B: Backend> GemmaForCausalLM<B> {
         if gguf::is_gguf(path) {
             let mut weights = GgufWeights::new(GgufFile::open(path)?)?;
             let config = gguf::gemma_config(weights.file())?;
-            options.progress.set_length(weights.total_f32_bytes());
+            // Progress counts the bytes of the loaded tensors, in the run dtype.
+            options
+                .progress
+                .set_length(weights.element_count() * options.dtype.size() as u64);
             let model = Self::from_source(config, &mut weights, options, device)?;
             weights.finish()?;
             return Ok(model);

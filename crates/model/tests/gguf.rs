@@ -1,6 +1,6 @@
 //! GGUF import against the fixtures `fixtures/make_gguf_fixtures.py` made with llama.cpp's
-//! `gguf` package: dequantization of every type, metadata, broken files, and a tiny Gemma 3
-//! stored as `convert_hf_to_gguf.py` stores one.
+//! `gguf` package: dequantization of every type, metadata, broken files, and tiny Gemma, Gemma 2
+//! and Gemma 3 models stored as `convert_hf_to_gguf.py` stores them.
 
 mod common;
 
@@ -190,6 +190,47 @@ fn the_tiny_gemma3_converts_back_to_the_checkpoint_it_was_made_from() {
                 assert_eq!(g, half::f16::from_f32(w).to_f32(), "{name}");
             }
         }
+    }
+}
+
+#[test]
+fn gemma_and_gemma2_files_map_back_to_their_checkpoints() {
+    for (file, name) in [("tiny-gemma.gguf", "gemma-mha-untied"), ("tiny-gemma2.gguf", "gemma2")] {
+        let weights = GgufWeights::new(GgufFile::open(&gguf_fixture(file)).unwrap()).unwrap();
+        let original_bytes = std::fs::read(fixture(name).join("model.safetensors")).unwrap();
+        let original = SafeTensors::deserialize(&original_bytes).unwrap();
+        let mut names = weights.names();
+        names.sort();
+        let mut original_names = original.names();
+        original_names.sort();
+        assert_eq!(names, original_names, "{file}");
+        for tensor in names {
+            let (shape, got) = weights.read_f32(tensor).unwrap();
+            let want = original.tensor(tensor).unwrap();
+            assert_eq!(shape, want.shape(), "{file}: {tensor}");
+            let want = f32s(want.data());
+            if tensor.ends_with("norm.weight") {
+                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
+                assert!(worst <= 1.2e-7, "{file}: {tensor}: {worst}");
+                continue;
+            }
+            // Q8_0: within one quantization step (its block's max / 127) of the original.
+            for (g, w) in got.chunks(32).zip(want.chunks(32)) {
+                let step = w.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let worst = g.iter().zip(w).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
+                assert!(worst <= step, "{file}: {tensor}: {worst} > {step}");
+            }
+        }
+        let converted = gguf::gemma_config(weights.file()).unwrap();
+        let original = GemmaConfig::from_file(fixture(name).join("config.json")).unwrap();
+        // Neither query_pre_attn_scalar (llama.cpp takes head_dim) nor the dtype is in GGUF.
+        let expected = GemmaConfig {
+            query_pre_attn_scalar: converted.query_pre_attn_scalar,
+            torch_dtype: None,
+            ..original
+        };
+        assert_eq!(converted, expected, "{file}");
+        assert_eq!(converted.query_pre_attn_scalar, 16.0, "{file}");
     }
 }
 

@@ -59,7 +59,7 @@ pub fn convert(gguf: &Path, out: &Path, options: &ConvertOptions) -> Result<()> 
         })?;
 
     let weights = GgufWeights::new(file)?;
-    options.progress.set_length(weights.total_f32_bytes());
+    options.progress.set_length(4 * weights.element_count());
     let tensors = weights.names().into_iter().map(|name| {
         let (shape, values) = weights.read_f32(name)?;
         options.progress.inc(4 * values.len() as u64);

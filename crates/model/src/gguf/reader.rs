@@ -172,10 +172,6 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
-    pub fn metadata(&self) -> &BTreeMap<String, Value> {
-        &self.metadata
-    }
-
     /// The tensor directory, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors

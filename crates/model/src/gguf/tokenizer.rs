@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence;
@@ -21,7 +21,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, DecoderWrapper, SplitDelimiterBehavior, Tokenizer};
 
-use super::reader::GgufFile;
+use super::reader::{GgufFile, Value};
 use crate::error::{ModelError, Result};
 
 /// llama.cpp's token types (`llama_token_type`) that matter here.
@@ -48,7 +48,8 @@ impl Vocab {
                 return Err(tokenizer_error(
                     file,
                     format!(
-                        "tokenizer.ggml.model is {other:?}; Ember converts SentencePiece vocabularies (`llama`), which every Gemma has"
+                        "tokenizer.ggml.model is {other:?}; Ember converts SentencePiece vocabularies \
+                         (`llama`), which every Gemma has"
                     ),
                 ));
             }
@@ -59,7 +60,7 @@ impl Vocab {
                 "tokenizer.ggml.add_space_prefix is true; Gemma's tokenizer adds no space prefix".into(),
             ));
         }
-        let array = |key: &str| -> Result<&[crate::gguf::Value]> {
+        let array = |key: &str| -> Result<&[Value]> {
             file.get_array(key)?
                 .ok_or_else(|| tokenizer_error(file, format!("{key} is missing")))
         };
@@ -86,7 +87,10 @@ impl Vocab {
             let bad = |what: &str| tokenizer_error(file, format!("token {id} has an invalid {what}"));
             let (token, score, kind) = (
                 token.as_str().ok_or_else(|| bad("text"))?,
-                score.as_f64().ok_or_else(|| bad("score"))? as f32,
+                match score {
+                    Value::F32(s) => *s,
+                    other => other.as_f64().ok_or_else(|| bad("score"))? as f32,
+                },
                 kind.as_i64().ok_or_else(|| bad("type"))?,
             );
             let added = matches!(kind, UNKNOWN | CONTROL | USER_DEFINED);
@@ -220,7 +224,7 @@ pub fn tokenizer(file: &GgufFile) -> Result<Tokenizer> {
 
 /// `tokenizer_config.json`: the special tokens and BOS/EOS conventions, and the chat template
 /// if the file has one.
-pub fn tokenizer_config(file: &GgufFile) -> Result<Value> {
+pub fn tokenizer_config(file: &GgufFile) -> Result<serde_json::Value> {
     let vocab = Vocab::read(file)?;
     let mut config = json!({
         "tokenizer_class": "GemmaTokenizer",
@@ -247,7 +251,7 @@ pub fn tokenizer_config(file: &GgufFile) -> Result<Value> {
 
 /// `generation_config.json`: generation stops at EOS and, as in Google's own Gemma configs, at
 /// the chat format's `<end_of_turn>`.
-pub fn generation_config(file: &GgufFile) -> Result<Value> {
+pub fn generation_config(file: &GgufFile) -> Result<serde_json::Value> {
     let vocab = Vocab::read(file)?;
     let mut stops = Vec::new();
     let end_of_turn = vocab.pieces.iter().position(|p| p == "<end_of_turn>");

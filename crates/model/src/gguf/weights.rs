@@ -57,9 +57,9 @@ impl GgufWeights {
         names.into_iter().map(|(_, name)| name.as_str()).collect()
     }
 
-    /// Bytes of all tensors in f32, for progress reporting.
-    pub fn total_f32_bytes(&self) -> u64 {
-        self.file.tensors().iter().map(|t| 4 * t.element_count() as u64).sum()
+    /// Values in all tensors, for progress reporting.
+    pub fn element_count(&self) -> u64 {
+        self.file.tensors().iter().map(|t| t.element_count() as u64).sum()
     }
 
     /// The tensor `name` in Hugging Face terms: its PyTorch shape (GGUF's dimensions reversed;
