@@ -30,6 +30,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Rewrite an adapter as a clean PEFT directory, or merge it into a full checkpoint.
     Export(commands::export::Args),
+    /// Convert a GGUF model (llama.cpp's format) into a Hugging Face checkpoint directory.
+    Convert(commands::convert::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Plot(args) => commands::plot::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Convert(args) => commands::convert::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,7 +16,11 @@ mod targets;
 pub use apply::{add_lora, projections, projections_mut};
 pub use atomic::write_dir_atomically;
 pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
+pub use ember_model::MAX_SHARD_BYTES;
 pub use error::{LoraError, Result};
-pub use merge::{MAX_SHARD_BYTES, export_checkpoint, merge_lora};
-pub use peft::{CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter, write_adapter_files};
+pub use merge::{export_checkpoint, merge_lora};
+pub use peft::{
+    AdapterTensors, CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter,
+    write_adapter_files,
+};
 pub use targets::{Resolver, Target};

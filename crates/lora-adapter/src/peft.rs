@@ -24,8 +24,11 @@ pub fn peft_key(path: &str, matrix: char) -> String {
     format!("base_model.model.{path}.lora_{matrix}.weight")
 }
 
+/// Adapter tensors by PEFT key: shape and f32 values.
+pub type AdapterTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// The adapter tensors of `model` under PEFT's keys, as f32 values with their shapes.
-pub fn adapter_tensors<B: Backend>(model: &GemmaForCausalLM<B>) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn adapter_tensors<B: Backend>(model: &GemmaForCausalLM<B>) -> Result<AdapterTensors> {
     let mut tensors = BTreeMap::new();
     for param in named_params(model) {
         let (path, matrix) = match param.name.rsplit_once(".lora.") {

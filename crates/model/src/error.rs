@@ -37,6 +37,23 @@ pub enum ModelError {
     UnsupportedDtype { path: PathBuf, key: String, dtype: String },
     #[error("checkpoint `{}` has {count} tensor(s) the model does not use, e.g. `{first}`", dir.display())]
     UnexpectedTensors { dir: PathBuf, count: usize, first: String },
+    #[error("`{}` is not a readable GGUF file: {message}", path.display())]
+    Gguf { path: PathBuf, message: String },
+    #[error(
+        "tensor `{tensor}` in `{}` is stored as {ggml_type}; Ember reads {}",
+        path.display(),
+        crate::gguf::GgmlType::SUPPORTED
+    )]
+    UnsupportedGgmlType {
+        path: PathBuf,
+        tensor: String,
+        ggml_type: String,
+    },
+    #[error(
+        "`{}`: GGUF architecture `{found}` is not supported; Ember imports gemma, gemma2 and gemma3",
+        path.display()
+    )]
+    UnknownArchitecture { path: PathBuf, found: String },
     #[error("tokenizer `{}`: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
     #[error("{0}")]

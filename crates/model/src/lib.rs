@@ -3,7 +3,8 @@
 //! The model computes what transformers computes: parameters keep their Hugging Face names
 //! (`model.layers.0.self_attn.q_proj.weight`) and layout (`[out, in]`), and every numeric
 //! detail (norms in f32 with `1 + w`, scaled embeddings, tanh GELU, `rotate_half` RoPE,
-//! soft-capping, sliding windows) follows the reference implementation.
+//! soft-capping, sliding windows) follows the reference implementation. GGUF files (llama.cpp's
+//! format) load too, dequantized, or convert to a checkpoint directory ([`gguf`]).
 
 mod attention;
 mod cache;
@@ -12,6 +13,7 @@ pub mod config;
 mod embedding;
 mod error;
 mod generate;
+pub mod gguf;
 mod layer;
 mod linear;
 mod load;
@@ -24,6 +26,7 @@ mod named;
 mod norm;
 mod rope;
 mod sampling;
+mod shards;
 mod tokenizer;
 mod weights;
 
@@ -46,4 +49,5 @@ pub use named::{NamedParam, named_params};
 pub use norm::RmsNorm;
 pub use rope::RopeTables;
 pub use sampling::{Sampler, SamplingConfig, argmax};
+pub use shards::{MAX_SHARD_BYTES, NamedTensor, torch_dtype_name, write_json, write_safetensors};
 pub use tokenizer::{GemmaTokenizer, TextStream};

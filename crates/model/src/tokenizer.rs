@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{ModelError, Result};
+use crate::gguf::{self, GgufFile};
 
 /// A checkpoint's `tokenizer.json`, with Gemma's BOS and stop-token conventions.
 pub struct GemmaTokenizer {
@@ -14,8 +15,12 @@ pub struct GemmaTokenizer {
 
 impl GemmaTokenizer {
     /// Loads `tokenizer.json` from `dir`; stop tokens come from `generation_config.json`,
-    /// `tokenizer_config.json` and the chat format's `<end_of_turn>`.
+    /// `tokenizer_config.json` and the chat format's `<end_of_turn>`. A GGUF file in place of
+    /// the directory gives its embedded tokenizer ([`GemmaTokenizer::from_gguf`]).
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        if gguf::is_gguf(dir) {
+            return Self::from_gguf(dir);
+        }
         let mut tokenizer = Self::from_file(&dir.join("tokenizer.json"))?;
         let mut stops = Vec::new();
         if let Some(generation) = read_json(&dir.join("generation_config.json"))? {
@@ -49,6 +54,31 @@ impl GemmaTokenizer {
             ));
         }
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| error(e.to_string()))?;
+        Self::new(inner, path)
+    }
+
+    /// The tokenizer embedded in a GGUF file, with its BOS and its EOS and `<end_of_turn>` as
+    /// stop tokens.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let mut tokenizer = Self::new(gguf::tokenizer(&file)?, path)?;
+        if let Some(bos) = file.get_usize("tokenizer.ggml.bos_token_id")? {
+            tokenizer.bos = bos as u32;
+        }
+        let generation = gguf::generation_config(&file)?;
+        for id in token_ids(generation.get("eos_token_id")) {
+            if !tokenizer.stop_tokens.contains(&id) {
+                tokenizer.stop_tokens.push(id);
+            }
+        }
+        Ok(tokenizer)
+    }
+
+    fn new(inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
+        let error = |message: String| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
         let bos = inner
             .token_to_id("<bos>")
             .ok_or_else(|| error("has no `<bos>` token; is this a Gemma tokenizer?".into()))?;

@@ -1,13 +1,31 @@
 use burn::module::{Param, ParamId};
-use burn::tensor::{DType, Distribution, Tensor, backend::Backend};
+use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend};
 use indicatif::ProgressBar;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 
+/// Tensors by their Hugging Face names, whichever file format holds them.
+pub(crate) trait TensorSource {
+    /// Reads `key`, checking its shape, converted to `dtype`.
+    fn read(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData>;
+    /// Marks `key` as deliberately unused (e.g. an `lm_head.weight` tied to the embedding).
+    fn skip(&mut self, key: &str);
+}
+
+impl TensorSource for Checkpoint {
+    fn read(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
+        Checkpoint::read(self, key, shape, dtype)
+    }
+
+    fn skip(&mut self, key: &str) {
+        Checkpoint::skip(self, key)
+    }
+}
+
 /// Where parameter values come from.
 pub(crate) enum Source<'a> {
-    Checkpoint(&'a mut Checkpoint),
+    Tensors(&'a mut dyn TensorSource),
     /// Normal(0, std) drawn on the device: a real shape without a real checkpoint (benchmarks).
     Random {
         std: f64,
@@ -28,8 +46,8 @@ impl<B: Backend> Weights<'_, B> {
     /// ever computed or stored for them.
     pub fn param<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Param<Tensor<B, D>>> {
         let tensor = match &mut self.source {
-            Source::Checkpoint(checkpoint) => {
-                let data = checkpoint.read(key, &shape, self.dtype)?;
+            Source::Tensors(source) => {
+                let data = source.read(key, &shape, self.dtype)?;
                 self.progress.inc(data.as_bytes().len() as u64);
                 Tensor::from_data(data, (&self.device, self.dtype))
             }
@@ -42,8 +60,8 @@ impl<B: Backend> Weights<'_, B> {
 
     /// Marks `key` as deliberately unused (a checkpoint reports unread tensors otherwise).
     pub(crate) fn skip(&mut self, key: &str) {
-        if let Source::Checkpoint(checkpoint) = &mut self.source {
-            checkpoint.skip(key);
+        if let Source::Tensors(source) = &mut self.source {
+            source.skip(key);
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::device::{DeviceArgs, Task, run_on};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json) or a GGUF file.
     #[arg(long)]
     pub model: PathBuf,
     /// A LoRA adapter directory (PEFT format) to run the model with.
@@ -79,7 +79,7 @@ impl Task for Args {
     }
 }
 
-/// The checkpoint in `dir`, with the PEFT adapter in `adapter` applied if given.
+/// The checkpoint in `dir` (or the GGUF file `dir`), with the PEFT adapter in `adapter` applied if given.
 pub fn load_model<B: Backend>(
     dir: &Path,
     adapter: Option<&Path>,

@@ -1,19 +1,30 @@
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
+use ember_model::gguf::{self, GgufFile};
 use ember_model::{Checkpoint, GemmaConfig, LayerType};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint directory.
+    /// Checkpoint directory, or a GGUF file.
     pub dir: PathBuf,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
 
 pub fn run(args: Args) -> Result<()> {
-    let config = GemmaConfig::from_file(args.dir.join("config.json"))?;
-    let checkpoint = Checkpoint::open(&args.dir)?;
+    let (config, on_disk) = if gguf::is_gguf(&args.dir) {
+        let file = GgufFile::open(&args.dir)?;
+        (gguf::gemma_config(&file)?, gguf_types(&file))
+    } else {
+        let config = GemmaConfig::from_file(args.dir.join("config.json"))?;
+        let bytes = Checkpoint::open(&args.dir)?.total_bytes();
+        let dtype = config.torch_dtype.as_deref().unwrap_or("unstated");
+        let on_disk = format!("{dtype} ({:.2} GiB of tensors)", bytes as f64 / GIB);
+        (config, on_disk)
+    };
     let params = config.parameter_count();
     let layers: String = config
         .layer_types
@@ -49,11 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         config.attn_logit_softcapping, config.final_logit_softcapping, config.query_pre_attn_scalar
     );
     println!("parameters     {params} ({:.2} B)", params as f64 / 1e9);
-    println!(
-        "dtype on disk  {} ({:.2} GiB of tensors)",
-        config.torch_dtype.as_deref().unwrap_or("unstated"),
-        checkpoint.total_bytes() as f64 / GIB
-    );
+    println!("dtype on disk  {on_disk}");
     println!(
         "memory         weights {:.2} GiB in bf16, {:.2} GiB in f32; KV cache {:.1} MiB per 1k tokens in bf16",
         params as f64 * 2.0 / GIB,
@@ -61,4 +68,15 @@ pub fn run(args: Args) -> Result<()> {
         (kv_per_token * 2 * 1024) as f64 / (1 << 20) as f64
     );
     Ok(())
+}
+
+/// How many tensors of each ggml type a GGUF file holds (`Q5_0 ×81, F32 ×109`) and their size.
+fn gguf_types(file: &GgufFile) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for tensor in file.tensors() {
+        *counts.entry(tensor.type_name()).or_default() += 1;
+    }
+    let types: Vec<String> = counts.iter().map(|(name, n)| format!("{name} x{n}")).collect();
+    let bytes = std::fs::metadata(file.path()).map_or(0, |m| m.len());
+    format!("GGUF: {} ({:.2} GiB file)", types.join(", "), bytes as f64 / GIB)
 }

@@ -1,0 +1,120 @@
+//! The tensors of a GGUF file under their Hugging Face names, in Hugging Face layout and values.
+
+use std::collections::{BTreeMap, HashSet};
+
+use burn::tensor::{DType, TensorData};
+
+use super::arch::Architecture;
+use super::names::{hf_name, is_shifted_norm};
+use super::reader::{GgufFile, TensorInfo};
+use crate::error::{ModelError, Result};
+use crate::weights::TensorSource;
+
+/// A GGUF file whose every tensor has a Hugging Face name.
+pub struct GgufWeights {
+    file: GgufFile,
+    /// Hugging Face name → index in the file's tensor directory.
+    index: BTreeMap<String, usize>,
+    used: HashSet<String>,
+}
+
+impl GgufWeights {
+    /// Maps every tensor of `file`; one without a Hugging Face counterpart is an error naming it.
+    pub fn new(file: GgufFile) -> Result<Self> {
+        let arch = Architecture::of(&file)?;
+        let mut index = BTreeMap::new();
+        let mut foreign = Vec::new();
+        for (i, info) in file.tensors().iter().enumerate() {
+            match hf_name(arch, &info.name) {
+                Some(name) => {
+                    index.insert(name, i);
+                }
+                None => foreign.push(info.name.clone()),
+            }
+        }
+        if let Some(first) = foreign.first() {
+            return Err(ModelError::UnexpectedTensors {
+                dir: file.path().to_path_buf(),
+                count: foreign.len(),
+                first: first.clone(),
+            });
+        }
+        Ok(Self {
+            file,
+            index,
+            used: HashSet::new(),
+        })
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// The Hugging Face names, in the file's order.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<(&usize, &String)> = self.index.iter().map(|(name, i)| (i, name)).collect();
+        names.sort();
+        names.into_iter().map(|(_, name)| name.as_str()).collect()
+    }
+
+    /// Values in all tensors, for progress reporting.
+    pub fn element_count(&self) -> u64 {
+        self.file.tensors().iter().map(|t| t.element_count() as u64).sum()
+    }
+
+    /// The tensor `name` in Hugging Face terms: its PyTorch shape (GGUF's dimensions reversed;
+    /// the data needs no transposing) and its values, dequantized, norms shifted back from
+    /// llama.cpp's `1 + w` to `w`.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let info = self.info(name)?;
+        let mut values = self.file.read_f32(info)?;
+        if is_shifted_norm(name) {
+            values.iter_mut().for_each(|v| *v -= 1.0);
+        }
+        Ok((info.shape(), values))
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.index
+            .get(name)
+            .map(|&i| &self.file.tensors()[i])
+            .ok_or_else(|| ModelError::MissingTensor {
+                dir: self.file.path().to_path_buf(),
+                key: name.to_string(),
+            })
+    }
+
+    /// Fails if the file holds tensors the model never read.
+    pub fn finish(self) -> Result<()> {
+        let unused: Vec<&String> = self.index.keys().filter(|k| !self.used.contains(*k)).collect();
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(ModelError::UnexpectedTensors {
+                dir: self.file.path().to_path_buf(),
+                count: unused.len(),
+                first: first.to_string(),
+            }),
+        }
+    }
+}
+
+impl TensorSource for GgufWeights {
+    fn read(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
+        let found = self.info(key)?.shape();
+        if found != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: self.file.path().to_path_buf(),
+                key: key.to_string(),
+                found,
+                expected: shape.to_vec(),
+            });
+        }
+        let (shape, values) = self.read_f32(key)?;
+        self.used.insert(key.to_string());
+        Ok(TensorData::new(values, shape).convert_dtype(dtype))
+    }
+
+    fn skip(&mut self, key: &str) {
+        self.used.insert(key.to_string());
+    }
+}
