@@ -15,17 +15,19 @@ pub struct EvalResult {
     pub tokens: usize,
 }
 
-/// Evaluates `model` on every sample of `dataset`, `batch_size` at a time.
+/// Evaluates `model` on every sample of `dataset`, `batch_size` at a time, each batch padded
+/// to a multiple of `pad_to_multiple_of` tokens (on GPUs every new shape compiles kernels).
 pub fn evaluate<B: Backend>(
     model: &GemmaForCausalLM<B>,
     dataset: &Dataset,
     batch_size: usize,
     pad_id: u32,
+    pad_to_multiple_of: usize,
 ) -> EvalResult {
     let device = model.model.embed_tokens.weight.device();
     let (mut sum, mut tokens) = (0.0, 0);
     for batch in eval_batches(dataset, batch_size, pad_id) {
-        let micro = MicroBatch::from_batch(&batch, 1);
+        let micro = MicroBatch::from_batch(&batch, pad_to_multiple_of);
         let hidden = model.hidden_states(micro.input::<B>(&device), None);
         let [b, t, h] = hidden.dims();
         let logits: Tensor<B, 3> = model.logits(hidden.reshape([1, b * t, h]));

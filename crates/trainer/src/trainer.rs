@@ -180,6 +180,7 @@ pub fn train<B: AutodiffBackend>(
                     eval_set,
                     args.per_device_train_batch_size,
                     tokenizer.pad_id(),
+                    args.pad_to_multiple_of,
                 )
                 .loss,
             ),
@@ -233,6 +234,7 @@ pub fn train<B: AutodiffBackend>(
             eval_set,
             args.per_device_train_batch_size,
             tokenizer.pad_id(),
+            args.pad_to_multiple_of,
         )
     });
     Ok(TrainSummary {

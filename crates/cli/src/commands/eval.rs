@@ -25,6 +25,9 @@ pub struct Args {
     pub max_seq_length: usize,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Pad each batch to a multiple of this many tokens: on GPUs every new shape compiles kernels.
+    #[arg(long, default_value_t = 64)]
+    pub pad_to_multiple_of: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -45,7 +48,13 @@ impl Task for Args {
         data.max_seq_length = self.max_seq_length;
         let dataset = ember_data::load(&data, &tokenizer)?.train;
         let model = load_model::<B>(&self.model, self.adapter.as_deref(), dtype, &device)?;
-        let result = evaluate(&model, &dataset, self.batch_size, tokenizer.pad_id());
+        let result = evaluate(
+            &model,
+            &dataset,
+            self.batch_size,
+            tokenizer.pad_id(),
+            self.pad_to_multiple_of,
+        );
         if self.json {
             println!(
                 "{}",
