@@ -198,12 +198,6 @@ impl RunConfig {
             serde_json::to_value(section("lora")).map_err(|e| config_error(format!("[lora]: {e}")))?;
         let lora = LoraConfig::from_json(&lora_json, path, true)?;
         training.validate(path)?;
-        if lora.lora_dropout > 0.0 && training.gradient_checkpointing {
-            // The recompute would draw other dropout masks than the forward did.
-            return Err(config_error(
-                "lora_dropout > 0 with gradient_checkpointing is not supported yet: set one of them to 0/false".into(),
-            ));
-        }
 
         let mut resolved = toml::Table::new();
         resolved.insert("model".into(), to_toml(&model, path)?);

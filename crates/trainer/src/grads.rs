@@ -33,6 +33,9 @@ pub struct MicroBatch {
     /// Next-token targets, already shifted; -100 = not trained.
     pub targets: Vec<i64>,
     pub num_trained_tokens: usize,
+    /// Seeds this micro-batch's LoRA dropout masks, layer by layer, so that a checkpointed
+    /// layer's recompute draws the masks its forward drew, and a resumed run the same ones.
+    pub seed: u64,
 }
 
 impl MicroBatch {
@@ -58,6 +61,7 @@ impl MicroBatch {
             positions: widen(&as_i64(&b.position_ids), 0),
             num_trained_tokens: targets.iter().filter(|&&t| t != IGNORE_INDEX).count(),
             targets,
+            seed: 0,
         }
     }
 
@@ -105,7 +109,14 @@ fn accumulate_full<B: AutodiffBackend>(
     mut clock: Clock<B>,
 ) -> f64 {
     let device = model.model.embed_tokens.weight.device();
-    let hidden = model.hidden_states(batch.input(&device), None);
+    let input = batch.input(&device);
+    let context = model.layer_context(&input);
+    let mut x = model.embed(input.input_ids);
+    for index in 0..model.model.layers.len() {
+        seed_dropout::<B>(model, batch, index);
+        x = model.layer(index, x, &context, None);
+    }
+    let hidden = model.final_norm(x);
     clock.lap(|p| &mut p.forward);
     let [b, t, h] = hidden.dims();
     let logits = model.logits(hidden.reshape([1, b * t, h]));
@@ -134,11 +145,20 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     let inner_input = batch.input::<B::InnerBackend>(&device);
     let targets = batch.targets::<B>(&device);
     let inner_context = frozen.layer_context(&inner_input);
+    let context = model.layer_context(&batch.input(&device));
+    let dropout = has_dropout(model);
     let mut layer_inputs = Vec::with_capacity(model.model.layers.len());
     let mut x = frozen.embed(inner_input.input_ids);
     for index in 0..model.model.layers.len() {
         layer_inputs.push(x.clone());
-        x = frozen.layer(index, x, &inner_context, None);
+        x = if dropout {
+            // Dropout is drawn only under autodiff; the graph is dropped with the output's
+            // autodiff wrapper, so only the layer's input is kept.
+            seed_dropout::<B>(model, batch, index);
+            model.layer(index, Tensor::from_inner(x), &context, None).inner()
+        } else {
+            frozen.layer(index, x, &inner_context, None)
+        };
     }
     clock.lap(|p| &mut p.forward);
 
@@ -163,9 +183,9 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     clock.lap(|p| &mut p.head);
 
     // Layers in reverse: recompute one under autodiff, backpropagate, move down.
-    let context = model.layer_context(&batch.input(&device));
     for index in (0..model.model.layers.len()).rev() {
         let leaf = Tensor::<B, 3>::from_inner(layer_inputs.pop().expect("one input per layer")).require_grad();
+        seed_dropout::<B>(model, batch, index);
         let y = model.layer(index, leaf.clone(), &context, None);
         let gradients = (y * Tensor::from_inner(grad_y)).sum().backward();
         collect_layer(model, index, &gradients, grads);
@@ -176,6 +196,29 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     }
     clock.lap(|p| &mut p.backward);
     loss_value
+}
+
+fn has_dropout<B: Backend>(model: &GemmaForCausalLM<B>) -> bool {
+    (0..model.model.layers.len()).any(|i| {
+        projections(i, &model.model.layers[i])
+            .iter()
+            .any(|(_, linear)| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0))
+    })
+}
+
+/// Seeds the backend's generator for layer `index` of `batch`, when the adapters use dropout:
+/// every pass over that layer then draws the same masks.
+fn seed_dropout<B: AutodiffBackend>(model: &GemmaForCausalLM<B>, batch: &MicroBatch, index: usize) {
+    if has_dropout(model) {
+        let device = model.model.embed_tokens.weight.device();
+        B::seed(
+            &device,
+            batch
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(index as u64),
+        );
+    }
 }
 
 /// Adds the adapter gradients of layer `index` found in `gradients` to `grads`.

@@ -157,7 +157,12 @@ pub fn train<B: AutodiffBackend>(
     while step < total_steps {
         let started = Instant::now();
         let window: Vec<MicroBatch> = (0..args.gradient_accumulation_steps)
-            .map(|_| MicroBatch::from_batch(&loader.next_batch(), args.pad_to_multiple_of))
+            .map(|m| MicroBatch {
+                // Distinct per micro-batch and the same after a resume: dropout replays exactly.
+                seed: args.seed
+                    ^ ((step * args.gradient_accumulation_steps + m) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+                ..MicroBatch::from_batch(&loader.next_batch(), args.pad_to_multiple_of)
+            })
             .collect();
         let lr = schedule.lr(step);
         let outcome;

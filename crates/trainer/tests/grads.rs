@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::DType;
-use ember_lora::load_adapter;
+use ember_lora::{load_adapter, projections_mut};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
 use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
 use safetensors::SafeTensors;
@@ -55,11 +55,23 @@ fn reference_batch() -> MicroBatch {
         positions: (0..batch).flat_map(|_| 0..seq as i64).collect(),
         targets,
         num_trained_tokens,
+        seed: 7,
     }
 }
 
 fn grads(checkpointing: bool) -> (f64, AdapterGrads<B>) {
-    let model = model_with_adapter();
+    grads_with_dropout(checkpointing, 0.0)
+}
+
+fn grads_with_dropout(checkpointing: bool, dropout: f64) -> (f64, AdapterGrads<B>) {
+    let mut model = model_with_adapter();
+    for (i, layer) in model.model.layers.iter_mut().enumerate() {
+        for (_, linear) in projections_mut(i, layer) {
+            if let Some(lora) = linear.lora.as_mut() {
+                lora.dropout = dropout;
+            }
+        }
+    }
     let batch = reference_batch();
     let mut grads = AdapterGrads::new();
     let loss_sum = accumulate(
@@ -117,6 +129,26 @@ fn checkpointed_gradients_equal_full_graph_gradients_and_peft() {
         let err = relative_error(&ours, &peft);
         assert!(err < 1e-4, "{key}: differs from PEFT by {err:e}");
     }
+}
+
+#[test]
+fn checkpointing_replays_the_dropout_masks() {
+    let (loss_full, full) = grads_with_dropout(false, 0.3);
+    let (loss_ckpt, ckpt) = grads_with_dropout(true, 0.3);
+    let (loss_plain, plain) = grads(false);
+    assert!((loss_full - loss_ckpt).abs() < 1e-5, "{loss_full} vs {loss_ckpt}");
+    assert!(
+        (loss_full - loss_plain).abs() > 1e-4,
+        "dropout changed nothing: {loss_full}"
+    );
+    for (key, g) in &full {
+        let err = relative_error(&values(&ckpt[key]), &values(g));
+        assert!(err < 1e-5, "{key}: checkpointed differs by {err:e}");
+    }
+    let moved = full
+        .keys()
+        .filter(|k| relative_error(&values(&full[*k]), &values(&plain[*k])) > 1e-3);
+    assert!(moved.count() > 0, "dropout changed no gradient");
 }
 
 #[test]

@@ -55,6 +55,7 @@ fn optimizer_steps_match_transformers_peft_and_torch_adamw() {
             positions: (0..shape[0]).flat_map(|_| 0..shape[1] as i64).collect(),
             num_trained_tokens: targets.iter().filter(|&&t| t != IGNORE_INDEX).count(),
             targets,
+            seed: 0,
         }
     };
 

@@ -231,5 +231,6 @@ fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> MicroBatch
         num_trained_tokens: batch * (seq - 1),
         input_ids,
         targets,
+        seed,
     }
 }
