@@ -1,0 +1,55 @@
+//! Test support shared by Ember's crates.
+//!
+//! CI has no GPU, so the WGPU backend is tested on a software Vulkan driver: Mesa's lavapipe
+//! (`apt-get install mesa-vulkan-drivers libvulkan1`), which burn selects as `WgpuDevice::Cpu`.
+//! On a headless machine the driver prints `error: XDG_RUNTIME_DIR is invalid or not set` while
+//! it looks for a Wayland display; that is harmless.
+
+use std::sync::OnceLock;
+
+use burn::backend::wgpu::WgpuDevice;
+
+/// Set to `1` to skip the WGPU tests on a machine without a software Vulkan driver.
+pub const SKIP_WGPU_VAR: &str = "EMBER_SKIP_WGPU";
+
+/// The WGPU device of the software Vulkan adapter, or `None` when `EMBER_SKIP_WGPU=1` asks to
+/// skip the WGPU tests (the test should then return early).
+///
+/// # Panics
+///
+/// When no software adapter exists and the tests are not skipped: a CI machine that lost its
+/// driver must fail, not pass by running nothing.
+pub fn software_wgpu() -> Option<WgpuDevice> {
+    if std::env::var(SKIP_WGPU_VAR).is_ok_and(|v| v == "1") {
+        eprintln!("{SKIP_WGPU_VAR}=1: skipping this WGPU test");
+        return None;
+    }
+    match software_adapter() {
+        Some(name) => {
+            eprintln!("WGPU test on the software adapter {name}");
+            Some(WgpuDevice::Cpu)
+        }
+        None => panic!(
+            "no software Vulkan adapter (Mesa's lavapipe) found, so the WGPU tests cannot run. Install one \
+             (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`) or set {SKIP_WGPU_VAR}=1 to \
+             skip these tests"
+        ),
+    }
+}
+
+/// The name of the first CPU-type Vulkan adapter, the kind `WgpuDevice::Cpu` selects. Asked of
+/// wgpu directly because burn panics, with a less helpful message, when there is none.
+fn software_adapter() -> Option<&'static str> {
+    static NAME: OnceLock<Option<String>> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = wgpu::Backends::VULKAN;
+        let instance = wgpu::Instance::new(descriptor);
+        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+            .iter()
+            .map(|adapter| adapter.get_info())
+            .find(|info| info.device_type == wgpu::DeviceType::Cpu)
+            .map(|info| info.name)
+    })
+    .as_deref()
+}
