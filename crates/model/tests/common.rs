@@ -5,16 +5,20 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
-use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, LoadOptions};
+use ember_model::{
+    AttentionMask, ForwardInput, GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig,
+};
 use safetensors::SafeTensors;
 
+/// The backend of the CPU tests; the parity checks below take any backend, for the WGPU tests.
 pub type B = NdArray<f32>;
 
 /// Max |Δlogit| allowed against transformers in f32.
 pub const TOLERANCE: f32 = 1e-4;
 
-pub fn to_vec(t: Tensor<B, 3>) -> Vec<f32> {
+pub fn to_vec<Bk: Backend>(t: Tensor<Bk, 3>) -> Vec<f32> {
     t.cast(DType::F32).into_data().into_vec::<f32>().unwrap()
 }
 
@@ -28,7 +32,11 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn load(dir: &Path) -> GemmaForCausalLM<B> {
-    GemmaForCausalLM::load(dir, &LoadOptions::new(DType::F32), &Default::default())
+    load_on(dir, &Default::default())
+}
+
+pub fn load_on<Bk: Backend>(dir: &Path, device: &Bk::Device) -> GemmaForCausalLM<Bk> {
+    GemmaForCausalLM::load(dir, &LoadOptions::new(DType::F32), device)
         .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
@@ -108,13 +116,17 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
 }
 
 /// Full-sequence logits of the padded reference batch, compared at every real token.
-pub fn assert_logits_match(dir: &std::path::Path, name: &str) {
-    let model = load(dir);
+pub fn assert_logits_match(dir: &Path, name: &str) {
+    assert_logits_match_on::<B>(dir, name, &Default::default());
+}
+
+/// [`assert_logits_match`] on any backend.
+pub fn assert_logits_match_on<Bk: Backend>(dir: &Path, name: &str, device: &Bk::Device) {
+    let model = load_on::<Bk>(dir, device);
     let r = Reference::read(&fixture(name));
-    let device = Default::default();
-    let ids = Tensor::<B, 1, Int>::from_data(r.input_ids.as_slice(), &device).reshape([r.batch, r.seq]);
-    let segments = Tensor::<B, 1, Int>::from_data(r.attention_mask.as_slice(), &device).reshape([r.batch, r.seq]);
-    let positions = Tensor::<B, 1, Int>::arange(0..r.seq as i64, &device)
+    let ids = Tensor::<Bk, 1, Int>::from_data(r.input_ids.as_slice(), device).reshape([r.batch, r.seq]);
+    let segments = Tensor::<Bk, 1, Int>::from_data(r.attention_mask.as_slice(), device).reshape([r.batch, r.seq]);
+    let positions = Tensor::<Bk, 1, Int>::arange(0..r.seq as i64, device)
         .reshape([1, r.seq])
         .expand([r.batch, r.seq]);
     let input = ForwardInput {
@@ -137,4 +149,51 @@ pub fn assert_logits_match(dir: &std::path::Path, name: &str) {
         worst < TOLERANCE,
         "{name}: max |Δlogit| = {worst:e} exceeds {TOLERANCE:e}"
     );
+}
+
+/// Row 0 of the reference batch decoded through the KV cache, a 5-token prefix at once and then
+/// one token per step, against transformers' full-sequence logits.
+pub fn assert_cached_decoding_matches<Bk: Backend>(name: &str, device: &Bk::Device) {
+    let model = load_on::<Bk>(&fixture(name), device);
+    let r = Reference::read(&fixture(name));
+    let mut cache = model.new_cache(32);
+    // Row 0 has no padding.
+    let prefix = 5;
+    let mut worst = 0f32;
+    let mut start = 0;
+    while start < r.seq {
+        let len = if start == 0 { prefix } else { 1 };
+        let chunk = &r.input_ids[start..start + len];
+        let ids = Tensor::<Bk, 1, Int>::from_data(chunk, device).reshape([1, len]);
+        let logits = to_vec(model.forward(ForwardInput::cached(ids, &cache), Some(&mut cache)));
+        for i in 0..len {
+            let got = &logits[i * r.vocab..(i + 1) * r.vocab];
+            worst = worst.max(max_abs_diff(got, r.logits_at(0, start + i)));
+        }
+        start += len;
+    }
+    assert_eq!(cache.len(), r.seq);
+    assert!(worst < TOLERANCE, "{name}: cached decoding differs by {worst:e}");
+}
+
+/// Greedy generation from the reference prompt yields transformers' tokens, each streamed once.
+pub fn assert_greedy_generation_matches<Bk: Backend>(name: &str, device: &Bk::Device) {
+    let dir = fixture(name);
+    let model = load_on::<Bk>(&dir, device);
+    let tokenizer = GemmaTokenizer::from_dir(&dir).unwrap();
+    let r = Reference::read(&dir);
+    let config = GenerationConfig {
+        max_new_tokens: r.greedy_new_tokens.len(),
+        stop_tokens: tokenizer.stop_tokens().to_vec(),
+        sampling: SamplingConfig::default(),
+    };
+    let mut streamed = Vec::new();
+    let tokens = model
+        .generate(&r.greedy_prompt, &config, device, |t| {
+            streamed.push(t);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(tokens, r.greedy_new_tokens, "{name}");
+    assert_eq!(streamed, tokens, "{name}: every token is streamed once, in order");
 }

@@ -3,11 +3,11 @@
 
 mod common;
 
-use burn::tensor::{Int, Tensor};
-use common::{B, MODELS, Reference, assert_logits_match, copy_fixture, fixture, load, max_abs_diff};
-use ember_model::{ForwardInput, GemmaConfig, GemmaTokenizer, GenerationConfig, SamplingConfig};
-
-use common::{TOLERANCE, to_vec};
+use common::{
+    B, MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match, copy_fixture,
+    fixture, load,
+};
+use ember_model::GemmaConfig;
 
 #[test]
 fn logits_match_transformers() {
@@ -59,51 +59,14 @@ fn transformers_4x_and_5x_configs_describe_the_same_model() {
 #[test]
 fn kv_cache_decoding_matches_full_sequence_logits() {
     for name in MODELS {
-        let model = load(&fixture(name));
-        let r = Reference::read(&fixture(name));
-        let device = Default::default();
-        let mut cache = model.new_cache(32);
-        // Row 0 has no padding. Feed a 5-token prefix at once, then one token per step.
-        let prefix = 5;
-        let mut worst = 0f32;
-        let mut start = 0;
-        while start < r.seq {
-            let len = if start == 0 { prefix } else { 1 };
-            let chunk = &r.input_ids[start..start + len];
-            let ids = Tensor::<B, 1, Int>::from_data(chunk, &device).reshape([1, len]);
-            let logits = to_vec(model.forward(ForwardInput::cached(ids, &cache), Some(&mut cache)));
-            for i in 0..len {
-                let got = &logits[i * r.vocab..(i + 1) * r.vocab];
-                worst = worst.max(max_abs_diff(got, r.logits_at(0, start + i)));
-            }
-            start += len;
-        }
-        assert_eq!(cache.len(), r.seq);
-        assert!(worst < TOLERANCE, "{name}: cached decoding differs by {worst:e}");
+        assert_cached_decoding_matches::<B>(name, &Default::default());
     }
 }
 
 #[test]
 fn greedy_generation_matches_transformers() {
     for name in MODELS {
-        let dir = fixture(name);
-        let model = load(&dir);
-        let tokenizer = GemmaTokenizer::from_dir(&dir).unwrap();
-        let r = Reference::read(&dir);
-        let config = GenerationConfig {
-            max_new_tokens: r.greedy_new_tokens.len(),
-            stop_tokens: tokenizer.stop_tokens().to_vec(),
-            sampling: SamplingConfig::default(),
-        };
-        let mut streamed = Vec::new();
-        let tokens = model
-            .generate(&r.greedy_prompt, &config, &Default::default(), |t| {
-                streamed.push(t);
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(tokens, r.greedy_new_tokens, "{name}");
-        assert_eq!(streamed, tokens, "{name}: every token is streamed once, in order");
+        assert_greedy_generation_matches::<B>(name, &Default::default());
     }
 }
 
