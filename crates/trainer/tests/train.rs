@@ -1,64 +1,15 @@
 //! The training run end to end on the CPU: loss falls, a resumed run equals an
 //! uninterrupted one bit for bit, and bad configs are refused by name.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use burn::backend::{Autodiff, NdArray};
 use burn::tensor::DType;
+use common::{AD, config, repo, run};
 use ember_trainer::config::RunConfig;
 use ember_trainer::trainer::{Start, train};
-
-type AD = Autodiff<NdArray<f32>>;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn config(output_dir: &Path, max_steps: usize, optim: &str, checkpointing: bool) -> RunConfig {
-    let text = format!(
-        r#"
-[model]
-path = "{model}"
-
-[lora]
-r = 4
-lora_alpha = 8
-target_modules = "all-linear"
-
-[data]
-path = "{data}"
-max_seq_length = 64
-
-[training]
-output_dir = "{out}"
-per_device_train_batch_size = 4
-gradient_accumulation_steps = 2
-max_steps = {max_steps}
-learning_rate = 5e-3
-warmup_steps = 2
-optim = "{optim}"
-weight_decay = 0.01
-save_steps = 3
-seed = 1357
-gradient_checkpointing = {checkpointing}
-"#,
-        model = repo().join("fixtures/models/gemma3").display(),
-        data = repo().join("datasets/tiny-instructions.jsonl").display(),
-        out = output_dir.display(),
-    );
-    RunConfig::parse(&text, Path::new("test.toml")).unwrap()
-}
-
-fn run(config: &RunConfig, start: Start) -> Vec<f64> {
-    let mut losses = Vec::new();
-    let stop = AtomicBool::new(false);
-    train::<AD>(config, start, &Default::default(), DType::F32, &stop, |log| {
-        losses.push(log.loss)
-    })
-    .unwrap();
-    losses
-}
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = ["adapter_model.safetensors", "optimizer.safetensors"]
