@@ -197,6 +197,43 @@ impl RunConfig {
         let lora_json: serde_json::Value =
             serde_json::to_value(section("lora")).map_err(|e| config_error(format!("[lora]: {e}")))?;
         let lora = LoraConfig::from_json(&lora_json, path, true)?;
+        Self::from_parts(model, lora, data, training, path)
+    }
+
+    /// A run config built in code instead of read from a file, checked as a file is.
+    ///
+    /// ```no_run
+    /// use ember_data::DataConfig;
+    /// use ember_lora::LoraConfig;
+    /// use ember_trainer::config::{RunConfig, TrainingArgs};
+    ///
+    /// # fn main() -> ember_trainer::Result<()> {
+    /// let training = TrainingArgs {
+    ///     max_steps: Some(10),
+    ///     ..TrainingArgs::default()
+    /// };
+    /// let config = RunConfig::new("models/gemma-2b-it", LoraConfig::default(), DataConfig::new("train.jsonl"), training)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn new(
+        model_path: impl Into<PathBuf>,
+        lora: LoraConfig,
+        data: DataConfig,
+        training: TrainingArgs,
+    ) -> Result<Self> {
+        let model = ModelSection {
+            path: model_path.into(),
+        };
+        Self::from_parts(model, lora, data, training, Path::new("(run config built in code)"))
+    }
+
+    fn from_parts(
+        model: ModelSection,
+        lora: LoraConfig,
+        data: DataConfig,
+        training: TrainingArgs,
+        path: &Path,
+    ) -> Result<Self> {
         training.validate(path)?;
 
         let mut resolved = toml::Table::new();
@@ -211,6 +248,16 @@ impl RunConfig {
             training,
             resolved,
         })
+    }
+}
+
+impl Default for TrainingArgs {
+    /// Every key at its default, as an empty `[training]` table gives.
+    fn default() -> Self {
+        // Deserialising nothing applies the serde defaults above: one list of defaults, not two.
+        toml::Table::new()
+            .try_into()
+            .expect("every [training] key has a default")
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicBool;
 
 use burn::tensor::DType;
 use common::{AD, config, repo, run};
-use ember_trainer::config::RunConfig;
+use ember_data::DataConfig;
+use ember_lora::LoraConfig;
+use ember_trainer::config::{OptimKind, RunConfig, TrainingArgs};
 use ember_trainer::trainer::{Start, train};
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -145,6 +147,57 @@ fn a_stop_request_saves_a_checkpoint_and_ends_the_run() {
     assert!(summary.interrupted);
     assert_eq!(summary.steps, 2);
     assert!(out.path().join("checkpoint-2/trainer_state.json").exists());
+}
+
+#[test]
+fn a_config_built_in_code_is_the_config_of_the_same_file() {
+    let file = RunConfig::parse(
+        r#"
+[model]
+path = "models/gemma-2b-it"
+[lora]
+r = 16
+lora_alpha = 16
+target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+[data]
+path = "train.jsonl"
+[training]
+max_steps = 10
+optim = "adamw_8bit"
+"#,
+        Path::new("seed.toml"),
+    )
+    .unwrap();
+    let training = TrainingArgs {
+        max_steps: Some(10),
+        optim: OptimKind::AdamW8bit,
+        ..TrainingArgs::default()
+    };
+    let data = DataConfig::new("train.jsonl");
+    let code = RunConfig::new(
+        "models/gemma-2b-it",
+        LoraConfig::default(),
+        data.clone(),
+        training.clone(),
+    )
+    .unwrap();
+    assert_eq!(code.model, file.model);
+    assert_eq!(code.lora, file.lora);
+    assert_eq!(code.data, file.data);
+    assert_eq!(code.training, file.training);
+    assert_eq!(code.resolved, file.resolved);
+
+    let no_batch = TrainingArgs {
+        per_device_train_batch_size: 0,
+        ..training
+    };
+    let err = RunConfig::new("m", LoraConfig::default(), data, no_batch)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("per_device_train_batch_size"),
+        "checked as a file is: {err}"
+    );
 }
 
 #[test]
