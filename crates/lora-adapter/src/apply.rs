@@ -1,6 +1,6 @@
 //! Putting adapters on a loaded model.
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use ember_model::{DecoderLayer, GemmaForCausalLM, Linear, Lora};
 use rand::rngs::StdRng;
@@ -87,6 +87,20 @@ pub fn add_lora<B: Backend>(
         }
     }
     Ok(model)
+}
+
+/// The parameters of the model's adapters: with the base frozen, all that training updates
+/// (PEFT's "trainable params").
+pub fn adapter_parameter_count<B: Backend>(model: &GemmaForCausalLM<B>) -> usize {
+    model
+        .model
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, layer)| projections(i, layer))
+        .filter_map(|(_, linear)| linear.lora.as_ref())
+        .map(|lora| lora.num_params())
+        .sum()
 }
 
 /// A `[rank, in]` and B `[out, rank]` as PEFT initialises them.

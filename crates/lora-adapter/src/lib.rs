@@ -13,7 +13,7 @@ mod merge;
 mod peft;
 mod targets;
 
-pub use apply::{add_lora, projections, projections_mut};
+pub use apply::{adapter_parameter_count, add_lora, projections, projections_mut};
 pub use atomic::write_dir_atomically;
 pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
 pub use ember_model::MAX_SHARD_BYTES;

@@ -3,13 +3,15 @@
 
 mod common;
 
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::DType;
 use common::{AD, B, Batch, load, max_abs_diff, model_dir, to_vec};
 use ember_lora::{
-    Init, LoraConfig, LoraError, Targets, add_lora, export_checkpoint, load_adapter, merge_lora, save_adapter,
+    Init, LoraConfig, LoraError, Targets, adapter_parameter_count, add_lora, export_checkpoint, load_adapter,
+    merge_lora, save_adapter,
 };
-use ember_model::{causal_lm_loss_sum, named_params};
+use ember_model::{GemmaConfig, causal_lm_loss_sum, named_params};
 
 fn random_config() -> LoraConfig {
     LoraConfig {
@@ -41,6 +43,21 @@ fn lora_backward_grads_adapter_only() {
         adapters += is_adapter as usize;
     }
     assert_eq!(adapters, 7 * 7 * 2, "A and B on all 7 projections of all 7 layers");
+}
+
+#[test]
+fn adapter_parameter_count_is_what_the_adapters_add() {
+    let base = load::<B>(&model_dir("gemma3"));
+    let base_params = base.num_params();
+    assert_eq!(adapter_parameter_count(&base), 0);
+    let model = add_lora(base, &LoraConfig::default(), 1).unwrap();
+    let c = GemmaConfig::from_file(model_dir("gemma3").join("config.json")).unwrap();
+    let (hidden, mlp) = (c.hidden_size, c.intermediate_size);
+    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    // r · (in + out) for q, k, v, o, gate, up, down.
+    let per_layer = 16 * ((hidden + q) + 2 * (hidden + kv) + (q + hidden) + 3 * (hidden + mlp));
+    assert_eq!(adapter_parameter_count(&model), c.num_hidden_layers() * per_layer);
+    assert_eq!(model.num_params(), base_params + adapter_parameter_count(&model));
 }
 
 #[test]
