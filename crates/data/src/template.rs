@@ -15,6 +15,18 @@ use crate::tokenizer::Tokenizer;
 pub const ALPACA_SEED: &str = "Based on given instruction and input, generate an appropriate \
 response\n### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n{output}";
 
+/// The prompt a model fine-tuned on [`ALPACA_SEED`] is asked with: the template up to and
+/// including `### Response:\n`, the response left for the model to write (the seed fills
+/// `{output}` with an empty string). The text goes in as given, braces included.
+pub fn alpaca_seed_prompt(instruction: &str, input: &str) -> String {
+    let (head, rest) = ALPACA_SEED
+        .split_once("{instruction}")
+        .expect("the template names {instruction}");
+    let (middle, tail) = rest.split_once("{input}").expect("the template names {input}");
+    let tail = tail.strip_suffix("{output}").expect("the template ends with {output}");
+    format!("{head}{instruction}{middle}{input}{tail}")
+}
+
 /// The `template` key of the `[data]` config.
 ///
 /// * `"alpaca-seed"`: [`ALPACA_SEED`], then EOS. Needs instruction, input and output columns.

@@ -2,9 +2,9 @@
 //! against Hugging Face `tokenizers` (Python) applied the seed's way:
 //! `tokenizer(ALPACA_PROMPT.format(instruction, input, output) + "<eos>")`.
 
-use ember_data::{Columns, TemplateSpec, TrainOn};
+use ember_data::{Columns, TemplateSpec, TrainOn, alpaca_seed_prompt};
 
-use crate::common::{alpaca_jsonl, asset, config, gemma, gemma3, load_ok, write};
+use crate::common::{alpaca_jsonl, alpaca_records, asset, config, gemma, gemma3, load_ok, write};
 
 /// Python: `Tokenizer.from_file(gemma).encode(seed_text + "<eos>").ids` for the first
 /// alpaca record (tokenizers 0.22, 2026-11-27).
@@ -73,6 +73,22 @@ fn completion_mask_starts_exactly_at_the_response_and_ends_with_eos() {
         response,
         "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Sleep well.<eos>"
     );
+}
+
+#[test]
+fn the_inference_prompt_is_the_training_sample_up_to_the_response() {
+    assert_eq!(
+        alpaca_seed_prompt("Fill {input} in", "{output}"),
+        "Based on given instruction and input, generate an appropriate response\n### Instruction:\nFill {input} \
+         in\n### Input:\n{output}\n### Response:\n",
+        "the text goes in verbatim, braces included"
+    );
+    let Some(tokenizer) = gemma() else { return };
+    let [instruction, input, _] = alpaca_records()[0];
+    let prompt = alpaca_seed_prompt(instruction, input);
+    let encoding = tokenizer.inner().encode(prompt.as_str(), false).unwrap();
+    let ids = [&[tokenizer.bos_id()], encoding.get_ids()].concat();
+    assert_eq!(ids, SEED_IDS[..PROMPT_LEN]);
 }
 
 #[test]
