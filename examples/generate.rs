@@ -1,6 +1,6 @@
 //! Load a Gemma checkpoint and ask it something, on the CPU.
 //!
-//!     cargo run -p ember-examples --example generate -- fixtures/models/gemma3 "The capital of France is"
+//!     cargo run --example generate -- fixtures/models/gemma3 "The capital of France is"
 
 use std::io::Write;
 use std::path::PathBuf;
