@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::path::Path;
+
 use burn::backend::Wgpu;
+use burn::backend::wgpu::WgpuDevice;
 use common::{
     MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match_on, fixture,
 };
@@ -13,9 +16,13 @@ use ember_testkit::software_wgpu;
 
 type W = Wgpu<f32, i32>;
 
+fn lavapipe() -> Option<WgpuDevice> {
+    software_wgpu(Path::new(env!("CARGO_TARGET_TMPDIR")))
+}
+
 #[test]
 fn logits_match_transformers_on_wgpu() {
-    let Some(device) = software_wgpu() else { return };
+    let Some(device) = lavapipe() else { return };
     for name in MODELS {
         assert_logits_match_on::<W>(&fixture(name), name, &device);
     }
@@ -23,7 +30,7 @@ fn logits_match_transformers_on_wgpu() {
 
 #[test]
 fn kv_cache_decoding_matches_transformers_on_wgpu() {
-    let Some(device) = software_wgpu() else { return };
+    let Some(device) = lavapipe() else { return };
     for name in MODELS {
         assert_cached_decoding_matches::<W>(name, &device);
     }
@@ -31,7 +38,7 @@ fn kv_cache_decoding_matches_transformers_on_wgpu() {
 
 #[test]
 fn greedy_generation_matches_transformers_on_wgpu() {
-    let Some(device) = software_wgpu() else { return };
+    let Some(device) = lavapipe() else { return };
     for name in MODELS {
         assert_greedy_generation_matches::<W>(name, &device);
     }

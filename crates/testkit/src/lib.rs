@@ -5,6 +5,7 @@
 //! On a headless machine the driver prints `error: XDG_RUNTIME_DIR is invalid or not set` while
 //! it looks for a Wayland display; that is harmless.
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use burn::backend::wgpu::WgpuDevice;
@@ -15,16 +16,20 @@ pub const SKIP_WGPU_VAR: &str = "EMBER_SKIP_WGPU";
 /// The WGPU device of the software Vulkan adapter, or `None` when `EMBER_SKIP_WGPU=1` asks to
 /// skip the WGPU tests (the test should then return early).
 ///
+/// Autotune results are kept in `kernel_cache` (pass the test's `env!("CARGO_TARGET_TMPDIR")`):
+/// on lavapipe tuning takes about a third of a cold run, and cubecl would otherwise write them
+/// to a `target/` directory beside each crate's sources.
+///
 /// # Panics
 ///
 /// When no software adapter exists and the tests are not skipped: a CI machine that lost its
 /// driver must fail, not pass by running nothing.
-pub fn software_wgpu() -> Option<WgpuDevice> {
+pub fn software_wgpu(kernel_cache: &Path) -> Option<WgpuDevice> {
     if std::env::var(SKIP_WGPU_VAR).is_ok_and(|v| v == "1") {
         eprintln!("{SKIP_WGPU_VAR}=1: skipping this WGPU test");
         return None;
     }
-    match software_adapter() {
+    match software_adapter(kernel_cache) {
         Some(name) => {
             eprintln!("WGPU test on the software adapter {name}");
             Some(WgpuDevice::Cpu)
@@ -37,11 +42,15 @@ pub fn software_wgpu() -> Option<WgpuDevice> {
     }
 }
 
-/// The name of the first CPU-type Vulkan adapter, the kind `WgpuDevice::Cpu` selects. Asked of
-/// wgpu directly because burn panics, with a less helpful message, when there is none.
-fn software_adapter() -> Option<&'static str> {
+/// The name of the first CPU-type Vulkan adapter, the kind `WgpuDevice::Cpu` selects, found
+/// once per test binary; the kernel cache is set up the first time too, before burn reads
+/// cubecl's settings.
+fn software_adapter(kernel_cache: &Path) -> Option<&'static str> {
     static NAME: OnceLock<Option<String>> = OnceLock::new();
     NAME.get_or_init(|| {
+        keep_autotune_results(kernel_cache.join("cubecl"));
+        // Asked of wgpu directly because burn panics, with a less helpful message, when there
+        // is no adapter.
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
         descriptor.backends = wgpu::Backends::VULKAN;
         let instance = wgpu::Instance::new(descriptor);
@@ -52,4 +61,16 @@ fn software_adapter() -> Option<&'static str> {
             .map(|info| info.name)
     })
     .as_deref()
+}
+
+/// Points cubecl's autotune cache at `dir` unless a `cubecl.toml` or `CUBECL_*` variable
+/// already chose a place.
+fn keep_autotune_results(dir: PathBuf) {
+    use cubecl::config::cache::CacheConfig;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if matches!(config.autotune.cache, CacheConfig::Target) {
+        config.autotune.cache = CacheConfig::File(dir);
+    }
+    CubeClRuntimeConfig::set(config);
 }

@@ -20,7 +20,9 @@ const TOLERANCE: f64 = 1e-5;
 
 #[test]
 fn wgpu_training_follows_the_cpu_run() {
-    let Some(device) = software_wgpu() else { return };
+    let Some(device) = software_wgpu(Path::new(env!("CARGO_TARGET_TMPDIR"))) else {
+        return;
+    };
     // The shared test run with 2-sample micro-batches: lavapipe spends most of the time compiling
     // and autotuning kernels, and larger shapes make every autotune trial slower. Four steps with
     // two of warmup: the losses of steps 3 and 4 come after updates computed on WGPU. The
