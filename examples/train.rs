@@ -60,8 +60,11 @@ fn main() -> Result<()> {
         seed: 1357,
         ..TrainingArgs::default()
     };
-    // Steps 2 and 3: the seed's adapter and data formatting are the defaults.
-    let config = RunConfig::new(&args.model, LoraConfig::default(), DataConfig::new(args.data), training)?;
+    // Steps 2 and 3: the seed's adapter and data formatting are the defaults; its seed also
+    // shuffles the data.
+    let mut data = DataConfig::new(args.data);
+    data.seed = 1357;
+    let config = RunConfig::new(&args.model, LoraConfig::default(), data, training)?;
 
     // `stop` lets a Ctrl-C handler end the run with a checkpoint (`ember train` installs one).
     let stop = AtomicBool::new(false);
