@@ -11,6 +11,7 @@ use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::{Loader, LoaderOptions, Tokenizer};
 use ember_lora::{add_lora, load_adapter};
+use ember_model::gguf::{self, GgufFile};
 use ember_model::{GemmaConfig, GemmaForCausalLM, LoadOptions};
 use serde::Serialize;
 
@@ -73,13 +74,13 @@ pub fn train<B: AutodiffBackend>(
     mut on_log: impl FnMut(&StepLog),
 ) -> Result<TrainSummary> {
     let args = &config.training;
-    let model_dir = &config.model.path;
-    let tokenizer = Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
+    let model_path = &config.model.path;
+    let tokenizer = load_tokenizer(model_path)?;
     let splits = ember_data::load(&config.data, &tokenizer)?;
     let train_set = Arc::new(splits.train);
     let options = LoaderOptions::new(&config.data, args.per_device_train_batch_size, tokenizer.pad_id());
-    let base = GemmaForCausalLM::<B>::load(model_dir, &LoadOptions::new(dtype), device)?;
-    let signature = model_signature(model_dir)?;
+    let base = GemmaForCausalLM::<B>::load(model_path, &LoadOptions::new(dtype), device)?;
+    let signature = model_signature(model_path)?;
     let mut optimizer = new_optimizer::<B>(config);
 
     let settings_json = run_settings(config);
@@ -266,9 +267,23 @@ fn new_optimizer<B: AutodiffBackend>(config: &RunConfig) -> Box<dyn Optimizer<B:
     }
 }
 
-/// What identifies the base model's architecture, from its config.json.
-fn model_signature(model_dir: &Path) -> Result<String> {
-    let c = GemmaConfig::from_file(model_dir.join("config.json"))?;
+/// The data pipeline's tokenizer of a model: the checkpoint directory's `tokenizer.json`, or
+/// the vocabulary embedded in a GGUF file (the `tokenizer.json` that `ember convert` writes).
+pub fn load_tokenizer(model: &Path) -> Result<Tokenizer> {
+    if gguf::is_gguf(model) {
+        return Ok(Tokenizer::new(gguf::tokenizer(&GgufFile::open(model)?)?)?);
+    }
+    Ok(Tokenizer::from_file(model.join("tokenizer.json"))?)
+}
+
+/// What identifies the base model's architecture, from its config.json (or GGUF metadata), so
+/// a directory converted from a GGUF file and the file itself are the same model.
+fn model_signature(model: &Path) -> Result<String> {
+    let c = if gguf::is_gguf(model) {
+        gguf::gemma_config(&GgufFile::open(model)?)?
+    } else {
+        GemmaConfig::from_file(model.join("config.json"))?
+    };
     Ok(format!(
         "{:?} layers={} hidden={} heads={}/{} head_dim={} vocab={}",
         c.family,

@@ -10,6 +10,7 @@ use burn::tensor::DType;
 use common::{AD, config, repo, run};
 use ember_data::DataConfig;
 use ember_lora::LoraConfig;
+use ember_model::gguf::{self, ConvertOptions};
 use ember_trainer::config::{OptimKind, RunConfig, TrainingArgs};
 use ember_trainer::trainer::{Start, train};
 
@@ -47,6 +48,21 @@ fn loss_falls_on_the_tiny_dataset() {
     ] {
         assert!(out.path().join(file).exists(), "{file}");
     }
+}
+
+#[test]
+fn a_gguf_file_trains_as_its_converted_directory() {
+    let gguf = repo().join("fixtures/gguf/tiny-gemma3.gguf");
+    let converted = tempfile::tempdir().unwrap();
+    // f32 keeps the dequantized weights exactly, so both runs see the same model and vocabulary.
+    gguf::convert(&gguf, converted.path(), &ConvertOptions::new(DType::F32)).unwrap();
+    let losses = |model: &Path| {
+        let out = tempfile::tempdir().unwrap();
+        let mut config = config(out.path(), 2, "adamw_torch", false);
+        config.model.path = model.to_path_buf();
+        run(&config, Start::Fresh)
+    };
+    assert_eq!(losses(&gguf), losses(converted.path()));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ember_data::{DatasetReport, Tokenizer};
+use ember_data::DatasetReport;
 use ember_trainer::config::RunConfig;
+use ember_trainer::trainer::load_tokenizer;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,9 +19,8 @@ pub struct Args {
 /// dropped samples, and the first samples as formatted, with the trained tokens marked.
 pub fn run(args: Args) -> Result<()> {
     let config = RunConfig::from_file(&args.config)?;
-    let tokenizer_path = config.model.path.join("tokenizer.json");
-    let tokenizer =
-        Tokenizer::from_file(&tokenizer_path).with_context(|| format!("loading {}", tokenizer_path.display()))?;
+    let tokenizer = load_tokenizer(&config.model.path)
+        .with_context(|| format!("loading the tokenizer of {}", config.model.path.display()))?;
     let splits = ember_data::load(&config.data, &tokenizer)?;
     print!(
         "{}",

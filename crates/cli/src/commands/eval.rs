@@ -3,15 +3,16 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_data::{DataConfig, Tokenizer};
+use ember_data::DataConfig;
 use ember_trainer::eval::evaluate;
+use ember_trainer::trainer::load_tokenizer;
 
 use crate::commands::generate::load_model;
 use crate::device::{DeviceArgs, Task, run_on};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint directory.
+    /// Checkpoint directory or a GGUF file.
     #[arg(long)]
     pub model: PathBuf,
     /// A LoRA adapter directory (PEFT format) to evaluate with.
@@ -43,7 +44,7 @@ impl Task for Args {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
-        let tokenizer = Tokenizer::from_file(self.model.join("tokenizer.json"))?;
+        let tokenizer = load_tokenizer(&self.model)?;
         let mut data = DataConfig::new(self.data.clone());
         data.max_seq_length = self.max_seq_length;
         let dataset = ember_data::load(&data, &tokenizer)?.train;
