@@ -156,13 +156,14 @@ pub fn dtype_name(dtype: DType) -> &'static str {
 fn choose(arg: DeviceArg) -> Result<Chosen> {
     match arg {
         DeviceArg::Cpu => Ok(Chosen::Cpu),
-        DeviceArg::WgpuCpu => Ok(Chosen::Wgpu(WgpuDevice::Cpu)),
-        DeviceArg::Wgpu => match wgpu_adapter() {
-            Some(true) => Ok(Chosen::Wgpu(WgpuDevice::DefaultDevice)),
-            Some(false) => Ok(Chosen::Wgpu(WgpuDevice::Cpu)),
-            None => {
-                bail!("no WGPU adapter found: install a Vulkan driver (e.g. mesa-vulkan-drivers) or use --device cpu")
-            }
+        DeviceArg::Wgpu | DeviceArg::WgpuCpu => match wgpu_adapters() {
+            (true, _) if arg == DeviceArg::Wgpu => Ok(Chosen::Wgpu(WgpuDevice::DefaultDevice)),
+            (_, true) => Ok(Chosen::Wgpu(WgpuDevice::Cpu)),
+            _ => bail!(
+                "no {}WGPU adapter found: install a Vulkan driver (mesa-vulkan-drivers has a software one; \
+                 VK_DRIVER_FILES must name it if set) or use --device cpu",
+                if arg == DeviceArg::WgpuCpu { "software " } else { "" }
+            ),
         },
         DeviceArg::Cuda(i) => {
             let count = cuda_device_count().context("CUDA is not available")?;
@@ -171,9 +172,9 @@ fn choose(arg: DeviceArg) -> Result<Chosen> {
             }
             Ok(Chosen::Cuda(i))
         }
-        DeviceArg::Auto => Ok(match (cuda_device_count(), wgpu_adapter()) {
+        DeviceArg::Auto => Ok(match (cuda_device_count(), wgpu_adapters()) {
             (Ok(n), _) if n > 0 => Chosen::Cuda(0),
-            (_, Some(true)) => Chosen::Wgpu(WgpuDevice::DefaultDevice),
+            (_, (true, _)) => Chosen::Wgpu(WgpuDevice::DefaultDevice),
             _ => Chosen::Cpu,
         }),
     }
@@ -207,19 +208,13 @@ fn cuda_device_count() -> Result<usize> {
     }
 }
 
-/// `Some(true)` if WGPU sees a hardware adapter, `Some(false)` if only software ones.
-fn wgpu_adapter() -> Option<bool> {
+/// Whether WGPU sees (a hardware adapter, a software one).
+fn wgpu_adapters() -> (bool, bool) {
     // Vulkan, Metal and DX12 only: probing the GL backend prints EGL errors on headless machines.
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
     descriptor.backends = wgpu::Backends::PRIMARY;
     let instance = wgpu::Instance::new(descriptor);
     let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-    if adapters.is_empty() {
-        return None;
-    }
-    Some(
-        adapters
-            .iter()
-            .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu),
-    )
+    let software = |a: &wgpu::Adapter| a.get_info().device_type == wgpu::DeviceType::Cpu;
+    (adapters.iter().any(|a| !software(a)), adapters.iter().any(software))
 }

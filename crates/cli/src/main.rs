@@ -26,6 +26,8 @@ enum Command {
     Plot(commands::plot::Args),
     /// Training speed and memory on a random-weight model of a real Gemma shape.
     Bench(commands::bench::Args),
+    /// Compare a model's logits with transformers' for the same batch (a safetensors reference).
+    Compare(commands::compare::Args),
     /// Describe a checkpoint: architecture, layer types, parameters, memory.
     Inspect(commands::inspect::Args),
     /// Rewrite an adapter as a clean PEFT directory, or merge it into a full checkpoint.
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Plot(args) => commands::plot::run(args),
         Command::Export(args) => commands::export::run(args),

@@ -69,7 +69,8 @@ pub fn export_checkpoint<B: Backend>(
     write_dir_atomically(out_dir, |tmp| {
         let tensors = params
             .into_iter()
-            .map(|p| Ok((p.name, p.shape, p.values.cast(dtype).into_data())));
+            // Rounded on the host: a device may lack the export dtype (WGPU has no bf16).
+            .map(|p| Ok((p.name, p.shape, p.values.into_data().convert_dtype(dtype))));
         write_safetensors(tmp, tensors, dtype, max_shard_bytes)?;
 
         let config_path = base_dir.join("config.json");

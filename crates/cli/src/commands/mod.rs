@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod compare;
 pub mod convert;
 pub mod data;
 pub mod eval;

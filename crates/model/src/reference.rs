@@ -1,0 +1,170 @@
+//! Checking a model against logits that transformers computed: the fixtures of
+//! `fixtures/make_fixtures.py`, or a user's own check of a converted checkpoint. The file is a
+//! safetensors with `input_ids` and `attention_mask` (`[batch, seq]`, I64, padding marked 0) and
+//! `logits` (`[batch, seq, vocab]`, F32), as `model(input_ids, attention_mask=...).logits` gives.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{AttentionMask, ForwardInput, GemmaForCausalLM, ModelError, Result, argmax};
+
+/// What transformers computed for a padded batch.
+pub struct LogitsReference {
+    pub batch: usize,
+    pub seq: usize,
+    pub vocab: usize,
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub logits: Vec<f32>,
+}
+
+/// How far a model is from a reference: the worst |Δlogit| over every real token of the batch,
+/// the same through the KV cache one token at a time (for the first row without padding, if any),
+/// and how many real positions pick the reference's top token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogitsComparison {
+    pub max_abs_diff: f32,
+    pub cached_max_abs_diff: Option<f32>,
+    pub same_argmax: usize,
+    pub positions: usize,
+}
+
+impl LogitsReference {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        let bad = |message: String| ModelError::Safetensors {
+            path: PathBuf::from(path),
+            message,
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let tensor = |name: &str, dtype: Dtype, rank: usize| {
+            let view = st.tensor(name).map_err(|_| {
+                bad(format!(
+                    "no tensor `{name}` (a reference holds input_ids, attention_mask and logits)"
+                ))
+            })?;
+            if view.dtype() != dtype || view.shape().len() != rank {
+                return Err(bad(format!(
+                    "`{name}` is {:?} {:?}; expected {dtype:?} of rank {rank}",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+            Ok(view)
+        };
+        let ints = |name: &str| -> Result<(Vec<usize>, Vec<i64>)> {
+            let view = tensor(name, Dtype::I64, 2)?;
+            let values = view
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()));
+            Ok((view.shape().to_vec(), values.collect()))
+        };
+        let (ids_shape, input_ids) = ints("input_ids")?;
+        let (mask_shape, attention_mask) = ints("attention_mask")?;
+        let view = tensor("logits", Dtype::F32, 3)?;
+        let [batch, seq, vocab] = [view.shape()[0], view.shape()[1], view.shape()[2]];
+        if ids_shape != [batch, seq] || mask_shape != [batch, seq] {
+            return Err(bad(format!(
+                "input_ids {ids_shape:?} and attention_mask {mask_shape:?} must be [{batch}, {seq}] like the logits"
+            )));
+        }
+        let logits = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+        Ok(Self {
+            batch,
+            seq,
+            vocab,
+            input_ids,
+            attention_mask,
+            logits: logits.collect(),
+        })
+    }
+
+    /// Reference logits of one position.
+    pub fn logits_at(&self, row: usize, pos: usize) -> &[f32] {
+        let start = (row * self.seq + pos) * self.vocab;
+        &self.logits[start..start + self.vocab]
+    }
+
+    fn is_real(&self, row: usize, pos: usize) -> bool {
+        self.attention_mask[row * self.seq + pos] != 0
+    }
+
+    /// Runs `model` on the reference batch (full sequences, then cached decoding) and compares.
+    pub fn compare<B: Backend>(&self, model: &GemmaForCausalLM<B>, device: &B::Device) -> Result<LogitsComparison> {
+        if model.config.vocab_size != self.vocab {
+            return Err(ModelError::Generation(format!(
+                "the reference has a vocabulary of {} but the model {}",
+                self.vocab, model.config.vocab_size
+            )));
+        }
+        let [batch, seq] = [self.batch, self.seq];
+        let ids = Tensor::<B, 1, Int>::from_data(self.input_ids.as_slice(), device).reshape([batch, seq]);
+        let segments = Tensor::<B, 1, Int>::from_data(self.attention_mask.as_slice(), device).reshape([batch, seq]);
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, device)
+            .reshape([1, seq])
+            .expand([batch, seq]);
+        let input = ForwardInput {
+            input_ids: ids,
+            positions,
+            mask: AttentionMask::with_segments(segments),
+        };
+        let logits = to_f32(model.forward(input, None))?;
+        let mut result = LogitsComparison {
+            max_abs_diff: 0.0,
+            cached_max_abs_diff: None,
+            same_argmax: 0,
+            positions: 0,
+        };
+        for row in 0..batch {
+            for pos in (0..seq).filter(|&pos| self.is_real(row, pos)) {
+                let start = (row * seq + pos) * self.vocab;
+                let got = &logits[start..start + self.vocab];
+                let want = self.logits_at(row, pos);
+                result.max_abs_diff = result.max_abs_diff.max(max_abs_diff(got, want));
+                result.positions += 1;
+                result.same_argmax += usize::from(argmax(got) == argmax(want));
+            }
+        }
+        if let Some(row) = (0..batch).find(|&row| (0..seq).all(|pos| self.is_real(row, pos))) {
+            result.cached_max_abs_diff = Some(self.compare_cached(model, row, device)?);
+        }
+        Ok(result)
+    }
+
+    /// One row decoded through the KV cache: a short prefix at once, then a token per step.
+    fn compare_cached<B: Backend>(&self, model: &GemmaForCausalLM<B>, row: usize, device: &B::Device) -> Result<f32> {
+        let ids = &self.input_ids[row * self.seq..(row + 1) * self.seq];
+        let mut cache = model.new_cache(self.seq);
+        let mut worst = 0f32;
+        let mut start = 0;
+        while start < self.seq {
+            let len = if start == 0 { self.seq.min(5) } else { 1 };
+            let chunk = Tensor::<B, 1, Int>::from_data(&ids[start..start + len], device).reshape([1, len]);
+            let logits = to_f32(model.forward(ForwardInput::cached(chunk, &cache), Some(&mut cache)))?;
+            for i in 0..len {
+                let got = &logits[i * self.vocab..(i + 1) * self.vocab];
+                worst = worst.max(max_abs_diff(got, self.logits_at(row, start + i)));
+            }
+            start += len;
+        }
+        Ok(worst)
+    }
+}
+
+fn to_f32<B: Backend>(t: Tensor<B, 3>) -> Result<Vec<f32>> {
+    t.cast(DType::F32)
+        .into_data()
+        .into_vec::<f32>()
+        .map_err(|e| ModelError::Generation(format!("cannot read logits back: {e:?}")))
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
