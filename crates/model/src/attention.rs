@@ -3,6 +3,7 @@ use burn::tensor::{Bool, DType, Tensor, backend::Backend};
 
 use crate::cache::KvCache;
 use crate::linear::Linear;
+use crate::matmul::matmul;
 use crate::norm::RmsNorm;
 use crate::rope::RopeTables;
 
@@ -91,7 +92,7 @@ pub fn attend<B: Backend>(
     // Fold the query heads of a group into the sequence axis so that each kv head is used
     // as is, without materialising `groups` copies of K and V.
     let q = q.reshape([batch, kv_heads, groups * seq, head_dim]);
-    let scores = q.matmul(k.swap_dims(2, 3)).reshape([batch, heads, seq, kv_len]);
+    let scores = matmul(q, k.swap_dims(2, 3)).reshape([batch, heads, seq, kv_len]);
     let dtype = scores.dtype();
     let mut scores = scores.cast(DType::F32) * scaling;
     if let Some(cap) = softcap {
@@ -99,8 +100,5 @@ pub fn attend<B: Backend>(
     }
     let scores = scores.mask_fill(mask.expand([batch, heads, seq, kv_len]), f32::MIN);
     let probs = burn::tensor::activation::softmax(scores, 3).cast(dtype);
-    probs
-        .reshape([batch, kv_heads, groups * seq, kv_len])
-        .matmul(v)
-        .reshape([batch, heads, seq, head_dim])
+    matmul(probs.reshape([batch, kv_heads, groups * seq, kv_len]), v).reshape([batch, heads, seq, head_dim])
 }

@@ -2,6 +2,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::lora::Lora;
+use crate::matmul::matmul;
 
 /// A bias-free projection stored in the Hugging Face layout `[out_features, in_features]`,
 /// with an optional LoRA adapter.
@@ -17,7 +18,7 @@ pub struct Linear<B: Backend> {
 impl<B: Backend> Linear<B> {
     /// `[.., in] -> [.., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = x.clone().matmul(self.weight.val().transpose().unsqueeze::<D>());
+        let base = matmul(x.clone(), self.weight.val().transpose().unsqueeze::<D>());
         match &self.lora {
             Some(lora) => lora.add_to(base, x),
             None => base,

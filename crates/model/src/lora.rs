@@ -1,6 +1,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Distribution, Tensor, backend::Backend};
 
+use crate::matmul::matmul;
+
 /// A LoRA adapter on one projection: `delta(x) = scale · B(A(dropout(x)))`.
 ///
 /// Computed as two thin matmuls, never as a dense `W + BA`. Its parameters are f32 whatever
@@ -30,13 +32,13 @@ impl<B: Backend> Lora<B> {
         }
         let a = self.a.val().transpose().unsqueeze::<D>();
         let b = self.b.val().transpose().unsqueeze::<D>();
-        let delta = x.matmul(a).matmul(b) * self.scale;
+        let delta = matmul(matmul(x, a), b) * self.scale;
         (base.cast(DType::F32) + delta).cast(dtype)
     }
 
     /// `scale · B A`, `[out, in]`, in f32: what merging adds to the base weight.
     pub fn delta_weight(&self) -> Tensor<B, 2> {
-        self.b.val().matmul(self.a.val()) * self.scale
+        matmul(self.b.val(), self.a.val()) * self.scale
     }
 
     pub fn rank(&self) -> usize {
