@@ -114,6 +114,10 @@ fn start<B: Backend, T: Task>(chosen: &Chosen, device: B::Device, dtype: DtypeAr
         DtypeArg::Auto if B::supports_dtype(&device, DType::BF16) => DType::BF16,
         DtypeArg::Auto => DType::F32,
         DtypeArg::Fixed(d) if B::supports_dtype(&device, d) => d,
+        // burn's WGPU backend has no bf16 (WGSL lacks it); f16 runs there where the adapter has it.
+        DtypeArg::Fixed(d) if B::supports_dtype(&device, DType::F16) => {
+            bail!("{chosen} does not support {d:?}; use --dtype f16 or f32")
+        }
         DtypeArg::Fixed(d) => bail!("{chosen} does not support {d:?}; use --dtype f32"),
     };
     // f32 on CUDA would otherwise multiply in TF32 (see `ember_model::set_split_f32_matmul`).

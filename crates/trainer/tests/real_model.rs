@@ -41,6 +41,8 @@ const TRAIN_ROWS: std::ops::Range<usize> = 0..4;
 const EVAL_ROWS: std::ops::Range<usize> = 500..508;
 const STEPS: usize = 4;
 const BATCH: usize = 2;
+/// Eval batches are padded to a multiple of 8 tokens, as on a CPU run (`pad_to_multiple_of`).
+const PAD_TO: usize = 8;
 
 fn write_rows(rows: &[serde_json::Value], path: &Path) {
     std::fs::write(path, serde_json::to_string(rows).unwrap()).unwrap();
@@ -105,7 +107,7 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
     let base = GemmaForCausalLM::<B>::load(&gguf, &LoadOptions::new(DType::F32), &device).unwrap();
     let tokenizer = load_tokenizer(&gguf).unwrap();
     let eval_set = ember_data::load(&config.data, &tokenizer).unwrap().eval.unwrap();
-    let before = evaluate(&base, &eval_set, BATCH, tokenizer.pad_id());
+    let before = evaluate(&base, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO);
 
     let mut losses = Vec::new();
     let summary = train::<Autodiff<B>>(
@@ -136,7 +138,7 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
     // The saved adapter is the trained one: on the base it gives the run's held-out loss, and
     // it generates.
     let (model, _) = load_adapter(base, &summary.last_checkpoint).unwrap();
-    let reloaded = evaluate(&model, &eval_set, BATCH, tokenizer.pad_id());
+    let reloaded = evaluate(&model, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO);
     assert!((reloaded.loss - after.loss).abs() < 1e-4, "{reloaded:?} vs {after:?}");
     let tokenizer = GemmaTokenizer::from_dir(&gguf).unwrap();
     let prompt = ALPACA_SEED

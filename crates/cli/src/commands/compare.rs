@@ -64,7 +64,7 @@ impl Task for Args {
             dtype_name(dtype),
         );
         let worst = found.max_abs_diff.max(found.cached_max_abs_diff.unwrap_or(0.0));
-        if !(worst <= self.tolerance) {
+        if worst.is_nan() || worst > self.tolerance {
             bail!(
                 "the logits differ by {worst:.3e}, more than --tolerance {:e}",
                 self.tolerance
