@@ -59,6 +59,30 @@ impl TemplateSpec {
         }
     }
 
+    /// The prompt that asks a model trained in this format about `text`: the text as the
+    /// instruction (empty input) or the user turn, up to where the response would start.
+    pub fn prompt_for(&self, text: &str) -> String {
+        match self {
+            TemplateSpec::AlpacaSeed => alpaca_seed_prompt(text, ""),
+            TemplateSpec::GemmaChat => format!(
+                "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n",
+                text.trim()
+            ),
+            TemplateSpec::Custom(template) => {
+                let template = template.strip_prefix("<bos>").unwrap_or(template);
+                let head = ["{output}", "{completion}"]
+                    .iter()
+                    .find_map(|slot| template.find(slot).map(|at| &template[..at]))
+                    .unwrap_or(template);
+                head.replace("{instruction}", text)
+                    .replace("{prompt}", text)
+                    .replace("{input}", "")
+                    .replace("{{", "{")
+                    .replace("}}", "}")
+            }
+        }
+    }
+
     /// A short name for reports.
     pub fn name(&self) -> &str {
         match self {

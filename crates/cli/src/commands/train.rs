@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -6,11 +6,13 @@ use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use ember_model::{GemmaTokenizer, GenerationConfig, SamplingConfig};
 use ember_trainer::checkpoint;
 use ember_trainer::config::RunConfig;
 use ember_trainer::trainer::{Start, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::generate::load_model;
 use crate::device::{DeviceArgs, Task, run_on};
 
 #[derive(clap::Args, Debug)]
@@ -24,6 +26,13 @@ pub struct Args {
     /// Override a config value, e.g. `--set training.max_steps=20` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// After training, answer this instruction with the trained adapter, greedily, in the run's
+    /// prompt format (repeatable).
+    #[arg(long, value_name = "INSTRUCTION")]
+    pub ask: Vec<String>,
+    /// How many tokens each `--ask` answer may have.
+    #[arg(long, default_value_t = 32)]
+    pub ask_max_new_tokens: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -45,12 +54,22 @@ pub fn run(args: Args) -> Result<()> {
         ),
         Some(dir) => Start::Resume(PathBuf::from(dir)),
     };
-    run_on(&args.device.clone(), Train { config, start })
+    let asks = Asks {
+        instructions: args.ask,
+        max_new_tokens: args.ask_max_new_tokens,
+    };
+    run_on(&args.device.clone(), Train { config, start, asks })
 }
 
 struct Train {
     config: RunConfig,
     start: Start,
+    asks: Asks,
+}
+
+struct Asks {
+    instructions: Vec<String>,
+    max_new_tokens: usize,
 }
 
 impl Task for Train {
@@ -100,8 +119,31 @@ impl Task for Train {
                 eval.loss, eval.perplexity, eval.tokens
             );
         }
+        if !self.asks.instructions.is_empty() {
+            ask::<B>(&self.config, &self.asks, &summary.last_checkpoint, &device, dtype)?;
+        }
         Ok(())
     }
+}
+
+/// Greedy answers from the base model with the adapter just written, as `ember generate` gives.
+fn ask<B: Backend>(config: &RunConfig, asks: &Asks, adapter: &Path, device: &B::Device, dtype: DType) -> Result<()> {
+    let model_path = &config.model.path;
+    let model = load_model::<B>(model_path, Some(adapter), dtype, device)?;
+    let tokenizer = GemmaTokenizer::from_dir(model_path)?;
+    let data = &config.data;
+    let template = data.template_spec(&data.columns.layout()?);
+    let generation = GenerationConfig {
+        max_new_tokens: asks.max_new_tokens,
+        stop_tokens: tokenizer.stop_tokens().to_vec(),
+        sampling: SamplingConfig::default(),
+    };
+    for instruction in &asks.instructions {
+        let prompt = tokenizer.encode(&template.prompt_for(instruction))?;
+        let tokens = model.generate(&prompt, &generation, device, |_| Ok(()))?;
+        println!("### {instruction}\n{}\n", tokenizer.decode(&tokens)?.trim_end());
+    }
+    Ok(())
 }
 
 /// `section.key=value`, the value parsed as TOML (so `20`, `1e-4`, `true`, `"text"` work).

@@ -139,3 +139,18 @@ fn column_layouts_resolve_with_defaults() {
         TemplateSpec::GemmaChat
     );
 }
+
+#[test]
+fn a_template_asks_in_its_own_format() {
+    let seed = TemplateSpec::AlpacaSeed.prompt_for("Name a colour.");
+    assert_eq!(seed, ember_data::alpaca_seed_prompt("Name a colour.", ""));
+    assert!(seed.ends_with("### Response:\n"), "{seed:?}");
+    assert_eq!(
+        TemplateSpec::GemmaChat.prompt_for("Hi "),
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let custom = TemplateSpec::Custom("<bos>Q: {instruction} {{x}} {input}\nA: {output}".into());
+    assert_eq!(custom.prompt_for("Why?"), "Q: Why? {x} \nA: ");
+    let completion = TemplateSpec::Custom("{prompt}{completion}".into());
+    assert_eq!(completion.prompt_for("2+2="), "2+2=");
+}
