@@ -50,7 +50,7 @@ pub use mlp::Mlp;
 pub use model::{ForwardInput, GemmaForCausalLM, GemmaModel, LayerContext};
 pub use named::{NamedParam, named_params};
 pub use norm::RmsNorm;
-pub use reference::{LogitsComparison, LogitsReference, max_abs_diff};
+pub use reference::{LogitsComparison, LogitsReference};
 pub use rope::RopeTables;
 pub use sampling::{Sampler, SamplingConfig, argmax};
 pub use shards::{MAX_SHARD_BYTES, NamedTensor, torch_dtype_name, write_json, write_safetensors};

@@ -165,6 +165,6 @@ fn to_f32<B: Backend>(t: Tensor<B, 3>) -> Result<Vec<f32>> {
         .map_err(|e| ModelError::Generation(format!("cannot read logits back: {e:?}")))
 }
 
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
