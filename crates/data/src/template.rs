@@ -60,27 +60,28 @@ impl TemplateSpec {
     }
 
     /// The prompt that asks a model trained in this format about `text`: the text as the
-    /// instruction (empty input) or the user turn, up to where the response would start.
-    pub fn prompt_for(&self, text: &str) -> String {
-        match self {
+    /// instruction (empty input) or the user turn, up to where the response would start. A
+    /// custom template is read by the same parser as for training, so it must fit `layout`.
+    pub fn prompt_for(&self, layout: &Layout, text: &str) -> Result<String, DataError> {
+        Ok(match self {
             TemplateSpec::AlpacaSeed => alpaca_seed_prompt(text, ""),
             TemplateSpec::GemmaChat => format!(
                 "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n",
                 text.trim()
             ),
             TemplateSpec::Custom(template) => {
-                let template = template.strip_prefix("<bos>").unwrap_or(template);
-                let head = ["{output}", "{completion}"]
+                let mut parts = parse(template, layout)?;
+                parts.pop(); // the response field, which always ends a template
+                parts
                     .iter()
-                    .find_map(|slot| template.find(slot).map(|at| &template[..at]))
-                    .unwrap_or(template);
-                head.replace("{instruction}", text)
-                    .replace("{prompt}", text)
-                    .replace("{input}", "")
-                    .replace("{{", "{")
-                    .replace("}}", "}")
+                    .map(|part| match part {
+                        Part::Literal(literal) => literal.as_str(),
+                        Part::Field(Field::Input) => "",
+                        Part::Field(_) => text,
+                    })
+                    .collect()
             }
-        }
+        })
     }
 
     /// A short name for reports.

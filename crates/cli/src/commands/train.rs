@@ -132,14 +132,15 @@ fn ask<B: Backend>(config: &RunConfig, asks: &Asks, adapter: &Path, device: &B::
     let model = load_model::<B>(model_path, Some(adapter), dtype, device)?;
     let tokenizer = GemmaTokenizer::from_dir(model_path)?;
     let data = &config.data;
-    let template = data.template_spec(&data.columns.layout()?);
+    let layout = data.columns.layout()?;
+    let template = data.template_spec(&layout);
     let generation = GenerationConfig {
         max_new_tokens: asks.max_new_tokens,
         stop_tokens: tokenizer.stop_tokens().to_vec(),
         sampling: SamplingConfig::default(),
     };
     for instruction in &asks.instructions {
-        let prompt = tokenizer.encode(&template.prompt_for(instruction))?;
+        let prompt = tokenizer.encode(&template.prompt_for(&layout, instruction)?)?;
         let tokens = model.generate(&prompt, &generation, device, |_| Ok(()))?;
         println!("### {instruction}\n{}\n", tokenizer.decode(&tokens)?.trim_end());
     }

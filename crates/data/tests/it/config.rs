@@ -142,15 +142,33 @@ fn column_layouts_resolve_with_defaults() {
 
 #[test]
 fn a_template_asks_in_its_own_format() {
-    let seed = TemplateSpec::AlpacaSeed.prompt_for("Name a colour.");
+    let instruction = Layout::Instruction {
+        instruction: "instruction".into(),
+        input: Some("input".into()),
+        output: "output".into(),
+    };
+    let seed = TemplateSpec::AlpacaSeed
+        .prompt_for(&instruction, "Name a colour.")
+        .unwrap();
     assert_eq!(seed, ember_data::alpaca_seed_prompt("Name a colour.", ""));
     assert!(seed.ends_with("### Response:\n"), "{seed:?}");
+    let chat = Layout::Messages {
+        column: "messages".into(),
+    };
     assert_eq!(
-        TemplateSpec::GemmaChat.prompt_for("Hi "),
+        TemplateSpec::GemmaChat.prompt_for(&chat, "Hi ").unwrap(),
         "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
     );
     let custom = TemplateSpec::Custom("<bos>Q: {instruction} {{x}} {input}\nA: {output}".into());
-    assert_eq!(custom.prompt_for("Why?"), "Q: Why? {x} \nA: ");
+    assert_eq!(custom.prompt_for(&instruction, "Why?").unwrap(), "Q: Why? {x} \nA: ");
+    let prompt_completion = Layout::PromptCompletion {
+        prompt: "prompt".into(),
+        completion: "completion".into(),
+    };
     let completion = TemplateSpec::Custom("{prompt}{completion}".into());
-    assert_eq!(completion.prompt_for("2+2="), "2+2=");
+    assert_eq!(completion.prompt_for(&prompt_completion, "2+2=").unwrap(), "2+2=");
+    assert!(
+        completion.prompt_for(&instruction, "2+2=").is_err(),
+        "a template that does not fit the columns"
+    );
 }
