@@ -98,12 +98,28 @@ impl LogitsReference {
 
     /// Runs `model` on the reference batch (full sequences, then cached decoding) and compares.
     pub fn compare<B: Backend>(&self, model: &GemmaForCausalLM<B>, device: &B::Device) -> Result<LogitsComparison> {
+        let mut result = self.compare_full(model, device)?;
+        result.cached_max_abs_diff = self.compare_cached(model, device)?;
+        Ok(result)
+    }
+
+    fn check_vocab<B: Backend>(&self, model: &GemmaForCausalLM<B>) -> Result<()> {
         if model.config.vocab_size != self.vocab {
             return Err(ModelError::Generation(format!(
                 "the reference has a vocabulary of {} but the model {}",
                 self.vocab, model.config.vocab_size
             )));
         }
+        Ok(())
+    }
+
+    /// The full-sequence half of [`Self::compare`] (`cached_max_abs_diff` stays `None`).
+    pub fn compare_full<B: Backend>(
+        &self,
+        model: &GemmaForCausalLM<B>,
+        device: &B::Device,
+    ) -> Result<LogitsComparison> {
+        self.check_vocab(model)?;
         let [batch, seq] = [self.batch, self.seq];
         let ids = Tensor::<B, 1, Int>::from_data(self.input_ids.as_slice(), device).reshape([batch, seq]);
         let segments = Tensor::<B, 1, Int>::from_data(self.attention_mask.as_slice(), device).reshape([batch, seq]);
@@ -132,14 +148,16 @@ impl LogitsReference {
                 result.same_argmax += usize::from(argmax(got) == argmax(want));
             }
         }
-        if let Some(row) = (0..batch).find(|&row| (0..seq).all(|pos| self.is_real(row, pos))) {
-            result.cached_max_abs_diff = Some(self.compare_cached(model, row, device)?);
-        }
         Ok(result)
     }
 
-    /// One row decoded through the KV cache: a short prefix at once, then a token per step.
-    fn compare_cached<B: Backend>(&self, model: &GemmaForCausalLM<B>, row: usize, device: &B::Device) -> Result<f32> {
+    /// The cached half of [`Self::compare`]: the first row without padding decoded through the
+    /// KV cache, a short prefix at once, then a token per step. `None` if every row is padded.
+    pub fn compare_cached<B: Backend>(&self, model: &GemmaForCausalLM<B>, device: &B::Device) -> Result<Option<f32>> {
+        self.check_vocab(model)?;
+        let Some(row) = (0..self.batch).find(|&row| (0..self.seq).all(|pos| self.is_real(row, pos))) else {
+            return Ok(None);
+        };
         let ids = &self.input_ids[row * self.seq..(row + 1) * self.seq];
         let mut cache = model.new_cache(self.seq);
         let mut worst = 0f32;
@@ -154,7 +172,7 @@ impl LogitsReference {
             }
             start += len;
         }
-        Ok(worst)
+        Ok(Some(worst))
     }
 }
 

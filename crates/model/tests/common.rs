@@ -74,7 +74,9 @@ pub fn assert_logits_match(dir: &Path, name: &str) {
 
 /// [`assert_logits_match`] on any backend.
 pub fn assert_logits_match_on<Bk: Backend>(dir: &Path, name: &str, device: &Bk::Device) {
-    let found = reference(name).compare(&load_on::<Bk>(dir, device), device).unwrap();
+    let found = reference(name)
+        .compare_full(&load_on::<Bk>(dir, device), device)
+        .unwrap();
     assert!(
         found.max_abs_diff < TOLERANCE,
         "{name}: max |Δlogit| = {:e} exceeds {TOLERANCE:e}",
@@ -87,9 +89,9 @@ pub fn assert_logits_match_on<Bk: Backend>(dir: &Path, name: &str, device: &Bk::
 /// one token per step, against transformers' full-sequence logits.
 pub fn assert_cached_decoding_matches<Bk: Backend>(name: &str, device: &Bk::Device) {
     let model = load_on::<Bk>(&fixture(name), device);
-    let found = reference(name).compare(&model, device).unwrap();
-    let worst = found
-        .cached_max_abs_diff
+    let worst = reference(name)
+        .compare_cached(&model, device)
+        .unwrap()
         .expect("the fixture batch has a row without padding");
     assert!(worst < TOLERANCE, "{name}: cached decoding differs by {worst:e}");
 }
