@@ -178,9 +178,10 @@ fn choose(arg: DeviceArg) -> Result<Chosen> {
             }
             Ok(Chosen::Cuda(i))
         }
-        DeviceArg::Auto => Ok(match (cuda_device_count(), wgpu_adapters()) {
-            (Ok(n), _) if n > 0 => Chosen::Cuda(0),
-            (_, (true, _)) => Chosen::Wgpu(WgpuDevice::DefaultDevice),
+        // WGPU's adapters are enumerated only without CUDA: probing Vulkan takes time and prints.
+        DeviceArg::Auto => Ok(match cuda_device_count() {
+            Ok(n) if n > 0 => Chosen::Cuda(0),
+            _ if wgpu_adapters().0 => Chosen::Wgpu(WgpuDevice::DefaultDevice),
             _ => Chosen::Cpu,
         }),
     }
