@@ -4,30 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use burn::tensor::DType;
 use common::B;
 use ember_model::gguf::{self, ConvertOptions, GgufFile};
 use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig};
-
-/// `$EMBER_ASSETS/<relative>` (default `~/.cache/ember/assets`), if it is there.
-fn asset(relative: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("EMBER_ASSETS")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ember/assets"));
-    let path = dir.join(relative);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: {} is missing (cargo xtask fetch-assets --with-weights)",
-            path.display()
-        );
-        None
-    }
-}
+use ember_testkit::asset;
 
 const GGUF: &str = "weights/gemma-3-270m-q4_k_m.gguf";
 

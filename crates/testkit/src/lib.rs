@@ -74,3 +74,22 @@ fn keep_autotune_results(dir: PathBuf) {
     }
     CubeClRuntimeConfig::set(config);
 }
+
+/// A real asset at `$EMBER_ASSETS/<relative>` (default `~/.cache/ember/assets`, where `cargo xtask
+/// fetch-assets` puts it), or `None` with a note that the test is skipped.
+pub fn asset(relative: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("EMBER_ASSETS")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ember/assets"));
+    let path = dir.join(relative);
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipped: {} is missing (cargo xtask fetch-assets --with-weights)",
+            path.display()
+        );
+        None
+    }
+}

@@ -3,7 +3,7 @@
 //! and trains on a few rows of the Alpaca demo. The training loss and the loss on held-out rows
 //! fall, and the saved adapter generates. Returns early, saying so, where the assets are absent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
@@ -11,29 +11,12 @@ use burn::tensor::DType;
 use ember_data::ALPACA_SEED;
 use ember_lora::load_adapter;
 use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig};
+use ember_testkit::asset;
 use ember_trainer::config::RunConfig;
 use ember_trainer::eval::evaluate;
 use ember_trainer::trainer::{Start, load_tokenizer, train};
 
 type B = NdArray<f32>;
-
-/// `$EMBER_ASSETS/<relative>` (default `~/.cache/ember/assets`), if it is there.
-fn asset(relative: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("EMBER_ASSETS")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ember/assets"));
-    let path = dir.join(relative);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: {} is missing (cargo xtask fetch-assets --with-weights)",
-            path.display()
-        );
-        None
-    }
-}
 
 /// Four training rows seen twice each (two epochs of two batches), so the loss of the second
 /// epoch is measured on the same text as the first; eight other rows are held out.
