@@ -21,6 +21,7 @@ use ember_data::DataConfig;
 use ember_lora::{CONFIG_FILE, LoraConfig, WEIGHTS_FILE};
 use ember_trainer::config::{OptimKind, RunConfig, TrainingArgs};
 use ember_trainer::schedule::ScheduleKind;
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::trainer::{Start, train};
 
 #[derive(Parser)]
@@ -71,7 +72,7 @@ fn main() -> Result<()> {
     // The CPU in f32. The function is generic over burn's backends: `ember train` calls it with
     // CUDA or WGPU, and bf16 where the GPU supports it (the seed's `bf16 = is_bf16_supported()`).
     let device = Default::default();
-    let summary = train::<Autodiff<NdArray>>(&config, Start::Fresh, &device, DType::F32, &stop, |log| {
+    let summary = train::<Autodiff<NdArray>>(&config, Start::Fresh, &device, DType::F32, &BurnKernels, &stop, |log| {
         println!(
             "step {}/{}  loss {:.4}  learning rate {:.2e}  grad norm {:.3}",
             log.step, log.total_steps, log.loss, log.learning_rate, log.grad_norm

@@ -1,7 +1,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::lora::Lora;
+use crate::lora::{Lora, LoraGrads, LoraSaved};
 use crate::matmul::matmul;
 
 /// A bias-free projection stored in the Hugging Face layout `[out_features, in_features]`,
@@ -28,5 +28,40 @@ impl<B: Backend> Linear<B> {
     /// `[out_features, in_features]`.
     pub fn shape(&self) -> [usize; 2] {
         self.weight.val().dims()
+    }
+}
+
+/// What [`Linear::backward`] needs from [`Linear::forward_saving`].
+#[derive(Debug, Clone)]
+pub struct LinearSaved<B: Backend> {
+    lora: Option<LoraSaved<B>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// [`Linear::forward`] on rows `[n, in]` for training, keeping what the backward needs;
+    /// `keep` is the adapter's dropout mask, if it has dropout.
+    pub fn forward_saving(&self, x: Tensor<B, 2>, keep: Option<Tensor<B, 2>>) -> (Tensor<B, 2>, LinearSaved<B>) {
+        let base = matmul(x.clone(), self.weight.val().transpose());
+        match &self.lora {
+            Some(lora) => {
+                let (out, saved) = lora.add_to_saving(base, x, keep);
+                (out, LinearSaved { lora: Some(saved) })
+            }
+            None => (base, LinearSaved { lora: None }),
+        }
+    }
+
+    /// The input's gradient `[n, in]` and the adapter's gradients, given the output's `[n, out]`.
+    /// The base weight is frozen: only its input gradient is computed.
+    pub fn backward(&self, saved: LinearSaved<B>, grad: Tensor<B, 2>) -> (Tensor<B, 2>, Option<LoraGrads<B>>) {
+        let dx = matmul(grad.clone(), self.weight.val());
+        match (&self.lora, saved.lora) {
+            (Some(lora), Some(saved)) => {
+                let dtype = dx.dtype();
+                let (dx_lora, grads) = lora.backward(saved, grad);
+                (dx + dx_lora.cast(dtype), Some(grads))
+            }
+            _ => (dx, None),
+        }
     }
 }

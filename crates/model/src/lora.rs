@@ -45,3 +45,55 @@ impl<B: Backend> Lora<B> {
         self.a.val().dims()[0]
     }
 }
+
+/// What [`Lora::backward`] needs from a training forward: the adapter's input (dropped out,
+/// in f32) and the rank-sized product `x·Aᵀ`.
+#[derive(Debug, Clone)]
+pub struct LoraSaved<B: Backend> {
+    x: Tensor<B, 2>,
+    z: Tensor<B, 2>,
+    keep: Option<Tensor<B, 2>>,
+}
+
+/// The gradients of one adapter's matrices, `[r, in]` and `[out, r]`, in f32.
+#[derive(Debug, Clone)]
+pub struct LoraGrads<B: Backend> {
+    pub a: Tensor<B, 2>,
+    pub b: Tensor<B, 2>,
+}
+
+impl<B: Backend> Lora<B> {
+    /// [`Lora::add_to`] on rows `x` `[n, in]` for training: dropout applies whenever the adapter
+    /// has some, with `keep` the mask to use (`[n, in]` of 0/1, drawn by the caller so that a
+    /// recompute can replay it).
+    pub fn add_to_saving(
+        &self,
+        base: Tensor<B, 2>,
+        x: Tensor<B, 2>,
+        keep: Option<Tensor<B, 2>>,
+    ) -> (Tensor<B, 2>, LoraSaved<B>) {
+        let dtype = base.dtype();
+        let mut x = x.cast(DType::F32);
+        if let Some(keep) = &keep {
+            x = x * keep.clone() / (1.0 - self.dropout);
+        }
+        let z = matmul(x.clone(), self.a.val().transpose());
+        let delta = matmul(z.clone(), self.b.val().transpose()) * self.scale;
+        let out = (base.cast(DType::F32) + delta).cast(dtype);
+        (out, LoraSaved { x, z, keep })
+    }
+
+    /// The adapter's gradients and its part of the input gradient (f32, `[n, in]`), given the
+    /// output gradient `grad` `[n, out]`.
+    pub fn backward(&self, saved: LoraSaved<B>, grad: Tensor<B, 2>) -> (Tensor<B, 2>, LoraGrads<B>) {
+        let grad = grad.cast(DType::F32) * self.scale;
+        let b = matmul(grad.clone().transpose(), saved.z);
+        let dz = matmul(grad, self.b.val());
+        let a = matmul(dz.clone().transpose(), saved.x);
+        let mut dx = matmul(dz, self.a.val());
+        if let Some(keep) = saved.keep {
+            dx = dx * keep / (1.0 - self.dropout);
+        }
+        (dx, LoraGrads { a, b })
+    }
+}

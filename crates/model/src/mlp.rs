@@ -3,7 +3,8 @@ use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 use crate::config::Activation;
-use crate::linear::Linear;
+use crate::linear::{Linear, LinearSaved};
+use crate::lora::LoraGrads;
 
 /// Gated GELU feed-forward: `down(act(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
@@ -21,11 +22,82 @@ impl<B: Backend> Mlp<B> {
         let gate = self.gate_proj.forward(x.clone());
         let dtype = gate.dtype();
         // PyTorch evaluates GELU in f32 for bf16 inputs; do the same so bf16 runs agree.
-        let gate = gate.cast(DType::F32);
-        let gate = match self.activation {
-            Activation::GeluTanh => gelu_approximate(gate),
-            Activation::GeluErf => gelu(gate),
-        };
+        let gate = self.activate(gate.cast(DType::F32));
         self.down_proj.forward(gate.cast(dtype) * self.up_proj.forward(x))
+    }
+}
+
+/// What [`Mlp::backward`] needs from [`Mlp::forward_saving`].
+#[derive(Debug, Clone)]
+pub struct MlpSaved<B: Backend> {
+    gate_proj: LinearSaved<B>,
+    up_proj: LinearSaved<B>,
+    down_proj: LinearSaved<B>,
+    /// The gate before the activation, and the activation and up projection it multiplied.
+    gate: Tensor<B, 2>,
+    act: Tensor<B, 2>,
+    up: Tensor<B, 2>,
+}
+
+/// The adapters' dropout masks of one MLP, in projection order (gate, up, down).
+pub type MlpKeep<B> = [Option<Tensor<B, 2>>; 3];
+
+impl<B: Backend> Mlp<B> {
+    /// [`Mlp::forward`] on rows `[n, hidden]` for training, keeping what the backward needs.
+    pub fn forward_saving(&self, x: Tensor<B, 2>, keep: MlpKeep<B>) -> (Tensor<B, 2>, MlpSaved<B>) {
+        let [keep_gate, keep_up, keep_down] = keep;
+        let (gate, gate_proj) = self.gate_proj.forward_saving(x.clone(), keep_gate);
+        let (up, up_proj) = self.up_proj.forward_saving(x, keep_up);
+        let dtype = gate.dtype();
+        let act = self.activate(gate.clone().cast(DType::F32)).cast(dtype);
+        let (out, down_proj) = self.down_proj.forward_saving(act.clone() * up.clone(), keep_down);
+        let saved = MlpSaved {
+            gate_proj,
+            up_proj,
+            down_proj,
+            gate,
+            act,
+            up,
+        };
+        (out, saved)
+    }
+
+    /// The input's gradient and the adapters' gradients (gate, up, down), given the output's.
+    pub fn backward(&self, saved: MlpSaved<B>, grad: Tensor<B, 2>) -> (Tensor<B, 2>, [Option<LoraGrads<B>>; 3]) {
+        let (d_product, down) = self.down_proj.backward(saved.down_proj, grad);
+        let d_act = d_product.clone() * saved.up;
+        let d_up = d_product * saved.act;
+        let dtype = d_act.dtype();
+        let d_gate = (self.activation_derivative(saved.gate.cast(DType::F32)) * d_act.cast(DType::F32)).cast(dtype);
+        let (dx_gate, gate) = self.gate_proj.backward(saved.gate_proj, d_gate);
+        let (dx_up, up) = self.up_proj.backward(saved.up_proj, d_up);
+        (dx_gate + dx_up, [gate, up, down])
+    }
+
+    fn activate<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self.activation {
+            Activation::GeluTanh => gelu_approximate(x),
+            Activation::GeluErf => gelu(x),
+        }
+    }
+
+    /// `d gelu(x) / dx`, in f32.
+    fn activation_derivative(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.activation {
+            Activation::GeluTanh => {
+                // gelu(x) = x/2·(1 + tanh(c·(x + k·x³)))
+                let (c, k) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+                let x2 = x.clone().square();
+                let t = ((x.clone() + x.clone() * x2.clone() * k) * c).tanh();
+                let dt = (t.clone().square().neg() + 1.0) * (x2 * (3.0 * k) + 1.0) * c;
+                (t + 1.0) * 0.5 + x * dt * 0.5
+            }
+            Activation::GeluErf => {
+                // Φ(x) + x·φ(x)
+                let cdf = ((x.clone() / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5;
+                let pdf = (x.clone().square() * -0.5).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                cdf + x * pdf
+            }
+        }
     }
 }

@@ -65,6 +65,16 @@ impl<B: Backend> ForwardInput<B> {
     }
 }
 
+impl<B: Backend> LayerContext<B> {
+    /// The RoPE tables and mask of layers of `layer_type`.
+    pub fn for_layer(&self, layer_type: LayerType) -> (&RopeTables<B>, Tensor<B, 4, Bool>) {
+        match layer_type {
+            LayerType::Full => (&self.rope_full, self.mask_full.clone()),
+            LayerType::Sliding => (&self.rope_sliding, self.mask_sliding.clone()),
+        }
+    }
+}
+
 impl<B: Backend> GemmaForCausalLM<B> {
     /// The dtype the weights (and activations) run in.
     pub fn dtype(&self) -> DType {
@@ -98,10 +108,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let layer = &self.model.layers[index];
-        let (rope, mask) = match layer.layer_type {
-            LayerType::Full => (&context.rope_full, context.mask_full.clone()),
-            LayerType::Sliding => (&context.rope_sliding, context.mask_sliding.clone()),
-        };
+        let (rope, mask) = context.for_layer(layer.layer_type);
         layer.forward(x, rope, mask, cache.map(|c| (c, index)))
     }
 

@@ -46,3 +46,16 @@ impl<B: Backend> RopeTables<B> {
         x * self.cos.clone() + rotated * self.sin.clone()
     }
 }
+
+impl<B: Backend> RopeTables<B> {
+    /// The gradient of [`RopeTables::apply`]'s input: the rotation's transpose,
+    /// `g·cos + rotate_halfᵀ(g·sin)` with `rotate_halfᵀ([g1, g2]) = [g2, −g1]`.
+    pub fn backward(&self, grad: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, _, head_dim] = grad.dims();
+        let half = head_dim / 2;
+        let gs = grad.clone() * self.sin.clone();
+        let g1 = gs.clone().narrow(3, 0, half);
+        let g2 = gs.narrow(3, half, half);
+        grad * self.cos.clone() + Tensor::cat(vec![g2, g1.neg()], 3)
+    }
+}

@@ -2,11 +2,12 @@
 //! checkpointing.
 //!
 //! With checkpointing, the forward runs without autodiff and keeps only each decoder
-//! layer's input. The backward then walks the layers in reverse: it reruns one layer under
-//! autodiff on a fresh leaf, backpropagates `sum(y · dy)`, collects that layer's adapter
-//! gradients and the gradient of its input, and drops everything else. Peak activation
-//! memory is one layer's, not the model's. The LM head and the loss run in chunks of rows so
-//! the `[tokens, vocab]` logits never exist all at once.
+//! layer's input. The backward then walks the layers in reverse: it recomputes one layer
+//! from its input, runs the layer's explicit backward (the [`TrainKernels`] chosen at run
+//! time), collects that layer's adapter gradients and the gradient of its input, and drops
+//! everything else. Peak activation memory is one layer's, not the model's. The LM head and
+//! the loss run in chunks of rows so the `[tokens, vocab]` logits never exist all at once.
+//! Without checkpointing, burn's autodiff records the whole graph.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,8 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_lora::{peft_key, projections};
 use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, cross_entropy_sum, shift_labels};
 
+use crate::error::Result;
+use crate::kernels::TrainKernels;
 use crate::phases::{Clock, Phases};
 
 /// Gradients of the adapter matrices by PEFT key, summed over micro-batches.
@@ -80,24 +83,24 @@ impl MicroBatch {
     }
 }
 
-/// Rows of hidden states per LM-head chunk: bounds the logits held at once.
-pub const HEAD_CHUNK_ROWS: usize = 2048;
-
 /// Adds the gradient of `sum(token losses) / normaliser` to `grads` and returns the
-/// micro-batch's summed token loss. With `phases`, the time of each phase is added to it.
+/// micro-batch's summed token loss. With checkpointing, `kernels` compute each layer and the
+/// loss; without, burn's autodiff records the whole graph. With `phases`, the time of each
+/// phase is added to it.
 pub fn accumulate<B: AutodiffBackend>(
     model: &GemmaForCausalLM<B>,
     batch: &MicroBatch,
     normaliser: f64,
     checkpointing: bool,
+    kernels: &dyn TrainKernels<B::InnerBackend>,
     grads: &mut AdapterGrads<B::InnerBackend>,
     phases: Option<&mut Phases>,
-) -> f64 {
+) -> Result<f64> {
     let clock = Clock::<B>::start(phases, &model.model.embed_tokens.weight.device());
     if checkpointing {
-        accumulate_checkpointed(model, batch, normaliser, grads, clock)
+        accumulate_checkpointed(model, batch, normaliser, kernels, grads, clock)
     } else {
-        accumulate_full(model, batch, normaliser, grads, clock)
+        Ok(accumulate_full(model, batch, normaliser, grads, clock))
     }
 }
 
@@ -113,7 +116,7 @@ fn accumulate_full<B: AutodiffBackend>(
     let context = model.layer_context(&input);
     let mut x = model.embed(input.input_ids);
     for index in 0..model.model.layers.len() {
-        seed_dropout::<B>(model, batch, index);
+        seed_dropout(model, batch, index);
         x = model.layer(index, x, &context, None);
     }
     let hidden = model.final_norm(x);
@@ -122,80 +125,85 @@ fn accumulate_full<B: AutodiffBackend>(
     let logits = model.logits(hidden.reshape([1, b * t, h]));
     let vocab = logits.dims()[2];
     let loss_sum = cross_entropy_sum(logits.reshape([b * t, vocab]), batch.targets(&device));
-    let value = scalar(&loss_sum);
+    let value = loss_sum.clone().into_scalar().elem::<f64>();
     clock.lap(|p| &mut p.head);
     let gradients = (loss_sum / normaliser).backward();
     for index in 0..model.model.layers.len() {
-        collect_layer(model, index, &gradients, grads);
+        for (path, linear) in projections(index, &model.model.layers[index]) {
+            let Some(lora) = &linear.lora else { continue };
+            for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
+                if let Some(g) = param.val().grad(&gradients) {
+                    add_grad(grads, peft_key(&path, matrix), g);
+                }
+            }
+        }
     }
     clock.lap(|p| &mut p.backward);
     value
 }
 
+/// The forward keeps only each decoder layer's input; the backward recomputes one layer at
+/// a time from it. Peak activation memory is one layer's, not the model's.
 fn accumulate_checkpointed<B: AutodiffBackend>(
     model: &GemmaForCausalLM<B>,
     batch: &MicroBatch,
     normaliser: f64,
+    kernels: &dyn TrainKernels<B::InnerBackend>,
     grads: &mut AdapterGrads<B::InnerBackend>,
     mut clock: Clock<B>,
-) -> f64 {
-    // Forward without autodiff, keeping each layer's input.
+) -> Result<f64> {
     let device = model.model.embed_tokens.weight.device();
     let frozen = model.valid();
-    let inner_input = batch.input::<B::InnerBackend>(&device);
-    let targets = batch.targets::<B>(&device);
-    let inner_context = frozen.layer_context(&inner_input);
-    let context = model.layer_context(&batch.input(&device));
-    let dropout = has_dropout(model);
-    let mut layer_inputs = Vec::with_capacity(model.model.layers.len());
-    let mut x = frozen.embed(inner_input.input_ids);
-    for index in 0..model.model.layers.len() {
+    let mut step = kernels.prepare(&frozen, batch)?;
+    let keep = |index: usize| {
+        seed_dropout(&frozen, batch, index);
+        frozen.model.layers[index].draw_keep(batch.batch, batch.seq, &device)
+    };
+    let layers = frozen.model.layers.len();
+    let mut layer_inputs = Vec::with_capacity(layers);
+    let mut x = frozen.embed(batch.input::<B::InnerBackend>(&device).input_ids);
+    for index in 0..layers {
         layer_inputs.push(x.clone());
-        x = if dropout {
-            // Dropout is drawn only under autodiff; the graph is dropped with the output's
-            // autodiff wrapper, so only the layer's input is kept.
-            seed_dropout::<B>(model, batch, index);
-            model.layer(index, Tensor::from_inner(x), &context, None).inner()
-        } else {
-            frozen.layer(index, x, &inner_context, None)
-        };
+        x = step.forward(index, x, keep(index))?;
     }
     clock.lap(|p| &mut p.forward);
 
-    // Head and loss, chunk by chunk, giving the gradient of the last layer's output.
-    let [b, t, h] = x.dims();
-    let rows = x.reshape([b * t, h]);
-    let mut chunk_losses = Vec::new();
-    let mut row_grads = Vec::new();
-    for start in (0..b * t).step_by(HEAD_CHUNK_ROWS) {
-        let len = HEAD_CHUNK_ROWS.min(b * t - start);
-        let leaf = Tensor::<B, 2>::from_inner(rows.clone().narrow(0, start, len)).require_grad();
-        let normed = model.final_norm(leaf.clone().reshape([1, len, h]));
-        let logits = model.logits(normed).reshape([len, model.config.vocab_size]);
-        let chunk_loss = cross_entropy_sum(logits, targets.clone().narrow(0, start, len));
-        chunk_losses.push(chunk_loss.clone().inner());
-        let gradients = (chunk_loss / normaliser).backward();
-        row_grads.push(leaf.grad(&gradients).expect("the leaf takes part in the loss"));
-    }
-    let mut grad_y = Tensor::cat(row_grads, 0).reshape([b, t, h]);
-    // One read for all chunks: each read waits for the device.
-    let loss_value = Tensor::cat(chunk_losses, 0).sum().into_scalar().elem::<f64>();
+    let (loss, mut grad_y) = step.head(x, normaliser)?;
+    let loss = loss.into_scalar().elem::<f64>();
     clock.lap(|p| &mut p.head);
 
-    // Layers in reverse: recompute one under autodiff, backpropagate, move down.
-    for index in (0..model.model.layers.len()).rev() {
-        let leaf = Tensor::<B, 3>::from_inner(layer_inputs.pop().expect("one input per layer")).require_grad();
-        seed_dropout::<B>(model, batch, index);
-        let y = model.layer(index, leaf.clone(), &context, None);
-        let gradients = (y * Tensor::from_inner(grad_y)).sum().backward();
-        collect_layer(model, index, &gradients, grads);
-        grad_y = match leaf.grad(&gradients) {
-            Some(g) => g,
-            None => break, // nothing below this layer needs a gradient
-        };
+    for index in (0..layers).rev() {
+        let input = layer_inputs.pop().expect("one input per layer");
+        let (grad_x, layer_grads) = step.backward(index, input, grad_y, keep(index))?;
+        for (name, lora) in PROJECTION_NAMES.iter().zip(layer_grads) {
+            let Some(lora) = lora else { continue };
+            let path = format!("model.layers.{index}.{name}");
+            add_grad(grads, peft_key(&path, 'A'), lora.a);
+            add_grad(grads, peft_key(&path, 'B'), lora.b);
+        }
+        grad_y = grad_x;
     }
     clock.lap(|p| &mut p.backward);
-    loss_value
+    Ok(loss)
+}
+
+/// The projections of a decoder layer in [`ember_model::LayerGrads`]' order.
+const PROJECTION_NAMES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+fn add_grad<B: Backend>(grads: &mut AdapterGrads<B>, key: String, g: Tensor<B, 2>) {
+    let sum = match grads.remove(&key) {
+        Some(previous) => previous + g,
+        None => g,
+    };
+    grads.insert(key, sum);
 }
 
 fn has_dropout<B: Backend>(model: &GemmaForCausalLM<B>) -> bool {
@@ -208,7 +216,7 @@ fn has_dropout<B: Backend>(model: &GemmaForCausalLM<B>) -> bool {
 
 /// Seeds the backend's generator for layer `index` of `batch`, when the adapters use dropout:
 /// every pass over that layer then draws the same masks.
-fn seed_dropout<B: AutodiffBackend>(model: &GemmaForCausalLM<B>, batch: &MicroBatch, index: usize) {
+fn seed_dropout<B: Backend>(model: &GemmaForCausalLM<B>, batch: &MicroBatch, index: usize) {
     if has_dropout(model) {
         let device = model.model.embed_tokens.weight.device();
         B::seed(
@@ -219,30 +227,4 @@ fn seed_dropout<B: AutodiffBackend>(model: &GemmaForCausalLM<B>, batch: &MicroBa
                 .wrapping_add(index as u64),
         );
     }
-}
-
-/// Adds the adapter gradients of layer `index` found in `gradients` to `grads`.
-fn collect_layer<B: AutodiffBackend>(
-    model: &GemmaForCausalLM<B>,
-    index: usize,
-    gradients: &B::Gradients,
-    grads: &mut AdapterGrads<B::InnerBackend>,
-) {
-    for (path, linear) in projections(index, &model.model.layers[index]) {
-        let Some(lora) = &linear.lora else { continue };
-        for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
-            if let Some(g) = param.val().grad(gradients) {
-                let key = peft_key(&path, matrix);
-                let sum = match grads.remove(&key) {
-                    Some(previous) => previous + g,
-                    None => g,
-                };
-                grads.insert(key, sum);
-            }
-        }
-    }
-}
-
-fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
-    t.clone().into_scalar().elem::<f64>()
 }

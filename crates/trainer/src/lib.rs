@@ -5,6 +5,7 @@ pub mod config;
 mod error;
 pub mod eval;
 pub mod grads;
+pub mod kernels;
 pub mod optim;
 pub mod phases;
 pub mod schedule;

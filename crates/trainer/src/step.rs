@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use ember_lora::{peft_key, projections, projections_mut};
 use ember_model::GemmaForCausalLM;
 
+use crate::error::Result;
 use crate::grads::{AdapterGrads, MicroBatch, accumulate};
+use crate::kernels::TrainKernels;
 use crate::optim::Optimizer;
 use crate::phases::{Clock, Phases};
 
@@ -44,8 +46,9 @@ pub fn optimizer_step<B: AutodiffBackend>(
     window: &[MicroBatch],
     lr: f64,
     settings: StepSettings,
+    kernels: &dyn TrainKernels<B::InnerBackend>,
     optimizer: &mut dyn Optimizer<B::InnerBackend>,
-) -> (GemmaForCausalLM<B>, StepOutcome) {
+) -> Result<(GemmaForCausalLM<B>, StepOutcome)> {
     let trained_tokens: usize = window.iter().map(|b| b.num_trained_tokens).sum();
     let normaliser = trained_tokens.max(1) as f64;
     let mut grads = AdapterGrads::new();
@@ -58,9 +61,10 @@ pub fn optimizer_step<B: AutodiffBackend>(
             batch,
             normaliser,
             settings.gradient_checkpointing,
+            kernels,
             &mut grads,
             timing,
-        );
+        )?;
     }
     let device = model.model.embed_tokens.weight.device();
     let mut optimizer_phases = Phases::default();
@@ -76,7 +80,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
         phases,
     };
     if skipped {
-        return (model, outcome);
+        return Ok((model, outcome));
     }
     let clip = match settings.max_grad_norm {
         Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
@@ -114,7 +118,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
     clock.lap(|p| &mut p.optimizer);
     drop(clock);
     outcome.phases.optimizer = optimizer_phases.optimizer;
-    (model, outcome)
+    Ok((model, outcome))
 }
 
 /// `sqrt(Σ ‖g‖²)` over every adapter gradient: per-tensor sums on the device, read back in

@@ -20,6 +20,7 @@ use crate::config::{OptimKind, RunConfig};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalResult, evaluate};
 use crate::grads::MicroBatch;
+use crate::kernels::{BurnKernels, TrainKernels};
 use crate::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use crate::schedule::Schedule;
 use crate::step::{StepSettings, optimizer_step};
@@ -62,14 +63,17 @@ pub enum Start {
     Resume(PathBuf),
 }
 
-/// Runs `config` on `device`; `on_log` sees every logged step (for a progress bar). When
-/// `stop` becomes true (Ctrl-C), the run finishes the current step, saves a checkpoint and
-/// returns.
+/// Runs `config` on `device`, with `kernels` computing the layers and the loss (falling back
+/// to [`BurnKernels`] where they cannot train this model); `on_log` sees every logged step
+/// (for a progress bar). When `stop` becomes true (Ctrl-C), the run finishes the current
+/// step, saves a checkpoint and returns.
+#[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     config: &RunConfig,
     start: Start,
     device: &B::Device,
     dtype: DType,
+    kernels: &dyn TrainKernels<B::InnerBackend>,
     stop: &AtomicBool,
     mut on_log: impl FnMut(&StepLog),
 ) -> Result<TrainSummary> {
@@ -115,6 +119,14 @@ pub fn train<B: AutodiffBackend>(
             let loader = Loader::resume(train_set.clone(), options, state.loader)?;
             (model, loader, state.global_step)
         }
+    };
+
+    let kernels: &dyn TrainKernels<B::InnerBackend> = match kernels.unsupported(&model.valid()) {
+        Some(why) => {
+            tracing::warn!("the {} kernels cannot train this run ({why}); using burn's", kernels.name());
+            &BurnKernels
+        }
+        None => kernels,
     };
 
     let total_steps = match args.max_steps {
@@ -167,7 +179,7 @@ pub fn train<B: AutodiffBackend>(
             .collect();
         let lr = schedule.lr(step);
         let outcome;
-        (model, outcome) = optimizer_step(model, &window, lr, settings, optimizer.as_mut());
+        (model, outcome) = optimizer_step(model, &window, lr, settings, kernels, optimizer.as_mut())?;
         step += 1;
         skipped_in_a_row = if outcome.skipped { skipped_in_a_row + 1 } else { 0 };
         if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {

@@ -9,6 +9,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use ember_trainer::config::RunConfig;
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::trainer::{Start, StepLog, train};
 
 pub type AD = Autodiff<NdArray<f32>>;
@@ -75,6 +76,6 @@ pub fn run(config: &RunConfig, start: Start) -> Vec<f64> {
 pub fn run_on<B: AutodiffBackend>(config: &RunConfig, start: Start, device: &B::Device) -> Vec<StepLog> {
     let mut logs = Vec::new();
     let stop = AtomicBool::new(false);
-    train::<B>(config, start, device, DType::F32, &stop, |log| logs.push(log.clone())).unwrap();
+    train::<B>(config, start, device, DType::F32, &BurnKernels, &stop, |log| logs.push(log.clone())).unwrap();
     logs
 }

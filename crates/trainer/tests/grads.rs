@@ -8,6 +8,7 @@ use burn::tensor::DType;
 use ember_lora::{load_adapter, projections_mut};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
 use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
+use ember_trainer::kernels::BurnKernels;
 use safetensors::SafeTensors;
 
 type AD = Autodiff<NdArray<f32>>;
@@ -79,9 +80,11 @@ fn grads_with_dropout(checkpointing: bool, dropout: f64) -> (f64, AdapterGrads<B
         &batch,
         batch.num_trained_tokens as f64,
         checkpointing,
+        &BurnKernels,
         &mut grads,
         None,
-    );
+    )
+    .unwrap();
     (loss_sum / batch.num_trained_tokens as f64, grads)
 }
 
@@ -177,9 +180,11 @@ fn padding_to_a_multiple_changes_no_loss_or_gradient() {
             &micro,
             micro.num_trained_tokens as f64,
             true,
+            &BurnKernels,
             &mut grads,
             None,
-        );
+        )
+        .unwrap();
         (micro.seq, loss, grads)
     };
     let (seq, loss, grads) = run(1);

@@ -14,6 +14,7 @@ use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOption
 use ember_testkit::asset;
 use ember_trainer::config::RunConfig;
 use ember_trainer::eval::evaluate;
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::trainer::{Start, load_tokenizer, train};
 
 type B = NdArray<f32>;
@@ -98,6 +99,7 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
         Start::Fresh,
         &device,
         DType::F32,
+        &BurnKernels,
         &AtomicBool::new(false),
         |log| losses.push(log.loss),
     )

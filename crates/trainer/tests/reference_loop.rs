@@ -11,6 +11,7 @@ use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
 use ember_trainer::grads::MicroBatch;
 use ember_trainer::optim::{AdamW, AdamWConfig};
 use ember_trainer::schedule::{Schedule, ScheduleKind};
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::step::{StepSettings, optimizer_step};
 use safetensors::SafeTensors;
 
@@ -85,7 +86,7 @@ fn optimizer_steps_match_transformers_peft_and_torch_adamw() {
         let window: Vec<MicroBatch> = (0..accumulation).map(|m| micro(step * accumulation + m)).collect();
         let lr = schedule.lr(step);
         let outcome;
-        (model, outcome) = optimizer_step(model, &window, lr, step_settings, &mut optimizer);
+        (model, outcome) = optimizer_step(model, &window, lr, step_settings, &BurnKernels, &mut optimizer).unwrap();
         let want = &json["log"][step];
         let close = |ours: f64, theirs: f64, tol: f64| (ours - theirs).abs() <= tol * theirs.abs().max(1e-12);
         assert!(

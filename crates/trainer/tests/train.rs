@@ -12,6 +12,7 @@ use ember_data::DataConfig;
 use ember_lora::LoraConfig;
 use ember_model::gguf::{self, ConvertOptions};
 use ember_trainer::config::{OptimKind, RunConfig, TrainingArgs};
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::trainer::{Start, train};
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -100,6 +101,7 @@ fn a_resume_reports_changed_settings() {
         Start::Resume(out.path().join("checkpoint-3")),
         &Default::default(),
         DType::F32,
+        &BurnKernels,
         &AtomicBool::new(false),
         |_| {},
     )
@@ -122,6 +124,7 @@ fn a_checkpoint_for_another_model_is_refused() {
         Start::Resume(out.path().join("checkpoint-3")),
         &Default::default(),
         DType::F32,
+        &BurnKernels,
         &AtomicBool::new(false),
         |_| {},
     )
@@ -152,6 +155,7 @@ fn a_stop_request_saves_a_checkpoint_and_ends_the_run() {
         Start::Fresh,
         &Default::default(),
         DType::F32,
+        &BurnKernels,
         &stop,
         |log| {
             if log.step == 2 {

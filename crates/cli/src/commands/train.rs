@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use ember_model::{GemmaTokenizer, GenerationConfig, SamplingConfig};
 use ember_trainer::checkpoint;
 use ember_trainer::config::RunConfig;
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::trainer::{Start, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -84,7 +85,7 @@ impl Task for Train {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
-        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, &stop, |log| {
+        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, &BurnKernels, &stop, |log| {
             bar.set_length(log.total_steps as u64);
             bar.set_position(log.step as u64);
             let eval = log.eval_loss.map(|l| format!("  eval {l:.4}")).unwrap_or_default();

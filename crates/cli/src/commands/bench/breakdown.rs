@@ -9,7 +9,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
 use ember_model::{AttentionMask, GemmaConfig, attend};
-use ember_trainer::grads::HEAD_CHUNK_ROWS;
+use ember_model::HEAD_CHUNK_ROWS;
 use serde_json::{Value, json};
 
 /// Seconds of one step spent in the base model's matmuls and in attention, summed over

@@ -19,6 +19,7 @@ use ember_lora::{LoraConfig, add_lora, projections};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX};
 use ember_trainer::config::OptimKind;
 use ember_trainer::grads::MicroBatch;
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use ember_trainer::phases::Phases;
 use ember_trainer::step::{StepSettings, optimizer_step};
@@ -130,7 +131,14 @@ impl Task for Bench {
         for step in 0..a.warmup + a.steps {
             let start = Instant::now();
             let outcome;
-            (model, outcome) = optimizer_step(model, std::slice::from_ref(&batch), 5e-4, settings, optimizer.as_mut());
+            (model, outcome) = optimizer_step(
+                model,
+                std::slice::from_ref(&batch),
+                5e-4,
+                settings,
+                &BurnKernels,
+                optimizer.as_mut(),
+            )?;
             let _ = B::sync(&device);
             let seconds = start.elapsed().as_secs_f64();
             loss = outcome.loss;
@@ -181,8 +189,14 @@ impl Task for Bench {
             let start = Instant::now();
             for _ in 0..2 {
                 let outcome;
-                (model, outcome) =
-                    optimizer_step(model, std::slice::from_ref(&batch), 5e-4, settings, optimizer.as_mut());
+                (model, outcome) = optimizer_step(
+                    model,
+                    std::slice::from_ref(&batch),
+                    5e-4,
+                    settings,
+                    &BurnKernels,
+                    optimizer.as_mut(),
+                )?;
                 phases = outcome.phases;
             }
             let profiled_step_s = start.elapsed().as_secs_f64() / 2.0;

@@ -1,0 +1,112 @@
+//! How a training step computes the decoder layers and the loss.
+//!
+//! The step's schedule (forward keeping each layer's input, the loss, then each layer's
+//! recompute and backward in reverse) lives in [`crate::grads`]; the arithmetic of each piece
+//! is a [`TrainKernels`] implementation. [`BurnKernels`] is the reference: the model's explicit
+//! backward in burn ops, on any backend. A backend may bring faster kernels for the same
+//! functions (`ember-cuda`), checked against it.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use burn::tensor::Bool;
+use ember_model::{GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
+
+use crate::error::Result;
+use crate::grads::MicroBatch;
+
+/// The kernels of a training step, chosen at run time.
+pub trait TrainKernels<B: Backend> {
+    /// A short name for logs and benchmark reports.
+    fn name(&self) -> &'static str;
+
+    /// Why these kernels cannot train `model`, if they cannot.
+    fn unsupported(&self, model: &GemmaForCausalLM<B>) -> Option<String>;
+
+    /// The kernels for one micro-batch: its positions, masks and targets set up once for all
+    /// layers.
+    fn prepare<'a>(&'a self, model: &'a GemmaForCausalLM<B>, batch: &MicroBatch) -> Result<Box<dyn BatchKernels<B> + 'a>>;
+}
+
+/// One micro-batch's layer forward, layer backward and loss.
+pub trait BatchKernels<B: Backend> {
+    /// Decoder layer `index` on `x` `[batch, seq, hidden]`, with the adapters' dropout masks.
+    fn forward(&mut self, index: usize, x: Tensor<B, 3>, keep: LayerKeep<B>) -> Result<Tensor<B, 3>>;
+
+    /// Recomputes layer `index` on its input `x` and returns the gradient of `x` and of the
+    /// layer's adapters, given the gradient `grad` of its output.
+    fn backward(
+        &mut self,
+        index: usize,
+        x: Tensor<B, 3>,
+        grad: Tensor<B, 3>,
+        keep: LayerKeep<B>,
+    ) -> Result<(Tensor<B, 3>, LayerGrads<B>)>;
+
+    /// The final norm, LM head and loss on the last layer's output `x`: the summed token
+    /// losses `[1]` and the gradient of `sum / normaliser` with respect to `x`.
+    fn head(&mut self, x: Tensor<B, 3>, normaliser: f64) -> Result<(Tensor<B, 1>, Tensor<B, 3>)>;
+}
+
+/// The reference kernels: the model's forward and explicit backward in burn ops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BurnKernels;
+
+impl<B: Backend> TrainKernels<B> for BurnKernels {
+    fn name(&self) -> &'static str {
+        "burn"
+    }
+
+    fn unsupported(&self, _model: &GemmaForCausalLM<B>) -> Option<String> {
+        None
+    }
+
+    fn prepare<'a>(&'a self, model: &'a GemmaForCausalLM<B>, batch: &MicroBatch) -> Result<Box<dyn BatchKernels<B> + 'a>> {
+        let device = model.model.embed_tokens.weight.device();
+        let input = batch.input::<B>(&device);
+        Ok(Box::new(BurnBatch {
+            model,
+            context: model.layer_context(&input),
+            targets: batch.targets(&device),
+        }))
+    }
+}
+
+struct BurnBatch<'a, B: Backend> {
+    model: &'a GemmaForCausalLM<B>,
+    context: LayerContext<B>,
+    targets: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> BurnBatch<'_, B> {
+    fn tables(&self, index: usize) -> (&RopeTables<B>, Tensor<B, 4, Bool>) {
+        self.context.for_layer(self.model.model.layers[index].layer_type)
+    }
+}
+
+impl<B: Backend> BatchKernels<B> for BurnBatch<'_, B> {
+    fn forward(&mut self, index: usize, x: Tensor<B, 3>, keep: LayerKeep<B>) -> Result<Tensor<B, 3>> {
+        let (rope, mask) = self.tables(index);
+        Ok(self.model.model.layers[index].forward_saving(x, rope, mask, keep).0)
+    }
+
+    fn backward(
+        &mut self,
+        index: usize,
+        x: Tensor<B, 3>,
+        grad: Tensor<B, 3>,
+        keep: LayerKeep<B>,
+    ) -> Result<(Tensor<B, 3>, LayerGrads<B>)> {
+        let (rope, mask) = self.tables(index);
+        let layer = &self.model.model.layers[index];
+        let (_, saved) = layer.forward_saving(x, rope, mask, keep);
+        Ok(layer.backward(saved, rope, grad))
+    }
+
+    fn head(&mut self, x: Tensor<B, 3>, normaliser: f64) -> Result<(Tensor<B, 1>, Tensor<B, 3>)> {
+        let [batch, seq, hidden] = x.dims();
+        let (loss, grad) = self
+            .model
+            .head_loss(x.reshape([batch * seq, hidden]), self.targets.clone(), normaliser);
+        Ok((loss, grad.reshape([batch, seq, hidden])))
+    }
+}
