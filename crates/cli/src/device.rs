@@ -9,6 +9,8 @@ use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Cuda, NdArray, Wgpu};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use ember_cuda::{CudaBackend, CudaKernels};
+use ember_trainer::kernels::{BurnKernels, TrainKernels};
 
 /// `--device`: `auto`, `cuda[:N]`, `wgpu`, `wgpu:cpu` (a software adapter such as lavapipe) or `cpu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,53 @@ pub trait Task {
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output>;
 }
 
+/// `--kernels`: what computes a training step's layers and loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    /// Ember's CUDA kernels on a CUDA device (cuBLASLt, fused attention), burn's elsewhere.
+    Auto,
+    /// Ember's CUDA kernels; an error on other devices.
+    Cuda,
+    /// burn's ops on every device: the reference the CUDA kernels are checked against.
+    Burn,
+}
+
+/// Training work, run once the backend and its kernels are chosen.
+pub trait TrainTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<Self::Output>;
+}
+
+/// Runs `task` on the device `args` ask for with the kernels `kernels` asks for. Ember's CUDA
+/// kernels train on burn's CUDA backend without fusion (they replace what fusion would fuse);
+/// burn's kernels on CUDA keep fusion.
+pub fn run_training_on<T: TrainTask>(args: &DeviceArgs, kernels: KernelChoice, task: T) -> Result<T::Output> {
+    let chosen = choose(args.device)?;
+    if !matches!(chosen, Chosen::Cpu) {
+        keep_kernel_caches();
+    }
+    match (&chosen, kernels) {
+        (Chosen::Cuda(i), KernelChoice::Auto | KernelChoice::Cuda) => {
+            let dtype = resolve_dtype::<CudaBackend>(&chosen, &CudaDevice::new(*i), args.dtype)?;
+            eprintln!("ember: training with Ember's CUDA kernels");
+            task.run::<CudaBackend>(CudaDevice::new(*i), dtype, &CudaKernels::new())
+        }
+        (Chosen::Cuda(i), KernelChoice::Burn) => {
+            let dtype = resolve_dtype::<Cuda>(&chosen, &CudaDevice::new(*i), args.dtype)?;
+            task.run::<Cuda>(CudaDevice::new(*i), dtype, &BurnKernels)
+        }
+        (_, KernelChoice::Cuda) => bail!("--kernels cuda needs a CUDA device; {chosen} was chosen"),
+        (Chosen::Wgpu(device), _) => {
+            let dtype = resolve_dtype::<Wgpu>(&chosen, device, args.dtype)?;
+            task.run::<Wgpu>(device.clone(), dtype, &BurnKernels)
+        }
+        (Chosen::Cpu, _) => {
+            let dtype = resolve_dtype::<NdArray>(&chosen, &Default::default(), args.dtype)?;
+            task.run::<NdArray>(Default::default(), dtype, &BurnKernels)
+        }
+    }
+}
+
 enum Chosen {
     Cuda(usize),
     Wgpu(WgpuDevice),
@@ -110,12 +159,19 @@ pub fn run_on<T: Task>(args: &DeviceArgs, task: T) -> Result<T::Output> {
 }
 
 fn start<B: Backend, T: Task>(chosen: &Chosen, device: B::Device, dtype: DtypeArg, task: T) -> Result<T::Output> {
-    let dtype = match dtype {
-        DtypeArg::Auto if B::supports_dtype(&device, DType::BF16) => DType::BF16,
+    let dtype = resolve_dtype::<B>(chosen, &device, dtype)?;
+    task.run::<B>(device, dtype)
+}
+
+/// The dtype `arg` asks for on `device`, or an error naming the ones it supports; reports the
+/// choice and sets the f32 matmul mode of the model's products accordingly.
+fn resolve_dtype<B: Backend>(chosen: &Chosen, device: &B::Device, arg: DtypeArg) -> Result<DType> {
+    let dtype = match arg {
+        DtypeArg::Auto if B::supports_dtype(device, DType::BF16) => DType::BF16,
         DtypeArg::Auto => DType::F32,
-        DtypeArg::Fixed(d) if B::supports_dtype(&device, d) => d,
+        DtypeArg::Fixed(d) if B::supports_dtype(device, d) => d,
         // burn's WGPU backend has no bf16 (WGSL lacks it); f16 runs there where the adapter has it.
-        DtypeArg::Fixed(d) if B::supports_dtype(&device, DType::F16) => {
+        DtypeArg::Fixed(d) if B::supports_dtype(device, DType::F16) => {
             bail!("{chosen} does not support {d:?}; use --dtype f16 or f32")
         }
         DtypeArg::Fixed(d) => bail!("{chosen} does not support {d:?}; use --dtype f32"),
@@ -123,7 +179,7 @@ fn start<B: Backend, T: Task>(chosen: &Chosen, device: B::Device, dtype: DtypeAr
     // f32 on CUDA would otherwise multiply in TF32 (see `ember_model::set_split_f32_matmul`).
     ember_model::set_split_f32_matmul(matches!(chosen, Chosen::Cuda(_)) && dtype == DType::F32);
     eprintln!("ember: running on {chosen}, {}", dtype_name(dtype));
-    task.run::<B>(device, dtype)
+    Ok(dtype)
 }
 
 /// Keeps the GPU kernels one run compiles and tunes for the next: cubecl leaves its

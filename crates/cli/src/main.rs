@@ -28,6 +28,9 @@ enum Command {
     Bench(commands::bench::Args),
     /// Compare a model's logits with transformers' for the same batch (a safetensors reference).
     Compare(commands::compare::Args),
+    /// Compare a training step's loss and adapter gradients from the chosen kernels with burn's
+    /// reference kernels (and PEFT's, for the fixtures).
+    CheckGrads(commands::check_grads::Args),
     /// Describe a checkpoint: architecture, layer types, parameters, memory.
     Inspect(commands::inspect::Args),
     /// Rewrite an adapter as a clean PEFT directory, or merge it into a full checkpoint.
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Compare(args) => commands::compare::run(args),
+        Command::CheckGrads(args) => commands::check_grads::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Plot(args) => commands::plot::run(args),
         Command::Export(args) => commands::export::run(args),

@@ -11,6 +11,8 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, message: String },
     #[error("training stopped: {0}")]
     Diverged(String),
+    #[error("training kernels: {0}")]
+    Kernels(String),
     #[error(transparent)]
     Model(#[from] ember_model::ModelError),
     #[error(transparent)]

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod check_grads;
 pub mod compare;
 pub mod convert;
 pub mod data;

@@ -9,12 +9,12 @@ use burn::tensor::backend::Backend;
 use ember_model::{GemmaTokenizer, GenerationConfig, SamplingConfig};
 use ember_trainer::checkpoint;
 use ember_trainer::config::RunConfig;
-use ember_trainer::kernels::BurnKernels;
+use ember_trainer::kernels::TrainKernels;
 use ember_trainer::trainer::{Start, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::generate::load_model;
-use crate::device::{DeviceArgs, Task, run_on};
+use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,6 +34,10 @@ pub struct Args {
     /// How many tokens each `--ask` answer may have.
     #[arg(long, default_value_t = 32)]
     pub ask_max_new_tokens: usize,
+    /// What computes the layers and the loss: auto (Ember's CUDA kernels on CUDA, burn's
+    /// elsewhere), cuda or burn.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kernels: KernelChoice,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -59,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         instructions: args.ask,
         max_new_tokens: args.ask_max_new_tokens,
     };
-    run_on(&args.device.clone(), Train { config, start, asks })
+    run_training_on(&args.device.clone(), args.kernels, Train { config, start, asks })
 }
 
 struct Train {
@@ -73,10 +77,10 @@ struct Asks {
     max_new_tokens: usize,
 }
 
-impl Task for Train {
+impl TrainTask for Train {
     type Output = ();
 
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
                 .expect("a valid progress template"),
@@ -85,7 +89,7 @@ impl Task for Train {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
-        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, &BurnKernels, &stop, |log| {
+        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, kernels, &stop, |log| {
             bar.set_length(log.total_steps as u64);
             bar.set_position(log.step as u64);
             let eval = log.eval_loss.map(|l| format!("  eval {l:.4}")).unwrap_or_default();

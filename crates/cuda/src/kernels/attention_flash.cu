@@ -492,18 +492,18 @@ __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, c
 #define EMBER_FLASH_KERNELS(HD, BNQ)                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_flash_forward_##HD(                              \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* segs, const int* stats,   \
-        AttnShape a) {                                                                                          \
-        flash_forward<HD>(q, k, v, o, lse, segs, stats, a);                                                     \
+        ATTN_PARAMS) {                                                                                          \
+        flash_forward<HD>(q, k, v, o, lse, segs, stats, ATTN_SHAPE);                                            \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) attention_flash_backward_dkdv_##HD(                        \
         const bf16* q, const bf16* k, const bf16* v, const bf16* d_o, const float* lse, const float* dots,     \
-        bf16* dk, bf16* dv, const int* segs, const int* stats, AttnShape a) {                                   \
-        flash_backward_dkdv<HD>(q, k, v, d_o, lse, dots, dk, dv, segs, stats, a);                               \
+        bf16* dk, bf16* dv, const int* segs, const int* stats, ATTN_PARAMS) {                                   \
+        flash_backward_dkdv<HD>(q, k, v, d_o, lse, dots, dk, dv, segs, stats, ATTN_SHAPE);                      \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) attention_flash_backward_dq_##HD(                          \
         const bf16* q, const bf16* k, const bf16* v, const bf16* d_o, const float* lse, const float* dots,     \
-        bf16* dq, const int* segs, const int* stats, AttnShape a) {                                             \
-        flash_backward_dq<HD, BNQ>(q, k, v, d_o, lse, dots, dq, segs, stats, a);                                \
+        bf16* dq, const int* segs, const int* stats, ATTN_PARAMS) {                                             \
+        flash_backward_dq<HD, BNQ>(q, k, v, d_o, lse, dots, dq, segs, stats, ATTN_SHAPE);                       \
     }
 EMBER_FLASH_KERNELS(64, 64)
 EMBER_FLASH_KERNELS(128, 64)

@@ -10,6 +10,10 @@ struct AttnShape {
     float scale, cap;  // cap 0 = no soft-capping
 };
 
+// Kernels take the shape as scalars (`ATTN_PARAMS`) and rebuild it (`ATTN_SHAPE`).
+#define ATTN_PARAMS int seq, int heads, int kv_heads, int head_dim, int window, float scale, float cap
+#define ATTN_SHAPE {seq, heads, kv_heads, head_dim, window, scale, cap}
+
 template <typename T>
 __device__ __forceinline__ float dot_rows(const T* a, const T* b, int n) {
     float s = 0.0f;
@@ -163,8 +167,8 @@ __device__ void naive_backward_dkdv(const T* q, const T* k, const T* v, const T*
 
 #define EMBER_NAIVE_ATTENTION_KERNELS(T, S)                                                                    \
     extern "C" __global__ void attention_naive_forward_##S(const T* q, const T* k, const T* v, T* o,           \
-                                                           float* lse, const int* segs, AttnShape a) {         \
-        naive_forward<T>(q, k, v, o, lse, segs, a);                                                            \
+                                                           float* lse, const int* segs, ATTN_PARAMS) {         \
+        naive_forward<T>(q, k, v, o, lse, segs, ATTN_SHAPE);                                                   \
     }                                                                                                          \
     extern "C" __global__ void attention_row_dot_##S(const T* o, const T* d_o, float* dots, long tokens,       \
                                                      int heads, int head_dim) {                                \
@@ -173,14 +177,14 @@ __device__ void naive_backward_dkdv(const T* q, const T* k, const T* v, const T*
     extern "C" __global__ void attention_naive_backward_dq_##S(const T* q, const T* k, const T* v,             \
                                                                const T* d_o, const float* lse,                 \
                                                                const float* dots, T* dq, const int* segs,      \
-                                                               AttnShape a) {                                  \
-        naive_backward_dq<T>(q, k, v, d_o, lse, dots, dq, segs, a);                                            \
+                                                               ATTN_PARAMS) {                                  \
+        naive_backward_dq<T>(q, k, v, d_o, lse, dots, dq, segs, ATTN_SHAPE);                                   \
     }                                                                                                          \
     extern "C" __global__ void attention_naive_backward_dkdv_##S(const T* q, const T* k, const T* v,           \
                                                                  const T* d_o, const float* lse,               \
                                                                  const float* dots, T* dk, T* dv,              \
-                                                                 const int* segs, AttnShape a) {               \
-        naive_backward_dkdv<T>(q, k, v, d_o, lse, dots, dk, dv, segs, a);                                      \
+                                                                 const int* segs, ATTN_PARAMS) {               \
+        naive_backward_dkdv<T>(q, k, v, d_o, lse, dots, dk, dv, segs, ATTN_SHAPE);                             \
     }
 EMBER_NAIVE_ATTENTION_KERNELS(float, f32)
 EMBER_NAIVE_ATTENTION_KERNELS(bf16, bf16)

@@ -5,7 +5,7 @@
 mod breakdown;
 mod decode;
 mod memory;
-mod shapes;
+pub(crate) mod shapes;
 
 use std::any::Any;
 use std::time::Instant;
@@ -19,14 +19,14 @@ use ember_lora::{LoraConfig, add_lora, projections};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX};
 use ember_trainer::config::OptimKind;
 use ember_trainer::grads::MicroBatch;
-use ember_trainer::kernels::BurnKernels;
+use ember_trainer::kernels::TrainKernels;
 use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use ember_trainer::phases::Phases;
 use ember_trainer::step::{StepSettings, optimizer_step};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 
-use crate::device::{DeviceArgs, Task, dtype_name, run_on};
+use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -61,6 +61,10 @@ pub struct Args {
     pub peak_tflops: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// What computes the layers and the loss: auto (Ember's CUDA kernels on CUDA, burn's
+    /// elsewhere), cuda or burn.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kernels: KernelChoice,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -75,7 +79,7 @@ fn parse_optim(s: &str) -> Result<OptimKind, String> {
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.clone();
-    let report = run_on(&device, Bench { args })?;
+    let report = run_training_on(&device, args.kernels, Bench { args })?;
     println!("{report}");
     Ok(())
 }
@@ -84,10 +88,10 @@ struct Bench {
     args: Args,
 }
 
-impl Task for Bench {
+impl TrainTask for Bench {
     type Output = Value;
 
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Value> {
+    fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<Value> {
         let a = self.args;
         let config = shapes::resolve(&a.arch)?;
         let cuda_index = (&device as &dyn Any).downcast_ref::<CudaDevice>().map(|d| d.index);
@@ -136,7 +140,7 @@ impl Task for Bench {
                 std::slice::from_ref(&batch),
                 5e-4,
                 settings,
-                &BurnKernels,
+                kernels,
                 optimizer.as_mut(),
             )?;
             let _ = B::sync(&device);
@@ -168,6 +172,7 @@ impl Task for Bench {
             "ckpt": !a.no_checkpointing,
             "dtype": dtype_name(dtype),
             "device": B::name(&device),
+            "kernels": kernels.name(),
             "build_s": build_s,
             "first_step_s": first_step_s,
             "step_s": step_s,
@@ -194,7 +199,7 @@ impl Task for Bench {
                     std::slice::from_ref(&batch),
                     5e-4,
                     settings,
-                    &BurnKernels,
+                    kernels,
                     optimizer.as_mut(),
                 )?;
                 phases = outcome.phases;

@@ -1,0 +1,262 @@
+//! `ember check-grads`: one micro-batch's loss and every adapter gradient from the chosen
+//! training kernels (Ember's CUDA kernels on a CUDA device) against burn's reference kernels on
+//! the same device, and against PEFT's when the adapter directory holds PEFT's reference
+//! (`fixtures/lora/*/reference.safetensors`). How the GPU path is checked on a GPU machine.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor};
+use ember_lora::{LoraConfig, add_lora, load_adapter, projections_mut};
+use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
+use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
+use ember_trainer::kernels::{BurnKernels, TrainKernels};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use safetensors::SafeTensors;
+use serde_json::{Value, json};
+
+use super::bench::shapes;
+use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A model directory, or a built-in shape with random weights (gemma-2b, gemma2-2b, gemma-7b).
+    #[arg(long)]
+    pub model: String,
+    /// A PEFT adapter directory; without one, a random adapter (B non-zero) on all projections.
+    /// With PEFT's `reference.safetensors` beside it (the fixtures), the batch is the model's
+    /// reference batch and the loss and gradients are compared with PEFT's too.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Token layout of a random batch: plain (one sample a row), packed or padded.
+    #[arg(long, default_value = "packed")]
+    pub layout: String,
+    /// Largest relative gradient difference accepted between the two kernel sets.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kernels: KernelChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = args.device.clone();
+    let kernels = args.kernels;
+    let report = run_training_on(&device, kernels, Check { args })?;
+    println!("{report}");
+    if report["pass"] != Value::Bool(true) {
+        bail!("the kernels' gradients differ beyond the tolerance");
+    }
+    Ok(())
+}
+
+struct Check {
+    args: Args,
+}
+
+impl TrainTask for Check {
+    type Output = Value;
+
+    fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<Value> {
+        let a = &self.args;
+        let dir = Path::new(&a.model);
+        let options = LoadOptions::new(dtype);
+        let base = if dir.is_dir() {
+            GemmaForCausalLM::<Autodiff<B>>::load(dir, &options, &device)?
+        } else {
+            GemmaForCausalLM::random(shapes::resolve(&a.model)?, dtype, &device)
+        };
+        let reference = a.adapter.as_ref().map(|d| d.join("reference.safetensors")).filter(|p| p.exists());
+        let model = match &a.adapter {
+            Some(adapter) => load_adapter(base, adapter)?.0,
+            None => random_adapter(add_lora(base, &LoraConfig::default(), a.seed)?, &device),
+        };
+        let batch = match &reference {
+            Some(_) => reference_batch(&dir.join("reference.safetensors"))?,
+            None => random_batch(model.config.vocab_size, a.batch, a.seq, &a.layout, a.seed)?,
+        };
+        let normaliser = batch.num_trained_tokens.max(1) as f64;
+        let run = |k: &dyn TrainKernels<B>| -> Result<(f64, AdapterGrads<B>)> {
+            let mut grads = AdapterGrads::new();
+            let loss = accumulate(&model, &batch, normaliser, true, k, &mut grads, None)?;
+            Ok((loss / normaliser, grads))
+        };
+        let (loss_ref, grads_ref) = run(&BurnKernels)?;
+        let (loss, grads) = run(kernels)?;
+        let (worst_key, worst) = worst_difference(&grads, &grads_ref)?;
+        let mut report = json!({
+            "model": a.model,
+            "dtype": dtype_name(dtype),
+            "kernels": kernels.name(),
+            "tokens": batch.batch * batch.seq,
+            "loss": loss,
+            "loss_burn": loss_ref,
+            "loss_rel_diff": ((loss - loss_ref) / loss_ref).abs(),
+            "grads": grads.len(),
+            "grad_rel_diff_max": worst,
+            "grad_rel_diff_key": worst_key,
+        });
+        let mut pass = worst <= a.tolerance && loss.is_finite();
+        if let Some(path) = &reference {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let peft = SafeTensors::deserialize(&bytes)?;
+            let peft_loss = f32s(&peft, "loss")?[0] as f64;
+            let mut peft_grads = Vec::new();
+            for key in grads.keys() {
+                peft_grads.push((key.clone(), f32s(&peft, &format!("{key}.grad"))?));
+            }
+            let worst_peft = peft_grads
+                .iter()
+                .map(|(key, reference)| relative_error(&values(&grads[key]), reference))
+                .fold(0.0, f64::max);
+            report["loss_peft"] = json!(peft_loss);
+            report["grad_rel_diff_peft_max"] = json!(worst_peft);
+            pass &= worst_peft <= a.tolerance.max(1e-4) * 10.0;
+        }
+        report["pass"] = json!(pass);
+        eprintln!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(report)
+    }
+}
+
+/// The adapter PEFT initialises, with B drawn too: with B = 0 every A gradient is zero.
+fn random_adapter<B: Backend>(mut model: GemmaForCausalLM<Autodiff<B>>, device: &B::Device) -> GemmaForCausalLM<Autodiff<B>> {
+    for (i, layer) in model.model.layers.iter_mut().enumerate() {
+        for (_, linear) in projections_mut(i, layer) {
+            if let Some(lora) = linear.lora.as_mut() {
+                let shape = lora.b.val().dims();
+                let b = Tensor::random(shape, Distribution::Normal(0.0, 0.02), device).require_grad();
+                lora.b = Param::initialized(lora.b.id, Tensor::from_inner(b));
+            }
+        }
+    }
+    model
+}
+
+fn random_batch(vocab: usize, batch: usize, seq: usize, layout: &str, seed: u64) -> Result<MicroBatch> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let input_ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab as i64)).collect();
+    let mut segments = vec![1i64; batch * seq];
+    let mut positions: Vec<i64> = (0..batch).flat_map(|_| 0..seq as i64).collect();
+    match layout {
+        "plain" => {}
+        "packed" | "padded" => {
+            for row in 0..batch {
+                // Three samples of random lengths; with padding, the third is padding.
+                let mut cuts = [rng.random_range(1..seq), rng.random_range(1..seq)];
+                cuts.sort();
+                for t in 0..seq {
+                    let sample = 1 + (t >= cuts[0]) as i64 + (t >= cuts[1]) as i64;
+                    let start = [0, cuts[0], cuts[1]][sample as usize - 1];
+                    segments[row * seq + t] = if layout == "padded" && sample == 3 { 0 } else { sample };
+                    positions[row * seq + t] = if segments[row * seq + t] == 0 { 0 } else { (t - start) as i64 };
+                }
+            }
+        }
+        other => bail!("unknown --layout `{other}`; expected plain, packed or padded"),
+    }
+    let labels: Vec<i64> = input_ids
+        .iter()
+        .zip(&segments)
+        .map(|(&id, &s)| if s == 0 { IGNORE_INDEX } else { id })
+        .collect();
+    let mut targets = shift_labels(&labels, seq);
+    // A target across a sample boundary is another sample's first token: not trained.
+    for i in 0..batch * seq {
+        if (i + 1) % seq != 0 && segments[i + 1] != segments[i] {
+            targets[i] = IGNORE_INDEX;
+        }
+    }
+    Ok(MicroBatch {
+        batch,
+        seq,
+        num_trained_tokens: targets.iter().filter(|&&t| t != IGNORE_INDEX).count(),
+        input_ids,
+        segments,
+        positions,
+        targets,
+        seed,
+    })
+}
+
+/// The fixture batch (`input_ids`, `attention_mask`) that PEFT's reference used, labels = ids.
+fn reference_batch(path: &Path) -> Result<MicroBatch> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)?;
+    let ints = |name: &str| -> Result<Vec<i64>> {
+        Ok(st
+            .tensor(name)?
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect())
+    };
+    let (ids, mask) = (ints("input_ids")?, ints("attention_mask")?);
+    let shape = st.tensor("input_ids")?.shape().to_vec();
+    let (batch, seq) = (shape[0], shape[1]);
+    let labels: Vec<i64> = ids
+        .iter()
+        .zip(&mask)
+        .map(|(&id, &m)| if m == 0 { IGNORE_INDEX } else { id })
+        .collect();
+    let targets = shift_labels(&labels, seq);
+    Ok(MicroBatch {
+        batch,
+        seq,
+        num_trained_tokens: targets.iter().filter(|&&t| t != IGNORE_INDEX).count(),
+        input_ids: ids,
+        segments: mask,
+        positions: (0..batch).flat_map(|_| 0..seq as i64).collect(),
+        targets,
+        seed: 0,
+    })
+}
+
+fn f32s(st: &SafeTensors, name: &str) -> Result<Vec<f32>> {
+    Ok(st
+        .tensor(name)
+        .with_context(|| format!("the reference has no `{name}`"))?
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect())
+}
+
+fn values<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
+    t.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default()
+}
+
+/// `‖a − b‖ / ‖b‖`; NaN anywhere is infinitely wrong.
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() || a.iter().chain(b).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    diff / norm.max(1e-30)
+}
+
+fn worst_difference<B: Backend>(grads: &AdapterGrads<B>, reference: &AdapterGrads<B>) -> Result<(String, f64)> {
+    if grads.len() != reference.len() {
+        bail!("{} gradients against the reference's {}", grads.len(), reference.len());
+    }
+    let mut worst = (String::new(), 0.0);
+    for (key, g) in grads {
+        let r = reference.get(key).with_context(|| format!("the reference has no gradient for {key}"))?;
+        let err = relative_error(&values(g), &values(r));
+        if !(err <= worst.1) {
+            worst = (key.clone(), err);
+        }
+    }
+    Ok(worst)
+}

@@ -1,0 +1,171 @@
+//! The adapters of every layer, packed once per micro-batch in the compute type: each layer's
+//! A matrices of projections that share an input lie back to back (`[A_q; A_k; A_v]`,
+//! `[A_gate; A_up]`), so one GEMM computes `x·Aᵀ` for the whole group; each B is stored scaled
+//! by the adapter's `alpha / r`.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use ember_model::{DecoderLayer, GemmaForCausalLM, Linear};
+
+use crate::bridge::{CudaBackend, Held, hold, wait_for_burn};
+use crate::driver::Buffer;
+use crate::error::Result;
+use crate::gemm::Elem;
+use crate::ops::Cuda;
+
+/// Projection indices, in the order `ember_model::LayerGrads` uses.
+pub const Q: usize = 0;
+pub const K: usize = 1;
+pub const V: usize = 2;
+pub const O: usize = 3;
+pub const GATE: usize = 4;
+pub const UP: usize = 5;
+pub const DOWN: usize = 6;
+
+/// Projections that read the same input.
+pub const GROUPS: [&[usize]; 4] = [&[Q, K, V], &[O], &[GATE, UP], &[DOWN]];
+
+/// One adapter in the pack.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub rank: usize,
+    /// `alpha / r` (already applied to the packed B).
+    pub scale: f32,
+    /// Packed `A` `[rank, in]`.
+    pub a: u64,
+    /// Packed `scale · B` `[out, rank]`.
+    pub b: u64,
+}
+
+/// A group's adapters: the concatenated A and each member's columns in `x·Aᵀ`.
+pub struct GroupAdapters {
+    pub a: u64,
+    pub rank: usize,
+    /// (projection, first column, rank)
+    pub members: Vec<(usize, usize, usize)>,
+}
+
+pub struct Adapters {
+    buffer: Option<Buffer>,
+    pub layers: Vec<[Option<Slot>; 7]>,
+}
+
+/// A layer's projections in [`Q`]..[`DOWN`] order.
+pub fn projections<B: Backend>(layer: &DecoderLayer<B>) -> [&Linear<B>; 7] {
+    let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+    [
+        &attn.q_proj,
+        &attn.k_proj,
+        &attn.v_proj,
+        &attn.o_proj,
+        &mlp.gate_proj,
+        &mlp.up_proj,
+        &mlp.down_proj,
+    ]
+}
+
+impl Adapters {
+    pub fn new() -> Self {
+        Self {
+            buffer: None,
+            layers: Vec::new(),
+        }
+    }
+
+    /// Packs `model`'s adapters in `elem`, reusing the buffer when it is large enough.
+    pub fn pack(&mut self, cuda: &mut Cuda, model: &GemmaForCausalLM<CudaBackend>, elem: Elem) -> Result<()> {
+        // Offsets (in elements) first; pointers once the buffer exists.
+        let mut copies = Copies::default();
+        let mut places: Vec<[Option<(usize, usize, usize, f32)>; 7]> = Vec::new();
+        for layer in &model.model.layers {
+            let linears = projections(layer);
+            let mut place = [None; 7];
+            for group in GROUPS {
+                copies.end = copies.end.next_multiple_of(128);
+                for &p in group {
+                    if let Some(lora) = &linears[p].lora {
+                        // Members of a group follow each other without a gap.
+                        let a = copies.push(&lora.a.val(), 1.0)?;
+                        place[p] = Some((lora.rank(), a, 0, lora.scale as f32));
+                    }
+                }
+            }
+            for (p, linear) in linears.iter().enumerate() {
+                if let (Some(lora), Some(place)) = (&linear.lora, place[p].as_mut()) {
+                    copies.end = copies.end.next_multiple_of(128);
+                    place.2 = copies.push(&lora.b.val(), lora.scale as f32)?;
+                }
+            }
+            places.push(place);
+        }
+        // The sources may still be written by burn's queue (the optimizer's update).
+        let device = model.model.embed_tokens.weight.device();
+        wait_for_burn(&device)?;
+        let bytes = copies.end.max(1) * elem.size();
+        if self.buffer.as_ref().is_none_or(|b| b.bytes < bytes) {
+            self.buffer = None;
+            self.buffer = Some(Buffer::new(bytes)?);
+        }
+        let base = self.buffer.as_ref().expect("allocated above").ptr;
+        let at = |offset: usize| base + (offset * elem.size()) as u64;
+        self.layers = places
+            .iter()
+            .map(|place| {
+                place.map(|p| {
+                    p.map(|(rank, a, b, scale)| Slot {
+                        rank,
+                        scale,
+                        a: at(a),
+                        b: at(b),
+                    })
+                })
+            })
+            .collect();
+        if !copies.table.is_empty() {
+            let table = Buffer::new(copies.table.len() * 32)?;
+            cuda.gpu.upload(table.ptr, &copies.table)?;
+            cuda.pack(elem, table.ptr, copies.table.len(), base)?;
+            cuda.gpu.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The adapters of `group` in layer `layer`, if any member has one.
+    pub fn group(&self, layer: usize, group: &[usize]) -> Option<GroupAdapters> {
+        let slots = &self.layers[layer];
+        let mut members = Vec::new();
+        let mut rank = 0;
+        let mut a = None;
+        for &p in group {
+            if let Some(slot) = slots[p] {
+                a.get_or_insert(slot.a);
+                members.push((p, rank, slot.rank));
+                rank += slot.rank;
+            }
+        }
+        Some(GroupAdapters { a: a?, rank, members })
+    }
+}
+
+/// The copy table of `pack_f32` (elementwise.cu), with the sources held until the copies ran.
+#[derive(Default)]
+struct Copies {
+    table: Vec<[u64; 4]>,
+    held: Vec<Held>,
+    /// Elements placed so far.
+    end: usize,
+}
+
+impl Copies {
+    /// Places `tensor` (f32) at the end, times `scale`; returns its offset in elements.
+    fn push(&mut self, tensor: &Tensor<CudaBackend, 2>, scale: f32) -> Result<usize> {
+        let offset = self.end;
+        let count = tensor.shape().num_elements();
+        let source = hold(tensor)?;
+        self.table
+            .push([source.ptr, offset as u64, count as u64, (scale as f64).to_bits()]);
+        self.held.push(source);
+        self.end += count;
+        Ok(offset)
+    }
+}

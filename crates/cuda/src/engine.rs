@@ -1,0 +1,241 @@
+//! [`CudaKernels`]: the training step's layers and loss on Ember's CUDA kernels, behind
+//! `ember_trainer::kernels::TrainKernels` so the trainer's schedule (checkpointing, dropout
+//! seeds, accumulation) is the same as on every other backend.
+
+use std::cell::{RefCell, RefMut};
+
+use burn::tensor::{DType, Tensor};
+use cubecl::cuda::CudaDevice;
+use ember_model::{GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
+use ember_trainer::grads::MicroBatch;
+use ember_trainer::kernels::{BatchKernels, TrainKernels};
+
+use crate::adapters::{Adapters, GROUPS, projections};
+use crate::batch::BatchData;
+use crate::bridge::{CudaBackend, Held, elem, empty, hold, wait_for_burn};
+use crate::error::{CudaError, Result};
+use crate::head::{HeadRun, head_loss};
+use crate::layer::{GradOut, LayerRun, LayerWeights, backward, forward};
+use crate::ops::Cuda;
+use crate::scratch::{Dims, Scratch};
+
+/// The CUDA fast path's training kernels. The device is set up on first use.
+#[derive(Default)]
+pub struct CudaKernels {
+    state: RefCell<Option<State>>,
+}
+
+struct State {
+    cuda: Cuda,
+    adapters: Adapters,
+    scratch: Option<Scratch>,
+}
+
+impl CudaKernels {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of Ember's own device memory in use (scratch and packed adapters).
+    pub fn scratch_bytes(&self) -> usize {
+        self.state
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.scratch.as_ref())
+            .map_or(0, Scratch::bytes)
+    }
+}
+
+impl TrainKernels<CudaBackend> for CudaKernels {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn unsupported(&self, model: &GemmaForCausalLM<CudaBackend>) -> Option<String> {
+        let dtype = model.dtype();
+        if elem(dtype).is_err() {
+            return Some(format!("they run in bf16 or f32, not {dtype:?}"));
+        }
+        if model.config.head_dim % 2 != 0 {
+            return Some(format!("head_dim {} is odd", model.config.head_dim));
+        }
+        let dropout = model
+            .model
+            .layers
+            .iter()
+            .flat_map(|layer| projections(layer))
+            .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
+        dropout.then(|| "LoRA dropout is not implemented in them yet".to_string())
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        model: &'a GemmaForCausalLM<CudaBackend>,
+        batch: &MicroBatch,
+    ) -> ember_trainer::Result<Box<dyn BatchKernels<CudaBackend> + 'a>> {
+        Ok(Box::new(CudaBatch::new(self.state.borrow_mut(), model, batch)?))
+    }
+}
+
+struct CudaBatch<'a> {
+    state: RefMut<'a, Option<State>>,
+    model: &'a GemmaForCausalLM<CudaBackend>,
+    device: CudaDevice,
+    dtype: DType,
+    data: BatchData,
+    weights: Vec<LayerWeights>,
+    final_norm: Held,
+    head: Held,
+}
+
+impl<'a> CudaBatch<'a> {
+    fn new(
+        mut state: RefMut<'a, Option<State>>,
+        model: &'a GemmaForCausalLM<CudaBackend>,
+        batch: &MicroBatch,
+    ) -> Result<Self> {
+        let device = model.model.embed_tokens.weight.device();
+        let dtype = model.dtype();
+        let e = elem(dtype)?;
+        if state.is_none() {
+            *state = Some(State {
+                cuda: Cuda::new(device.index)?,
+                adapters: Adapters::new(),
+                scratch: None,
+            });
+        }
+        let st = state.as_mut().expect("set up above");
+        st.cuda.gpu.bind()?;
+        st.adapters.pack(&mut st.cuda, model, e)?;
+        let data = BatchData::upload(&st.cuda.gpu, &model.config, batch)?;
+        let mut ranks = [0usize; 4];
+        for layer in 0..model.model.layers.len() {
+            for (g, group) in GROUPS.iter().enumerate() {
+                if let Some(a) = st.adapters.group(layer, group) {
+                    ranks[g] = ranks[g].max(a.rank);
+                }
+            }
+        }
+        let dims = Dims::new(&model.config, data.tokens(), ranks, e);
+        if !st.scratch.as_ref().is_some_and(|s| s.dims.covers(&dims)) {
+            st.scratch = None;
+            st.scratch = Some(Scratch::new(dims)?);
+        }
+        let weights = model
+            .model
+            .layers
+            .iter()
+            .map(LayerWeights::hold)
+            .collect::<Result<Vec<_>>>()?;
+        let head = match &model.lm_head {
+            Some(head) => hold(&head.weight.val())?,
+            None => hold(&model.model.embed_tokens.weight.val())?,
+        };
+        Ok(Self {
+            final_norm: hold(&model.model.norm.weight.val())?,
+            head,
+            state,
+            model,
+            device,
+            dtype,
+            data,
+            weights,
+        })
+    }
+
+    fn parts(&mut self) -> (&mut Cuda, &Scratch, &Adapters) {
+        let st = self.state.as_mut().expect("set up in new");
+        (
+            &mut st.cuda,
+            st.scratch.as_ref().expect("allocated in new"),
+            &st.adapters,
+        )
+    }
+
+    fn check_keep(keep: &LayerKeep<CudaBackend>) -> Result<()> {
+        match keep.iter().all(Option::is_none) {
+            true => Ok(()),
+            false => Err(CudaError::Unsupported("LoRA dropout masks reached the CUDA kernels".into())),
+        }
+    }
+
+    fn hidden_shape(&self) -> [usize; 3] {
+        [self.data.batch, self.data.seq, self.model.config.hidden_size]
+    }
+}
+
+impl BatchKernels<CudaBackend> for CudaBatch<'_> {
+    fn forward(
+        &mut self,
+        index: usize,
+        x: Tensor<CudaBackend, 3>,
+        keep: LayerKeep<CudaBackend>,
+    ) -> ember_trainer::Result<Tensor<CudaBackend, 3>> {
+        Self::check_keep(&keep)?;
+        let y = empty(&self.device, self.hidden_shape(), self.dtype);
+        let (x_held, y_held) = (hold(&x)?, hold(&y)?);
+        wait_for_burn(&self.device)?;
+        let layer = &self.model.model.layers[index];
+        let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
+        let st = self.state.as_mut().expect("set up in new");
+        let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
+        forward(&mut st.cuda, st.scratch.as_ref().expect("allocated"), &run, x_held.ptr, y_held.ptr)?;
+        st.cuda.gpu.sync()?;
+        Ok(y)
+    }
+
+    fn backward(
+        &mut self,
+        index: usize,
+        x: Tensor<CudaBackend, 3>,
+        grad: Tensor<CudaBackend, 3>,
+        keep: LayerKeep<CudaBackend>,
+    ) -> ember_trainer::Result<(Tensor<CudaBackend, 3>, LayerGrads<CudaBackend>)> {
+        Self::check_keep(&keep)?;
+        let dx = empty(&self.device, self.hidden_shape(), self.dtype);
+        let layer = &self.model.model.layers[index];
+        let mut grads: LayerGrads<CudaBackend> = Default::default();
+        let mut held = Vec::new();
+        let mut out: GradOut = [None; 7];
+        for (p, linear) in projections(layer).iter().enumerate() {
+            if let Some(lora) = &linear.lora {
+                let a = empty(&self.device, lora.a.val().dims(), DType::F32);
+                let b = empty(&self.device, lora.b.val().dims(), DType::F32);
+                let (ha, hb) = (hold(&a)?, hold(&b)?);
+                out[p] = Some((ha.ptr, hb.ptr));
+                held.extend([ha, hb]);
+                grads[p] = Some(LoraGrads { a, b });
+            }
+        }
+        let (x_held, dy_held, dx_held) = (hold(&x)?, hold(&grad)?, hold(&dx)?);
+        wait_for_burn(&self.device)?;
+        let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
+        let st = self.state.as_mut().expect("set up in new");
+        let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
+        let scratch = st.scratch.as_ref().expect("allocated");
+        backward(&mut st.cuda, scratch, &run, x_held.ptr, dy_held.ptr, dx_held.ptr, &out)?;
+        st.cuda.gpu.sync()?;
+        drop(held);
+        Ok((dx, grads))
+    }
+
+    fn head(&mut self, x: Tensor<CudaBackend, 3>, normaliser: f64) -> ember_trainer::Result<(Tensor<CudaBackend, 1>, Tensor<CudaBackend, 3>)> {
+        let dx = empty(&self.device, self.hidden_shape(), self.dtype);
+        let (x_held, dx_held) = (hold(&x)?, hold(&dx)?);
+        wait_for_burn(&self.device)?;
+        let config = &self.model.config;
+        let run = HeadRun {
+            norm: self.final_norm.ptr,
+            head: self.head.ptr,
+            targets: self.data.targets.ptr,
+            tokens: self.data.tokens(),
+            cap: config.final_logit_softcapping.unwrap_or(0.0) as f32,
+            eps: config.rms_norm_eps as f32,
+            normaliser,
+        };
+        let (cuda, scratch, _) = self.parts();
+        let loss = head_loss(cuda, scratch, &run, x_held.ptr, dx_held.ptr)?;
+        let loss = Tensor::from_data([loss as f32], &self.device);
+        Ok((loss, dx))
+    }
+}

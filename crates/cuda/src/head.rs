@@ -1,0 +1,46 @@
+//! The final norm, LM head and cross-entropy with their backward, in chunks of rows sized so a
+//! chunk's logits stay within the scratch (~1 GiB): the CUDA counterpart of
+//! `GemmaForCausalLM::head_loss`.
+
+use crate::error::Result;
+use crate::gemm::Mat;
+use crate::ops::Cuda;
+use crate::scratch::Scratch;
+
+/// What the head needs: the final norm's weight and the `[vocab, hidden]` head (the tied
+/// embedding or `lm_head`).
+pub struct HeadRun {
+    pub norm: u64,
+    pub head: u64,
+    pub targets: u64,
+    pub tokens: usize,
+    pub cap: f32,
+    pub eps: f32,
+    pub normaliser: f64,
+}
+
+/// Writes the gradient of `Σ losses / normaliser` with respect to `x` (`[tokens, hidden]`) into
+/// `dx` and returns `Σ losses`.
+pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: u64) -> Result<f64> {
+    let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
+    let row_bytes = (d.hidden * e.size()) as u64;
+    let head = Mat::new(run.head, d.vocab, d.hidden, e);
+    for start in (0..run.tokens).step_by(d.head_rows) {
+        let len = d.head_rows.min(run.tokens - start);
+        let x_rows = x + start as u64 * row_bytes;
+        cx.rms_norm(e, x_rows, run.norm, p.head_normed, len, d.hidden, run.eps)?;
+        let normed = Mat::new(p.head_normed, len, d.hidden, e);
+        let logits = Mat::new(p.logits, len, d.vocab, e);
+        cx.gemm(logits, normed, false, head, true, 1.0, 0.0)?;
+        let targets = run.targets + 4 * start as u64;
+        let losses = p.losses + 4 * start as u64;
+        let inv = (1.0 / run.normaliser) as f32;
+        cx.cross_entropy(e, p.logits, targets, losses, len, d.vocab, run.cap, inv)?;
+        cx.gemm(Mat::new(p.head_grad, len, d.hidden, e), logits, false, head, false, 1.0, 0.0)?;
+        let dx_rows = dx + start as u64 * row_bytes;
+        cx.rms_norm_backward(e, x_rows, run.norm, p.head_grad, None, dx_rows, len, d.hidden, run.eps)?;
+    }
+    let mut losses = vec![0f32; run.tokens];
+    cx.gpu.download(&mut losses, p.losses)?;
+    Ok(losses.iter().map(|&l| l as f64).sum())
+}

@@ -1,0 +1,286 @@
+//! One decoder layer on the device: the forward (leaving in scratch everything the backward
+//! needs) and the backward for frozen base weights — the CUDA counterpart of
+//! `DecoderLayer::forward_saving` and `DecoderLayer::backward`, checked against them.
+//!
+//! Each projection group (q/k/v, o, gate/up, down) is one base GEMM per member plus, with
+//! adapters, one GEMM for the group's `x·Aᵀ` and one accumulating `z·(sB)ᵀ` into each member's
+//! output. Backward: input gradients only through the frozen weights, `dA` for the whole group
+//! in one GEMM, `dB` per adapter.
+
+use ember_model::{Activation, DecoderLayer, LayerType};
+
+use crate::adapters::{Adapters, DOWN, GATE, GROUPS, K, O, Q, UP, V, projections};
+use crate::batch::BatchData;
+use crate::bridge::{CudaBackend, Held, hold};
+use crate::error::Result;
+use crate::gemm::{Elem, Mat};
+use crate::ops::{AttnIo, AttnShape, Cuda};
+use crate::scratch::{Dims, Scratch};
+
+/// A layer's frozen tensors, held for a micro-batch.
+pub struct LayerWeights {
+    /// input, post-attention, pre- and post-feed-forward (Gemma 2/3), q and k norms (Gemma 3).
+    norms: [Option<Held>; 6],
+    projections: [Held; 7],
+}
+
+impl LayerWeights {
+    pub fn hold(layer: &DecoderLayer<CudaBackend>) -> Result<Self> {
+        let norm = |n: Option<&ember_model::RmsNorm<CudaBackend>>| n.map(|n| hold(&n.weight.val())).transpose();
+        let attn = &layer.self_attn;
+        let linears = projections(layer);
+        Ok(Self {
+            norms: [
+                norm(Some(&layer.input_layernorm))?,
+                norm(Some(&layer.post_attention_layernorm))?,
+                norm(layer.pre_feedforward_layernorm.as_ref())?,
+                norm(layer.post_feedforward_layernorm.as_ref())?,
+                norm(attn.q_norm.as_ref())?,
+                norm(attn.k_norm.as_ref())?,
+            ],
+            projections: [
+                hold(&linears[Q].weight.val())?,
+                hold(&linears[K].weight.val())?,
+                hold(&linears[V].weight.val())?,
+                hold(&linears[O].weight.val())?,
+                hold(&linears[GATE].weight.val())?,
+                hold(&linears[UP].weight.val())?,
+                hold(&linears[DOWN].weight.val())?,
+            ],
+        })
+    }
+
+    fn norm(&self, i: usize) -> Option<u64> {
+        self.norms[i].as_ref().map(|h| h.ptr)
+    }
+}
+
+/// Everything one layer's kernels need besides its input and output.
+pub struct LayerRun<'a> {
+    pub index: usize,
+    pub weights: &'a LayerWeights,
+    pub adapters: &'a Adapters,
+    pub data: &'a BatchData,
+    pub attn: AttnShape,
+    pub inv_freq: u64,
+    /// Gemma 2/3's four norms around attention and MLP.
+    pub sandwich: bool,
+    pub erf: bool,
+    pub eps: f32,
+}
+
+impl<'a> LayerRun<'a> {
+    pub fn new(
+        index: usize,
+        layer: &DecoderLayer<CudaBackend>,
+        weights: &'a LayerWeights,
+        adapters: &'a Adapters,
+        data: &'a BatchData,
+        sliding_window: Option<usize>,
+        eps: f64,
+    ) -> Self {
+        let attn = &layer.self_attn;
+        let sliding = layer.layer_type == LayerType::Sliding;
+        Self {
+            index,
+            weights,
+            adapters,
+            data,
+            attn: AttnShape {
+                batch: data.batch,
+                seq: data.seq,
+                heads: attn.num_heads,
+                kv_heads: attn.num_kv_heads,
+                head_dim: attn.head_dim,
+                window: if sliding { sliding_window.unwrap_or(0) } else { 0 },
+                scale: attn.scaling as f32,
+                cap: attn.softcap.unwrap_or(0.0) as f32,
+            },
+            inv_freq: if sliding {
+                data.inv_freq_sliding.ptr
+            } else {
+                data.inv_freq_full.ptr
+            },
+            sandwich: layer.pre_feedforward_layernorm.is_some(),
+            erf: layer.mlp.activation == Activation::GeluErf,
+            eps: eps as f32,
+        }
+    }
+}
+
+/// `[out, in]` of projection `p`.
+fn shape(d: &Dims, p: usize) -> (usize, usize) {
+    match p {
+        Q => (d.q, d.hidden),
+        K | V => (d.kv, d.hidden),
+        O => (d.hidden, d.q),
+        GATE | UP => (d.intermediate, d.hidden),
+        _ => (d.hidden, d.intermediate),
+    }
+}
+
+/// Runs layer `run` on `x` (`[tokens, hidden]`), writing `y`; activations stay in `scratch`.
+pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Result<()> {
+    let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
+    let n = run.data.tokens();
+    let w = run.weights;
+    let a = &run.attn;
+    cx.rms_norm(e, x, w.norm(0).expect("input norm"), p.a, n, d.hidden, run.eps)?;
+    project(cx, s, run, 0, p.a, &[p.q_raw, p.k_raw, p.v])?;
+    let b = run.data;
+    cx.rope(e, p.q_raw, p.q, w.norm(4), b.positions.ptr, run.inv_freq, n, a.heads, a.head_dim, run.eps)?;
+    cx.rope(e, p.k_raw, p.k, w.norm(5), b.positions.ptr, run.inv_freq, n, a.kv_heads, a.head_dim, run.eps)?;
+    cx.attention_forward(e, *a, attn_io(s, run))?;
+    project(cx, s, run, 1, p.o, &[p.attn])?;
+    let (post_attn, next) = if run.sandwich {
+        (w.norm(1), w.norm(2))
+    } else {
+        (None, w.norm(1))
+    };
+    cx.residual_norm(e, x, p.attn, post_attn, next, p.h, Some(p.m), n, d.hidden, run.eps)?;
+    project(cx, s, run, 2, p.m, &[p.g, p.u])?;
+    cx.geglu(e, p.g, p.u, p.p, n * d.intermediate, run.erf)?;
+    project(cx, s, run, 3, p.p, &[p.d])?;
+    let post_ff = if run.sandwich { w.norm(3) } else { None };
+    cx.residual_norm(e, p.h, p.d, post_ff, None, y, None, n, d.hidden, run.eps)
+}
+
+/// Where the adapters' gradients of one layer go: `(dA, dB)` f32 pointers per projection.
+pub type GradOut = [Option<(u64, u64)>; 7];
+
+/// Recomputes layer `run` on `x` and writes the gradient of `x` into `dx` and the adapters'
+/// gradients into `grads`, given the gradient `dy` of the layer's output.
+pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx: u64, grads: &GradOut) -> Result<()> {
+    let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
+    let n = run.data.tokens();
+    let w = run.weights;
+    let a = &run.attn;
+    let b = run.data;
+    // The recompute writes y into `dd`, which the MLP's backward overwrites below.
+    forward(cx, s, run, x, p.dd)?;
+
+    let dd = if run.sandwich {
+        let post_ff = w.norm(3).expect("Gemma 2/3 post-feed-forward norm");
+        cx.rms_norm_backward(e, p.d, post_ff, dy, None, p.dd, n, d.hidden, run.eps)?;
+        p.dd
+    } else {
+        dy
+    };
+    project_backward(cx, s, run, 3, p.p, &[dd], p.dp, grads)?;
+    cx.geglu_backward(e, p.dp, p.g, p.u, p.g, p.u, n * d.intermediate, run.erf)?;
+    project_backward(cx, s, run, 2, p.m, &[p.g, p.u], p.dm, grads)?;
+    let d_attn = if run.sandwich {
+        let pre_ff = w.norm(2).expect("Gemma 2/3 pre-feed-forward norm");
+        cx.rms_norm_backward(e, p.h, pre_ff, p.dm, Some(dy), p.dh, n, d.hidden, run.eps)?;
+        let post_attn = w.norm(1).expect("post-attention norm");
+        cx.rms_norm_backward(e, p.attn, post_attn, p.dh, None, p.dattn, n, d.hidden, run.eps)?;
+        p.dattn
+    } else {
+        let post_attn = w.norm(1).expect("post-attention norm");
+        cx.rms_norm_backward(e, p.h, post_attn, p.dm, Some(dy), p.dh, n, d.hidden, run.eps)?;
+        p.dh
+    };
+    project_backward(cx, s, run, 1, p.o, &[d_attn], p.d_o, grads)?;
+    cx.attention_backward(e, *a, attn_io(s, run), p.d_o, p.dots, p.dq, p.dk, p.dv)?;
+    let pos = b.positions.ptr;
+    cx.rope_backward(e, p.dq, p.q_raw, p.dq_raw, w.norm(4), pos, run.inv_freq, n, a.heads, a.head_dim, run.eps)?;
+    cx.rope_backward(e, p.dk, p.k_raw, p.dk_raw, w.norm(5), pos, run.inv_freq, n, a.kv_heads, a.head_dim, run.eps)?;
+    project_backward(cx, s, run, 0, p.a, &[p.dq_raw, p.dk_raw, p.dv], p.da, grads)?;
+    let input_norm = w.norm(0).expect("input norm");
+    cx.rms_norm_backward(e, x, input_norm, p.da, Some(p.dh), dx, n, d.hidden, run.eps)
+}
+
+fn attn_io(s: &Scratch, run: &LayerRun) -> AttnIo {
+    let p = &s.ptrs;
+    AttnIo {
+        q: p.q,
+        k: p.k,
+        v: p.v,
+        o: p.o,
+        lse: p.lse,
+        segs: run.data.segments.ptr,
+        stats: run.data.stats.ptr,
+    }
+}
+
+/// The projections of group `g` of `input` into `outs` (one per member), adapters included;
+/// the group's `x·Aᵀ` stays in `z[g]` for the backward.
+fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, outs: &[u64]) -> Result<()> {
+    let (d, e) = (&s.dims, s.dims.elem);
+    let n = run.data.tokens();
+    let group = GROUPS[g];
+    let in_features = shape(d, group[0]).1;
+    let x = Mat::new(input, n, in_features, e);
+    for (&p, &out) in group.iter().zip(outs) {
+        let (out_features, _) = shape(d, p);
+        let weight = Mat::new(run.weights.projections[p].ptr, out_features, in_features, e);
+        cx.gemm(Mat::new(out, n, out_features, e), x, false, weight, true, 1.0, 0.0)?;
+    }
+    let Some(adapters) = run.adapters.group(run.index, group) else {
+        return Ok(());
+    };
+    let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
+    cx.gemm(z, x, false, Mat::new(adapters.a, adapters.rank, in_features, e), true, 1.0, 0.0)?;
+    for &(p, column, rank) in &adapters.members {
+        let out = outs[group.iter().position(|&q| q == p).expect("a member")];
+        let (out_features, _) = shape(d, p);
+        let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
+        let scaled_b = Mat::new(slot.b, out_features, rank, e);
+        let out = Mat::new(out, n, out_features, e);
+        cx.gemm(out, z.cols(column, rank), false, scaled_b, true, 1.0, 1.0)?;
+    }
+    Ok(())
+}
+
+/// The backward of [`project`]: `dx` from the members' output gradients `grads_out`, and each
+/// adapter's `dA`, `dB` into `grads`.
+#[allow(clippy::too_many_arguments)]
+fn project_backward(
+    cx: &mut Cuda,
+    s: &Scratch,
+    run: &LayerRun,
+    g: usize,
+    input: u64,
+    grads_out: &[u64],
+    dx: u64,
+    grads: &GradOut,
+) -> Result<()> {
+    let (d, e) = (&s.dims, s.dims.elem);
+    let n = run.data.tokens();
+    let group = GROUPS[g];
+    let in_features = shape(d, group[0]).1;
+    let dx = Mat::new(dx, n, in_features, e);
+    for (i, (&p, &grad)) in group.iter().zip(grads_out).enumerate() {
+        let (out_features, _) = shape(d, p);
+        let weight = Mat::new(run.weights.projections[p].ptr, out_features, in_features, e);
+        let beta = if i == 0 { 0.0 } else { 1.0 };
+        cx.gemm(dx, Mat::new(grad, n, out_features, e), false, weight, false, 1.0, beta)?;
+    }
+    let Some(adapters) = run.adapters.group(run.index, group) else {
+        return Ok(());
+    };
+    let dz = Mat::new(s.ptrs.dz[g], n, adapters.rank, e);
+    let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
+    let member_grad = |p: usize| {
+        let (out_features, _) = shape(d, p);
+        let grad = grads_out[group.iter().position(|&q| q == p).expect("a member")];
+        Mat::new(grad, n, out_features, e)
+    };
+    for &(p, column, rank) in &adapters.members {
+        let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
+        let scaled_b = Mat::new(slot.b, shape(d, p).0, rank, e);
+        cx.gemm(dz.cols(column, rank), member_grad(p), false, scaled_b, false, 1.0, 0.0)?;
+    }
+    cx.gemm(dx, dz, false, Mat::new(adapters.a, adapters.rank, in_features, e), false, 1.0, 1.0)?;
+    let d_a = Mat::new(s.ptrs.d_a, adapters.rank, in_features, Elem::F32);
+    cx.gemm(d_a, dz, true, Mat::new(input, n, in_features, e), false, 1.0, 0.0)?;
+    for &(p, column, rank) in &adapters.members {
+        let Some((grad_a, grad_b)) = grads[p] else { continue };
+        let rows = d_a.rows(column, rank);
+        cx.gpu.copy(grad_a, rows.ptr, rank * in_features * 4)?;
+        let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
+        let out_b = Mat::new(grad_b, shape(d, p).0, rank, Elem::F32);
+        cx.gemm(out_b, member_grad(p), true, z.cols(column, rank), false, slot.scale, 0.0)?;
+    }
+    Ok(())
+}

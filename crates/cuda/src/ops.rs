@@ -1,0 +1,353 @@
+//! Typed launches of Ember's CUDA kernels (`src/kernels/`) and of cuBLASLt, on Ember's stream.
+//! Pointers are raw device addresses; `Elem` picks the f32 or bf16 instance of a kernel.
+
+use std::ffi::c_void;
+
+use crate::driver::Gpu;
+use crate::error::{CudaError, Result};
+use crate::gemm::{Elem, Gemm, Mat};
+use crate::module::Module;
+
+/// The device, Ember's compiled kernels and cuBLASLt.
+pub struct Cuda {
+    pub gpu: Gpu,
+    module: Module,
+    gemm: Gemm,
+}
+
+/// A kernel argument, passed by value in an 8-byte slot (little-endian: a 4-byte parameter
+/// reads the slot's first half).
+#[derive(Clone, Copy)]
+enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+use Arg::{F32, I32, I64, Ptr};
+
+fn opt(p: Option<u64>) -> Arg {
+    Ptr(p.unwrap_or(0))
+}
+
+/// The shape of one attention call: `seq` tokens per row of a batch of `batch` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// 0 = no sliding window.
+    pub window: usize,
+    pub scale: f32,
+    /// 0 = no soft-capping.
+    pub cap: f32,
+}
+
+impl AttnShape {
+    fn args(&self) -> [Arg; 7] {
+        [
+            I32(self.seq as i32),
+            I32(self.heads as i32),
+            I32(self.kv_heads as i32),
+            I32(self.head_dim as i32),
+            I32(self.window as i32),
+            F32(self.scale),
+            F32(self.cap),
+        ]
+    }
+
+    /// Whether the fused kernels take this shape (else the straightforward ones run).
+    pub fn fused(&self, elem: Elem) -> bool {
+        elem == Elem::Bf16 && matches!(self.head_dim, 64 | 128 | 256)
+    }
+}
+
+/// Where an attention call's tensors are: `q`, `o` `[tokens, heads·head_dim]`, `k`, `v`
+/// `[tokens, kv_heads·head_dim]`, `lse` `[heads, tokens]` f32, `segs` and `stats` as
+/// [`crate::batch`] makes them.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnIo {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub lse: u64,
+    pub segs: u64,
+    pub stats: u64,
+}
+
+const MAX_SHARED: usize = 227 * 1024;
+
+fn pick(elem: Elem, f32_name: &'static str, bf16_name: &'static str) -> &'static str {
+    match elem {
+        Elem::F32 => f32_name,
+        Elem::Bf16 => bf16_name,
+    }
+}
+
+fn blocks(n: usize, per_block: usize) -> u32 {
+    n.div_ceil(per_block).clamp(1, 65535 * 64) as u32
+}
+
+impl Cuda {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let gpu = Gpu::new(ordinal)?;
+        let module = Module::load(gpu.arch)?;
+        let gemm = Gemm::new()?;
+        Ok(Self { gpu, module, gemm })
+    }
+
+    fn launch(&mut self, name: &'static str, grid: (u32, u32, u32), block: u32, shared: usize, args: &[Arg]) -> Result<()> {
+        if shared > MAX_SHARED {
+            return Err(CudaError::Unsupported(format!(
+                "{name} needs {shared} bytes of shared memory, more than the device's {MAX_SHARED}"
+            )));
+        }
+        let f = self.module.function(name, shared)?;
+        let mut slots: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                Ptr(p) => p,
+                I32(v) => v as u32 as u64,
+                I64(v) => v as u64,
+                F32(v) => v.to_bits() as u64,
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+        // SAFETY: every kernel's parameters are pointers, 32-bit or 64-bit integers and f32s,
+        // passed in the order its signature declares.
+        unsafe { self.gpu.launch(f, grid, block, shared as u32, &mut params) }
+    }
+
+    /// `out = alpha · op(a) · op(b) + beta · out` (see [`Gemm::run`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(&mut self, out: Mat, a: Mat, a_t: bool, b: Mat, b_t: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.gemm.run(&self.gpu, out, a, a_t, b, b_t, alpha, beta)
+    }
+
+    pub fn rms_norm(&mut self, e: Elem, x: u64, w: u64, y: u64, rows: usize, cols: usize, eps: f32) -> Result<()> {
+        let name = pick(e, "rms_norm_f32", "rms_norm_bf16");
+        self.launch(name, (rows as u32, 1, 1), 256, 0, &[Ptr(x), Ptr(w), Ptr(y), I32(cols as i32), F32(eps)])
+    }
+
+    /// `h = x + (w_post ? norm(z) : z)`, then `m = norm(h, w_next)` when `w_next` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn residual_norm(
+        &mut self,
+        e: Elem,
+        x: u64,
+        z: u64,
+        w_post: Option<u64>,
+        w_next: Option<u64>,
+        h: u64,
+        m: Option<u64>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let name = pick(e, "residual_norm_f32", "residual_norm_bf16");
+        let args = [Ptr(x), Ptr(z), opt(w_post), opt(w_next), Ptr(h), opt(m), I32(cols as i32), F32(eps)];
+        self.launch(name, (rows as u32, 1, 1), 256, cols * 4, &args)
+    }
+
+    /// `dx = [residual +] norm_backward(x, grad)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_backward(
+        &mut self,
+        e: Elem,
+        x: u64,
+        w: u64,
+        grad: u64,
+        residual: Option<u64>,
+        dx: u64,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let name = pick(e, "rms_norm_backward_f32", "rms_norm_backward_bf16");
+        let args = [Ptr(x), Ptr(w), Ptr(grad), opt(residual), Ptr(dx), I32(cols as i32), F32(eps)];
+        self.launch(name, (rows as u32, 1, 1), 256, 0, &args)
+    }
+
+    /// Per-head norm (optional) and RoPE of `src` `[rows, heads·head_dim]` into `dst`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &mut self,
+        e: Elem,
+        src: u64,
+        dst: u64,
+        norm_w: Option<u64>,
+        pos: u64,
+        inv_freq: u64,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let name = pick(e, "rope_f32", "rope_bf16");
+        let args = [
+            Ptr(src),
+            Ptr(dst),
+            opt(norm_w),
+            Ptr(pos),
+            Ptr(inv_freq),
+            I64(rows as i64),
+            I32(heads as i32),
+            I32(head_dim as i32),
+            F32(eps),
+        ];
+        self.launch(name, (blocks(rows * heads * 32, 256), 1, 1), 256, 0, &args)
+    }
+
+    /// The gradient of `src` given `grad` of [`Cuda::rope`]'s output.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_backward(
+        &mut self,
+        e: Elem,
+        grad: u64,
+        src: u64,
+        dsrc: u64,
+        norm_w: Option<u64>,
+        pos: u64,
+        inv_freq: u64,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let name = pick(e, "rope_backward_f32", "rope_backward_bf16");
+        let args = [
+            Ptr(grad),
+            Ptr(src),
+            Ptr(dsrc),
+            opt(norm_w),
+            Ptr(pos),
+            Ptr(inv_freq),
+            I64(rows as i64),
+            I32(heads as i32),
+            I32(head_dim as i32),
+            F32(eps),
+        ];
+        self.launch(name, (blocks(rows * heads * 32, 256), 1, 1), 256, 0, &args)
+    }
+
+    pub fn geglu(&mut self, e: Elem, g: u64, u: u64, p: u64, n: usize, erf: bool) -> Result<()> {
+        let name = pick(e, "geglu_f32", "geglu_bf16");
+        let args = [Ptr(g), Ptr(u), Ptr(p), I64(n as i64), I32(erf as i32)];
+        self.launch(name, (blocks(n, 256).min(16384), 1, 1), 256, 0, &args)
+    }
+
+    /// `dg`, `du` from `dp`; they may be `g` and `u` themselves.
+    #[allow(clippy::too_many_arguments)]
+    pub fn geglu_backward(&mut self, e: Elem, dp: u64, g: u64, u: u64, dg: u64, du: u64, n: usize, erf: bool) -> Result<()> {
+        let name = pick(e, "geglu_backward_f32", "geglu_backward_bf16");
+        let args = [Ptr(dp), Ptr(g), Ptr(u), Ptr(dg), Ptr(du), I64(n as i64), I32(erf as i32)];
+        self.launch(name, (blocks(n, 256).min(16384), 1, 1), 256, 0, &args)
+    }
+
+    /// Copies of f32 tensors into `dst` (see `pack_f32` in elementwise.cu); `table` is on the device.
+    pub fn pack(&mut self, e: Elem, table: u64, copies: usize, dst: u64) -> Result<()> {
+        let name = pick(e, "pack_f32_f32", "pack_f32_bf16");
+        self.launch(name, (64, copies.min(65535) as u32, 1), 256, 0, &[Ptr(table), I32(copies as i32), Ptr(dst)])
+    }
+
+    /// Cross-entropy of `rows` logits rows (overwritten by their gradient); `losses` f32 per row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_entropy(
+        &mut self,
+        e: Elem,
+        logits: u64,
+        targets: u64,
+        losses: u64,
+        rows: usize,
+        vocab: usize,
+        cap: f32,
+        inv_norm: f32,
+    ) -> Result<()> {
+        let name = pick(e, "cross_entropy_f32", "cross_entropy_bf16");
+        let args = [Ptr(logits), Ptr(targets), Ptr(losses), I32(vocab as i32), F32(cap), F32(inv_norm)];
+        self.launch(name, (rows as u32, 1, 1), 1024, 0, &args)
+    }
+
+    /// Attention forward: writes `io.o` and `io.lse`.
+    pub fn attention_forward(&mut self, e: Elem, s: AttnShape, io: AttnIo) -> Result<()> {
+        let grid = (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32);
+        let mut args = vec![Ptr(io.q), Ptr(io.k), Ptr(io.v), Ptr(io.o), Ptr(io.lse), Ptr(io.segs)];
+        if s.fused(e) {
+            args.push(Ptr(io.stats));
+            args.extend(s.args());
+            let name = match s.head_dim {
+                64 => "attention_flash_forward_64",
+                128 => "attention_flash_forward_128",
+                _ => "attention_flash_forward_256",
+            };
+            self.launch(name, grid, 128, 3 * 64 * s.head_dim * 2 + 2 * 64 * 4, &args)
+        } else {
+            args.extend(s.args());
+            let name = pick(e, "attention_naive_forward_f32", "attention_naive_forward_bf16");
+            self.launch(name, (s.seq as u32, s.heads as u32, s.batch as u32), 128, s.seq * 4, &args)
+        }
+    }
+
+    /// Attention backward: `dq`, `dk`, `dv` from `d_o`; `dots` is `[heads, tokens]` f32 scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        &mut self,
+        e: Elem,
+        s: AttnShape,
+        io: AttnIo,
+        d_o: u64,
+        dots: u64,
+        dq: u64,
+        dk: u64,
+        dv: u64,
+    ) -> Result<()> {
+        let tokens = s.batch * s.seq;
+        let name = pick(e, "attention_row_dot_f32", "attention_row_dot_bf16");
+        let args = [
+            Ptr(io.o),
+            Ptr(d_o),
+            Ptr(dots),
+            I64(tokens as i64),
+            I32(s.heads as i32),
+            I32(s.head_dim as i32),
+        ];
+        self.launch(name, (blocks(tokens * s.heads * 32, 256), 1, 1), 256, 0, &args)?;
+        let common = [Ptr(io.q), Ptr(io.k), Ptr(io.v), Ptr(d_o), Ptr(io.lse), Ptr(dots)];
+        if s.fused(e) {
+            let hd = s.head_dim;
+            let (dkdv, dq_name, bn) = match hd {
+                64 => ("attention_flash_backward_dkdv_64", "attention_flash_backward_dq_64", 64),
+                128 => ("attention_flash_backward_dkdv_128", "attention_flash_backward_dq_128", 64),
+                _ => ("attention_flash_backward_dkdv_256", "attention_flash_backward_dq_256", 32),
+            };
+            let tiles = s.seq.div_ceil(64) as u32;
+            let mut args = common.to_vec();
+            args.extend([Ptr(dk), Ptr(dv), Ptr(io.segs), Ptr(io.stats)]);
+            args.extend(s.args());
+            let shared = 4 * 64 * hd * 2 + 2 * 64 * 64 * 2 + 4 * 64 * 4;
+            self.launch(dkdv, (tiles, s.kv_heads as u32, s.batch as u32), 256, shared, &args)?;
+            let mut args = common.to_vec();
+            args.extend([Ptr(dq), Ptr(io.segs), Ptr(io.stats)]);
+            args.extend(s.args());
+            let shared = 2 * 64 * hd * 2 + 2 * bn * hd * 2 + (64 + bn) * 4;
+            self.launch(dq_name, (tiles, s.heads as u32, s.batch as u32), 128, shared, &args)
+        } else {
+            let group = s.heads / s.kv_heads;
+            let mut args = common.to_vec();
+            args.extend([Ptr(dq), Ptr(io.segs)]);
+            args.extend(s.args());
+            let name = pick(e, "attention_naive_backward_dq_f32", "attention_naive_backward_dq_bf16");
+            self.launch(name, (s.seq as u32, s.heads as u32, s.batch as u32), 128, s.seq * 4, &args)?;
+            let mut args = common.to_vec();
+            args.extend([Ptr(dk), Ptr(dv), Ptr(io.segs)]);
+            args.extend(s.args());
+            let name = pick(e, "attention_naive_backward_dkdv_f32", "attention_naive_backward_dkdv_bf16");
+            let shared = 2 * group * s.seq * 4;
+            self.launch(name, (s.seq as u32, s.kv_heads as u32, s.batch as u32), 128, shared, &args)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Ember's own device memory for one layer's recompute and backward and for the LM head: one
+//! allocation, carved into named buffers, kept between layers and steps and regrown only when
+//! a micro-batch has more tokens than any before.
+
+use ember_model::GemmaConfig;
+
+use crate::driver::Buffer;
+use crate::error::Result;
+use crate::gemm::Elem;
+
+/// Sizes a scratch layout depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub tokens: usize,
+    pub hidden: usize,
+    /// `heads · head_dim`, `kv_heads · head_dim`.
+    pub q: usize,
+    pub kv: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    /// Largest total adapter rank of each projection group over the layers.
+    pub ranks: [usize; 4],
+    /// Rows of one LM-head chunk, and the vocabulary.
+    pub head_rows: usize,
+    pub vocab: usize,
+    pub elem: Elem,
+}
+
+impl Dims {
+    pub fn new(config: &GemmaConfig, tokens: usize, ranks: [usize; 4], elem: Elem) -> Self {
+        // A chunk of logits takes at most ~1 GiB (Gemma's vocabulary is 256k).
+        let head_rows = ((1usize << 30) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
+        Self {
+            tokens,
+            hidden: config.hidden_size,
+            q: config.num_attention_heads * config.head_dim,
+            kv: config.num_key_value_heads * config.head_dim,
+            intermediate: config.intermediate_size,
+            heads: config.num_attention_heads,
+            ranks,
+            head_rows,
+            vocab: config.vocab_size,
+            elem,
+        }
+    }
+}
+
+impl Dims {
+    /// Whether a scratch laid out for `self` serves `other`: the same model, at least as
+    /// many tokens and adapter ranks.
+    pub fn covers(&self, other: &Dims) -> bool {
+        let same_model = (self.hidden, self.q, self.kv, self.intermediate, self.heads, self.vocab, self.elem)
+            == (other.hidden, other.q, other.kv, other.intermediate, other.heads, other.vocab, other.elem);
+        same_model && self.tokens >= other.tokens && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
+    }
+}
+
+/// Device pointers of the named buffers (see [`Scratch::new`] for their shapes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ptrs {
+    // Forward activations of one layer.
+    pub a: u64,
+    pub q_raw: u64,
+    pub q: u64,
+    pub k_raw: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub lse: u64,
+    pub attn: u64,
+    pub h: u64,
+    pub m: u64,
+    pub g: u64,
+    pub u: u64,
+    pub p: u64,
+    pub d: u64,
+    pub z: [u64; 4],
+    // Backward.
+    pub dd: u64,
+    pub dp: u64,
+    pub dm: u64,
+    pub dh: u64,
+    pub dattn: u64,
+    pub d_o: u64,
+    pub dots: u64,
+    pub dq: u64,
+    pub dk: u64,
+    pub dv: u64,
+    pub dq_raw: u64,
+    pub dk_raw: u64,
+    pub da: u64,
+    pub dz: [u64; 4],
+    /// f32 gradient of a group's concatenated A.
+    pub d_a: u64,
+    // LM head.
+    pub head_normed: u64,
+    pub logits: u64,
+    pub head_grad: u64,
+    pub losses: u64,
+}
+
+pub struct Scratch {
+    pub dims: Dims,
+    pub ptrs: Ptrs,
+    arena: Buffer,
+}
+
+impl Scratch {
+    pub fn new(dims: Dims) -> Result<Self> {
+        let Dims {
+            tokens: n,
+            hidden: h,
+            q,
+            kv,
+            intermediate: i,
+            heads,
+            ranks,
+            head_rows,
+            vocab,
+            elem,
+        } = dims;
+        let t = elem.size();
+        let mut end = 0usize;
+        let mut take = |bytes: usize| {
+            let offset = end.next_multiple_of(256);
+            end = offset + bytes;
+            offset as u64
+        };
+        let mut p = Ptrs {
+            a: take(n * h * t),
+            q_raw: take(n * q * t),
+            q: take(n * q * t),
+            k_raw: take(n * kv * t),
+            k: take(n * kv * t),
+            v: take(n * kv * t),
+            o: take(n * q * t),
+            lse: take(heads * n * 4),
+            attn: take(n * h * t),
+            h: take(n * h * t),
+            m: take(n * h * t),
+            g: take(n * i * t),
+            u: take(n * i * t),
+            p: take(n * i * t),
+            d: take(n * h * t),
+            z: ranks.map(|r| take(n * r * t)),
+            dd: take(n * h * t),
+            dp: take(n * i * t),
+            dm: take(n * h * t),
+            dh: take(n * h * t),
+            dattn: take(n * h * t),
+            d_o: take(n * q * t),
+            dots: take(heads * n * 4),
+            dq: take(n * q * t),
+            dk: take(n * kv * t),
+            dv: take(n * kv * t),
+            dq_raw: take(n * q * t),
+            dk_raw: take(n * kv * t),
+            da: take(n * h * t),
+            dz: ranks.map(|r| take(n * r * t)),
+            d_a: take(ranks.iter().max().copied().unwrap_or(0) * h.max(i).max(q) * 4),
+            head_normed: take(head_rows * h * t),
+            logits: take(head_rows * vocab * t),
+            head_grad: take(head_rows * h * t),
+            losses: take(n * 4),
+        };
+        let arena = Buffer::new(end)?;
+        let base = arena.ptr;
+        let shift = |x: &mut u64| *x += base;
+        for x in [
+            &mut p.a,
+            &mut p.q_raw,
+            &mut p.q,
+            &mut p.k_raw,
+            &mut p.k,
+            &mut p.v,
+            &mut p.o,
+            &mut p.lse,
+            &mut p.attn,
+            &mut p.h,
+            &mut p.m,
+            &mut p.g,
+            &mut p.u,
+            &mut p.p,
+            &mut p.d,
+            &mut p.dd,
+            &mut p.dp,
+            &mut p.dm,
+            &mut p.dh,
+            &mut p.dattn,
+            &mut p.d_o,
+            &mut p.dots,
+            &mut p.dq,
+            &mut p.dk,
+            &mut p.dv,
+            &mut p.dq_raw,
+            &mut p.dk_raw,
+            &mut p.da,
+            &mut p.d_a,
+            &mut p.head_normed,
+            &mut p.logits,
+            &mut p.head_grad,
+            &mut p.losses,
+        ] {
+            shift(x);
+        }
+        for x in p.z.iter_mut().chain(p.dz.iter_mut()) {
+            shift(x);
+        }
+        Ok(Self {
+            dims,
+            ptrs: p,
+            arena,
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.arena.bytes
+    }
+}
