@@ -193,16 +193,25 @@ impl Gemm {
             lt::create_matrix_layout(output.cuda(), n as u64, m as u64, ldc as i64)?,
         ];
         let pref = lt::create_matmul_pref()?;
-        let set_pref = |attr, value: u64| unsafe {
-            lt::set_matmul_pref_attribute(pref, attr, (&value as *const u64).cast(), size_of_val(&value))
-        };
         use sys::cublasLtMatmulPreferenceAttributes_t as P;
-        set_pref(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, WORKSPACE_BYTES as u64)?;
+        // The workspace limit is a uint64_t, the alignments uint32_t.
+        let workspace = WORKSPACE_BYTES as u64;
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&workspace as *const u64).cast(),
+                size_of_val(&workspace),
+            )?;
+        }
+        let set_align = |attr, value: &u32| unsafe {
+            lt::set_matmul_pref_attribute(pref, attr, (value as *const u32).cast(), size_of_val(value))
+        };
         // The cuBLASLt "A" is Ember's b, "B" is a.
-        set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, aligns.1 as u64)?;
-        set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, aligns.0 as u64)?;
-        set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, aligns.2 as u64)?;
-        set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, aligns.2 as u64)?;
+        set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aligns.1)?;
+        set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &aligns.0)?;
+        set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &aligns.2)?;
+        set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &aligns.2)?;
         // SAFETY: all descriptors were created above and are valid.
         let heuristic = unsafe {
             lt::get_matmul_algo_heuristic(self.handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref)

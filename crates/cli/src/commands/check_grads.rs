@@ -23,7 +23,7 @@ use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_trainin
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model directory, or a built-in shape with random weights (gemma-2b, gemma2-2b, gemma-7b).
+    /// A model directory, or a built-in shape with random weights (gemma-2b, gemma2-2b, gemma3-270m, gemma-7b).
     #[arg(long)]
     pub model: String,
     /// A PEFT adapter directory; without one, a random adapter (B non-zero) on all projections.
@@ -91,8 +91,14 @@ impl TrainTask for Check {
             let loss = accumulate(&model, &batch, normaliser, true, k, &mut grads, None)?;
             Ok((loss / normaliser, grads))
         };
-        let (loss_ref, grads_ref) = run(&BurnKernels)?;
+        let started = std::time::Instant::now();
         let (loss, grads) = run(kernels)?;
+        eprintln!(
+            "ember: {} kernels: loss {loss:.6} in {:.1} s (first use compiles)",
+            kernels.name(),
+            started.elapsed().as_secs_f64()
+        );
+        let (loss_ref, grads_ref) = run(&BurnKernels)?;
         let (worst_key, worst) = worst_difference(&grads, &grads_ref)?;
         let mut report = json!({
             "model": a.model,

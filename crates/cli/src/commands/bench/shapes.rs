@@ -24,6 +24,14 @@ const SHAPES: &[(&str, &str)] = &[
             "rms_norm_eps": 1e-6, "rope_theta": 10000.0}"#,
     ),
     (
+        "gemma3-270m",
+        r#"{"model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
+            "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+            "hidden_activation": "gelu_pytorch_tanh", "sliding_window": 512, "sliding_window_pattern": 6,
+            "query_pre_attn_scalar": 256, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+            "max_position_embeddings": 32768, "rms_norm_eps": 1e-6}"#,
+    ),
+    (
         "gemma-7b",
         r#"{"model_type": "gemma", "vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
             "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 256,
@@ -58,6 +66,7 @@ mod tests {
         assert!((billions("gemma-2b") - 2.51).abs() < 0.01, "{}", billions("gemma-2b"));
         assert!((billions("gemma2-2b") - 2.61).abs() < 0.01, "{}", billions("gemma2-2b"));
         assert!((billions("gemma-7b") - 8.54).abs() < 0.01, "{}", billions("gemma-7b"));
+        assert!((billions("gemma3-270m") - 0.268).abs() < 0.002, "{}", billions("gemma3-270m"));
         assert!(resolve("gemma-99b").is_err());
     }
 }
