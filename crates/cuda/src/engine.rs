@@ -2,7 +2,7 @@
 //! `ember_trainer::kernels::TrainKernels` so the trainer's schedule (checkpointing, dropout
 //! seeds, accumulation) is the same as on every other backend.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 
 use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
@@ -23,6 +23,8 @@ use crate::scratch::{Dims, Scratch};
 #[derive(Default)]
 pub struct CudaKernels {
     state: RefCell<Option<State>>,
+    /// Whether profiling was asked for (also before the device was set up).
+    profiling: Cell<bool>,
 }
 
 struct State {
@@ -68,12 +70,31 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         dropout.then(|| "LoRA dropout is not implemented in them yet".to_string())
     }
 
+    fn set_profiling(&self, on: bool) {
+        if let Some(state) = self.state.borrow_mut().as_mut() {
+            state.cuda.profile.set(on);
+        }
+        self.profiling.set(on);
+    }
+
+    fn kernel_times(&self) -> Vec<(String, f64, f64)> {
+        self.state.borrow().as_ref().map_or_else(Vec::new, |state| {
+            state
+                .cuda
+                .profile
+                .totals()
+                .into_iter()
+                .map(|(category, ms, flops)| (category.to_string(), ms / 1e3, flops))
+                .collect()
+        })
+    }
+
     fn prepare<'a>(
         &'a self,
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
     ) -> ember_trainer::Result<Box<dyn BatchKernels<CudaBackend> + 'a>> {
-        Ok(Box::new(CudaBatch::new(self.state.borrow_mut(), model, batch)?))
+        Ok(Box::new(CudaBatch::new(self.state.borrow_mut(), model, batch, self.profiling.get())?))
     }
 }
 
@@ -93,13 +114,16 @@ impl<'a> CudaBatch<'a> {
         mut state: RefMut<'a, Option<State>>,
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
+        profiling: bool,
     ) -> Result<Self> {
         let device = model.model.embed_tokens.weight.device();
         let dtype = model.dtype();
         let e = elem(dtype)?;
         if state.is_none() {
+            let mut cuda = Cuda::new(device.index)?;
+            cuda.profile.set(profiling);
             *state = Some(State {
-                cuda: Cuda::new(device.index)?,
+                cuda,
                 adapters: Adapters::new(),
                 scratch: None,
             });
@@ -180,7 +204,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let st = self.state.as_mut().expect("set up in new");
         let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
         forward(&mut st.cuda, st.scratch.as_ref().expect("allocated"), &run, x_held.ptr, y_held.ptr)?;
-        st.cuda.gpu.sync()?;
+        st.cuda.finish()?;
         Ok(y)
     }
 
@@ -214,7 +238,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
         let scratch = st.scratch.as_ref().expect("allocated");
         backward(&mut st.cuda, scratch, &run, x_held.ptr, dy_held.ptr, dx_held.ptr, &out)?;
-        st.cuda.gpu.sync()?;
+        st.cuda.finish()?;
         drop(held);
         Ok((dx, grads))
     }
@@ -235,6 +259,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         };
         let (cuda, scratch, _) = self.parts();
         let loss = head_loss(cuda, scratch, &run, x_held.ptr, dx_held.ptr)?;
+        cuda.finish()?;
         let loss = Tensor::from_data([loss as f32], &self.device);
         Ok((loss, dx))
     }

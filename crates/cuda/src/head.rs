@@ -31,12 +31,12 @@ pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: u64) -> 
         cx.rms_norm(e, x_rows, run.norm, p.head_normed, len, d.hidden, run.eps)?;
         let normed = Mat::new(p.head_normed, len, d.hidden, e);
         let logits = Mat::new(p.logits, len, d.vocab, e);
-        cx.gemm(logits, normed, false, head, true, 1.0, 0.0)?;
+        cx.gemm("gemm head", logits, normed, false, head, true, 1.0, 0.0)?;
         let targets = run.targets + 4 * start as u64;
         let losses = p.losses + 4 * start as u64;
         let inv = (1.0 / run.normaliser) as f32;
         cx.cross_entropy(e, p.logits, targets, losses, len, d.vocab, run.cap, inv)?;
-        cx.gemm(Mat::new(p.head_grad, len, d.hidden, e), logits, false, head, false, 1.0, 0.0)?;
+        cx.gemm("gemm head", Mat::new(p.head_grad, len, d.hidden, e), logits, false, head, false, 1.0, 0.0)?;
         let dx_rows = dx + start as u64 * row_bytes;
         cx.rms_norm_backward(e, x_rows, run.norm, p.head_grad, None, dx_rows, len, d.hidden, run.eps)?;
     }

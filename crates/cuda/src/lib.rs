@@ -19,6 +19,7 @@ mod head;
 mod layer;
 mod module;
 mod ops;
+mod profile;
 mod scratch;
 
 pub use bridge::CudaBackend;

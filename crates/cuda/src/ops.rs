@@ -7,12 +7,14 @@ use crate::driver::Gpu;
 use crate::error::{CudaError, Result};
 use crate::gemm::{Elem, Gemm, Mat};
 use crate::module::Module;
+use crate::profile::Profile;
 
 /// The device, Ember's compiled kernels and cuBLASLt.
 pub struct Cuda {
     pub gpu: Gpu,
     module: Module,
     gemm: Gemm,
+    pub profile: Profile,
 }
 
 /// A kernel argument, passed by value in an 8-byte slot (little-endian: a 4-byte parameter
@@ -88,6 +90,19 @@ fn pick(elem: Elem, f32_name: &'static str, bf16_name: &'static str) -> &'static
     }
 }
 
+/// The profile category of a kernel, from its name.
+fn category(kernel: &str) -> &'static str {
+    match kernel.split('_').next().unwrap_or("") {
+        "rms" | "residual" => "norms",
+        "rope" => "rope",
+        "geglu" => "geglu",
+        "cross" => "loss",
+        "pack" => "adapter packing",
+        _ if kernel.contains("forward") => "attention forward",
+        _ => "attention backward",
+    }
+}
+
 fn blocks(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).clamp(1, 65535 * 64) as u32
 }
@@ -97,7 +112,21 @@ impl Cuda {
         let gpu = Gpu::new(ordinal)?;
         let module = Module::load(gpu.arch)?;
         let gemm = Gemm::new()?;
-        Ok(Self { gpu, module, gemm })
+        Ok(Self {
+            gpu,
+            module,
+            gemm,
+            profile: Profile::default(),
+        })
+    }
+
+    /// Waits for Ember's stream, and files the profiled launches' times.
+    pub fn finish(&mut self) -> Result<()> {
+        self.gpu.sync()?;
+        if self.profile.on() {
+            self.profile.collect()?;
+        }
+        Ok(())
     }
 
     fn launch(&mut self, name: &'static str, grid: (u32, u32, u32), block: u32, shared: usize, args: &[Arg]) -> Result<()> {
@@ -117,15 +146,34 @@ impl Cuda {
             })
             .collect();
         let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+        let start = self.profile.mark(self.gpu.stream)?;
         // SAFETY: every kernel's parameters are pointers, 32-bit or 64-bit integers and f32s,
         // passed in the order its signature declares.
-        unsafe { self.gpu.launch(f, grid, block, shared as u32, &mut params) }
+        unsafe { self.gpu.launch(f, grid, block, shared as u32, &mut params)? };
+        let end = self.profile.mark(self.gpu.stream)?;
+        self.profile.file(start, end, category(name), 0.0);
+        Ok(())
     }
 
-    /// `out = alpha · op(a) · op(b) + beta · out` (see [`Gemm::run`]).
+    /// `out = alpha · op(a) · op(b) + beta · out` (see [`Gemm::run`]), profiled under `category`.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(&mut self, out: Mat, a: Mat, a_t: bool, b: Mat, b_t: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.gemm.run(&self.gpu, out, a, a_t, b, b_t, alpha, beta)
+    pub fn gemm(
+        &mut self,
+        category: &'static str,
+        out: Mat,
+        a: Mat,
+        a_t: bool,
+        b: Mat,
+        b_t: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        let start = self.profile.mark(self.gpu.stream)?;
+        self.gemm.run(&self.gpu, out, a, a_t, b, b_t, alpha, beta)?;
+        let end = self.profile.mark(self.gpu.stream)?;
+        let k = if a_t { a.rows } else { a.cols };
+        self.profile.file(start, end, category, 2.0 * (out.rows * out.cols * k) as f64);
+        Ok(())
     }
 
     pub fn rms_norm(&mut self, e: Elem, x: u64, w: u64, y: u64, rows: usize, cols: usize, eps: f32) -> Result<()> {

@@ -22,6 +22,15 @@ pub trait TrainKernels<B: Backend> {
     /// Why these kernels cannot train `model`, if they cannot.
     fn unsupported(&self, model: &GemmaForCausalLM<B>) -> Option<String>;
 
+    /// Starts (or stops) timing the kernels' own work by category, for benchmarks; kernels
+    /// that cannot do so ignore it.
+    fn set_profiling(&self, _on: bool) {}
+
+    /// `(category, seconds, FLOPs)` of the kernels' own work since profiling started.
+    fn kernel_times(&self) -> Vec<(String, f64, f64)> {
+        Vec::new()
+    }
+
     /// The kernels for one micro-batch: its positions, masks and targets set up once for all
     /// layers.
     fn prepare<'a>(&'a self, model: &'a GemmaForCausalLM<B>, batch: &MicroBatch) -> Result<Box<dyn BatchKernels<B> + 'a>>;

@@ -190,6 +190,7 @@ impl TrainTask for Bench {
 
         if a.breakdown {
             settings.profile = true;
+            kernels.set_profiling(true);
             let mut phases = Phases::default();
             let start = Instant::now();
             for _ in 0..2 {
@@ -217,6 +218,19 @@ impl TrainTask for Bench {
                 "optimizer_s": phases.optimizer.as_secs_f64(),
                 "outside_phases_s": profiled_step_s - measured,
             });
+            // The kernels' own work by category over the profiled steps (Ember's CUDA kernels).
+            let times = kernels.kernel_times();
+            kernels.set_profiling(false);
+            if !times.is_empty() {
+                let per_step: serde_json::Map<String, Value> = times
+                    .into_iter()
+                    .map(|(category, seconds, flops)| {
+                        let tflops = if flops > 0.0 { json!(flops / seconds / 1e12) } else { Value::Null };
+                        (category, json!({"s": seconds / 2.0, "tflops": tflops}))
+                    })
+                    .collect();
+                report["breakdown"]["kernels"] = Value::Object(per_step);
+            }
             // burn's matmuls and attention timed alone: what its kernels spend inside the layers.
             if kernels.name() == "burn" {
                 let e = breakdown::estimate::<B>(&config, a.batch, a.seq, settings.gradient_checkpointing, dtype, &device);
