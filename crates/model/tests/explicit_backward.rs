@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
+
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::Backend;
@@ -14,6 +16,15 @@ use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, L
 
 type AD = Autodiff<B>;
 
+/// burn's backend generator is one per process: a test that seeds it and expects the next
+/// draws (the dropout masks) must not interleave with another test's draws. Each test holds
+/// this for its whole run.
+static GENERATOR: Mutex<()> = Mutex::new(());
+
+fn generator() -> MutexGuard<'static, ()> {
+    GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const BATCH: usize = 2;
 /// Not a multiple of any tile size, longer than Gemma 2's fixture window (6).
 const SEQ: usize = 11;
@@ -21,7 +32,13 @@ const SEQ: usize = 11;
 /// Row 0 packs two samples (positions restart at 0), row 1 ends in padding.
 fn layout() -> (Vec<i64>, Vec<i64>) {
     let segments: Vec<i64> = [[1; 5].as_slice(), &[2; 6], &[1; 8], &[0; 3]].concat();
-    let positions: Vec<i64> = [(0..5).collect::<Vec<i64>>(), (0..6).collect(), (0..8).collect(), vec![0; 3]].concat();
+    let positions: Vec<i64> = [
+        (0..5).collect::<Vec<i64>>(),
+        (0..6).collect(),
+        (0..8).collect(),
+        vec![0; 3],
+    ]
+    .concat();
     (segments, positions)
 }
 
@@ -55,7 +72,9 @@ fn model_with_adapters(name: &str, dropout: f64) -> GemmaForCausalLM<AD> {
         ] {
             let [out, inp] = linear.shape();
             let random = |shape: [usize; 2]| {
-                Param::from_tensor(Tensor::<AD, 2>::random(shape, Distribution::Normal(0.0, 0.3), &device).require_grad())
+                Param::from_tensor(
+                    Tensor::<AD, 2>::random(shape, Distribution::Normal(0.0, 0.3), &device).require_grad(),
+                )
             };
             linear.lora = Some(Lora {
                 a: random([rank, inp]),
@@ -76,7 +95,12 @@ fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
 fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     assert!(a.iter().chain(b).all(|v| v.is_finite()), "non-finite values");
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     diff / norm.max(1e-30)
 }
@@ -109,7 +133,11 @@ fn check_layers(name: &str, dropout: f64) {
         let keep = layer.draw_keep(BATCH, SEQ, &device);
         let (rope, mask) = frozen_context.for_layer(layer.layer_type);
         let (y_explicit, saved) = layer.forward_saving(x, rope, mask, keep);
-        assert_close(&format!("{name} layer {index} output"), values(y_explicit), values(y.inner()));
+        assert_close(
+            &format!("{name} layer {index} output"),
+            values(y_explicit),
+            values(y.inner()),
+        );
         let (dx, grads) = layer.backward(saved, rope, dy);
         assert_close(
             &format!("{name} layer {index} input gradient"),
@@ -132,14 +160,23 @@ fn check_layers(name: &str, dropout: f64) {
             let lora = linear.lora.as_ref().unwrap();
             let grad = grad.unwrap_or_else(|| panic!("{name} layer {index}: projection {p} has no gradient"));
             let what = |m: &str| format!("{name} layer {index} projection {p} lora_{m}");
-            assert_close(&what("A"), values(grad.a), values(lora.a.val().grad(&gradients).unwrap()));
-            assert_close(&what("B"), values(grad.b), values(lora.b.val().grad(&gradients).unwrap()));
+            assert_close(
+                &what("A"),
+                values(grad.a),
+                values(lora.a.val().grad(&gradients).unwrap()),
+            );
+            assert_close(
+                &what("B"),
+                values(grad.b),
+                values(lora.b.val().grad(&gradients).unwrap()),
+            );
         }
     }
 }
 
 #[test]
 fn layer_backward_equals_autodiff_for_every_family() {
+    let _generator = generator();
     for name in MODELS {
         check_layers(name, 0.0);
     }
@@ -147,12 +184,14 @@ fn layer_backward_equals_autodiff_for_every_family() {
 
 #[test]
 fn layer_backward_replays_dropout_masks_as_autodiff_draws_them() {
+    let _generator = generator();
     check_layers("gemma2", 0.25);
     check_layers("gemma3", 0.25);
 }
 
 #[test]
 fn head_loss_backward_equals_autodiff_for_every_family() {
+    let _generator = generator();
     let device = Default::default();
     for name in MODELS {
         let model = model_with_adapters(name, 0.0);
@@ -168,7 +207,10 @@ fn head_loss_backward_equals_autodiff_for_every_family() {
 
         let leaf = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
         let logits = model.logits(model.final_norm(leaf.clone().reshape([1, rows, hidden])));
-        let loss = cross_entropy_sum(logits.reshape([rows, model.config.vocab_size]), Tensor::from_inner(targets.clone()));
+        let loss = cross_entropy_sum(
+            logits.reshape([rows, model.config.vocab_size]),
+            Tensor::from_inner(targets.clone()),
+        );
         let gradients = (loss.clone() / normaliser).backward();
 
         let (explicit_loss, dx) = model.valid().head_loss(x, targets, normaliser);
