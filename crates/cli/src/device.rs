@@ -120,8 +120,6 @@ fn start<B: Backend, T: Task>(chosen: &Chosen, device: B::Device, dtype: DtypeAr
         }
         DtypeArg::Fixed(d) => bail!("{chosen} does not support {d:?}; use --dtype f32"),
     };
-    // f32 on CUDA would otherwise multiply in TF32 (see `ember_model::set_split_f32_matmul`).
-    ember_model::set_split_f32_matmul(matches!(chosen, Chosen::Cuda(_)) && dtype == DType::F32);
     eprintln!("ember: running on {chosen}, {}", dtype_name(dtype));
     task.run::<B>(device, dtype)
 }

@@ -6,8 +6,11 @@ mod error;
 pub mod eval;
 pub mod grads;
 pub mod optim;
+pub mod output_dir;
 pub mod phases;
+mod resume;
 pub mod schedule;
+mod setup;
 pub mod step;
 pub mod trainer;
 
