@@ -14,9 +14,10 @@ use anyhow::{Context, Result};
 use burn::backend::NdArray;
 use burn::tensor::DType;
 use clap::Parser;
+use ember_data::TextStream;
 use ember_data::alpaca_seed_prompt;
 use ember_lora::load_adapter;
-use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig, TextStream};
+use ember_model::{GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -37,14 +38,15 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = Default::default();
-    let base = GemmaForCausalLM::<NdArray>::load(&args.model, &LoadOptions::new(DType::F32), &device)?;
+    let source = ModelSource::open(&args.model)?;
+    let base = source.load::<NdArray>(&LoadOptions::new(DType::F32), &device)?;
     let (model, _) = load_adapter(base, &args.adapter).with_context(|| {
         format!(
             "loading the adapter from {} (run the train example first, or pass --adapter)",
             args.adapter.display()
         )
     })?;
-    let tokenizer = GemmaTokenizer::from_dir(&args.model)?;
+    let tokenizer = source.tokenizer()?;
 
     // The training template up to `### Response:\n`; the model writes the rest and, having
     // been trained with EOS after every response, stops with <eos>.

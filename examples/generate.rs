@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::tensor::DType;
-use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig, TextStream};
+use ember_data::TextStream;
+use ember_model::{GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -15,8 +16,9 @@ fn main() -> anyhow::Result<()> {
     let prompt = args.next().unwrap_or_else(|| "The capital of France is".into());
 
     let device = Default::default();
-    let model = GemmaForCausalLM::<NdArray>::load(&dir, &LoadOptions::new(DType::F32), &device)?;
-    let tokenizer = GemmaTokenizer::from_dir(&dir)?;
+    let source = ModelSource::open(&dir)?;
+    let model = source.load::<NdArray>(&LoadOptions::new(DType::F32), &device)?;
+    let tokenizer = source.tokenizer()?;
     let config = GenerationConfig {
         max_new_tokens: 32,
         stop_tokens: tokenizer.stop_tokens().to_vec(),

@@ -13,7 +13,7 @@ use burn::backend::NdArray;
 use burn::module::Module;
 use burn::tensor::DType;
 use clap::Parser;
-use ember_model::{GemmaConfig, GemmaForCausalLM, GemmaTokenizer, LoadOptions};
+use ember_model::{GemmaConfig, LoadOptions, ModelSource};
 
 #[derive(Parser)]
 struct Args {
@@ -26,8 +26,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let config = GemmaConfig::from_file(args.model.join("config.json"))?;
     // Every tensor is checked against the shape the config implies; f32 on the CPU.
-    let model = GemmaForCausalLM::<NdArray>::load(&args.model, &LoadOptions::new(DType::F32), &Default::default())?;
-    let tokenizer = GemmaTokenizer::from_dir(&args.model)?;
+    let source = ModelSource::open(&args.model)?;
+    let model = source.load::<NdArray>(&LoadOptions::new(DType::F32), &Default::default())?;
+    let tokenizer = source.tokenizer()?;
 
     println!(
         "{:?}: {} layers, hidden size {}, {} attention heads ({} for keys and values), vocabulary {}",

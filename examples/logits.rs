@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::backend::NdArray;
 use burn::tensor::{DType, Int, Tensor};
-use ember_model::{ForwardInput, GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig};
+use ember_model::{ForwardInput, GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -18,8 +18,9 @@ fn main() -> Result<()> {
     let max_new_tokens: usize = args.next().context(usage)?.parse().context(usage)?;
 
     let device = Default::default();
-    let model = GemmaForCausalLM::<NdArray>::load(&dir, &LoadOptions::new(DType::F32), &device)?;
-    let tokenizer = GemmaTokenizer::from_dir(&dir)?;
+    let source = ModelSource::open(&dir)?;
+    let model = source.load::<NdArray>(&LoadOptions::new(DType::F32), &device)?;
+    let tokenizer = source.tokenizer()?;
     for prompt in args {
         let ids = tokenizer.encode(&prompt)?;
         // The prompt goes through the KV cache as `generate` sends it, so these are the logits

@@ -24,7 +24,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let model = GemmaForCausalLM::<NdArray>::load(&args.model, &LoadOptions::new(DType::F32), &Default::default())?;
 
-    // The seed's LoraConfig, field by field (it is also `LoraConfig::default()`).
+    // The seed's LoraConfig, field by field (it is also `LoraConfig::seed_recipe()`; PEFT's
+    // defaults, `LoraConfig::default()`, are r = 8, alpha = 8 on q_proj and v_proj).
     let lora = LoraConfig {
         r: 16,
         lora_alpha: 16.0,
@@ -34,7 +35,7 @@ fn main() -> Result<()> {
         use_rslora: false,
         // PEFT's default: A random, B zero, so the adapted model starts as the base model.
         init_lora_weights: Init::Default,
-        ..LoraConfig::default()
+        ..LoraConfig::seed_recipe()
     };
     // The seed draws the initial A matrices from it.
     let model = add_lora(model, &lora, 1357)?;

@@ -48,6 +48,8 @@ fn main() -> Result<()> {
     // The seed's TrainingArguments; what is not named keeps transformers' default.
     let training = TrainingArgs {
         output_dir: args.output_dir.clone(),
+        // Running the example again starts over instead of refusing the directory.
+        overwrite_output_dir: true,
         per_device_train_batch_size: 8,
         gradient_accumulation_steps: args.gradient_accumulation_steps,
         max_steps: Some(args.max_steps),
@@ -65,7 +67,7 @@ fn main() -> Result<()> {
     // shuffles the data.
     let mut data = DataConfig::new(args.data);
     data.seed = 1357;
-    let config = RunConfig::new(&args.model, LoraConfig::default(), data, training)?;
+    let config = RunConfig::new(&args.model, LoraConfig::seed_recipe(), data, training)?;
 
     // `stop` lets a Ctrl-C handler end the run with a checkpoint (`ember train` installs one).
     let stop = AtomicBool::new(false);
@@ -88,7 +90,7 @@ fn main() -> Result<()> {
     }
     println!(
         "final loss {:.4}; PEFT adapter in {}",
-        summary.final_loss,
+        summary.final_loss.unwrap_or(f64::NAN),
         adapter.display()
     );
     Ok(())

@@ -1,7 +1,7 @@
 //! The real assets, where they come from, and their sha256 (from `shared/ASSETS.md`; the two
 //! LLaMA-Factory demo files have no listed sum: computed once on 2026-11-27 and pinned here).
 //!
-//! Tests find them at `$EMBER_ASSETS/<path>` (see `crates/data/tests/common/mod.rs`).
+//! Tests find them at `$EMBER_ASSETS/<path>` through `ember_testkit::asset`.
 
 use std::path::PathBuf;
 

@@ -164,7 +164,7 @@ fn start<B: Backend, T: Task>(chosen: &Chosen, device: B::Device, dtype: DtypeAr
 }
 
 /// The dtype `arg` asks for on `device`, or an error naming the ones it supports; reports the
-/// choice and sets the f32 matmul mode of the model's products accordingly.
+/// choice.
 fn resolve_dtype<B: Backend>(chosen: &Chosen, device: &B::Device, arg: DtypeArg) -> Result<DType> {
     let dtype = match arg {
         DtypeArg::Auto if B::supports_dtype(device, DType::BF16) => DType::BF16,
@@ -176,8 +176,6 @@ fn resolve_dtype<B: Backend>(chosen: &Chosen, device: &B::Device, arg: DtypeArg)
         }
         DtypeArg::Fixed(d) => bail!("{chosen} does not support {d:?}; use --dtype f32"),
     };
-    // f32 on CUDA would otherwise multiply in TF32 (see `ember_model::set_split_f32_matmul`).
-    ember_model::set_split_f32_matmul(matches!(chosen, Chosen::Cuda(_)) && dtype == DType::F32);
     eprintln!("ember: running on {chosen}, {}", dtype_name(dtype));
     Ok(dtype)
 }

@@ -1,5 +1,6 @@
 //! `ember compare` passes a fixture model against its own transformers logits, fails a different
-//! model against them, and names what is missing from a file that is not a reference.
+//! model or one that computes NaN against them, and names what is missing from a file that is
+//! not a reference.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,9 +12,13 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn compare(model: &str, reference: &Path) -> Output {
+    compare_dir(&fixture(model), reference)
+}
+
+fn compare_dir(model: &Path, reference: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["compare", "--device", "cpu", "--model"])
-        .arg(fixture(model))
+        .arg(model)
         .arg("--reference")
         .arg(reference)
         .output()
@@ -51,4 +56,44 @@ fn a_file_that_is_not_a_reference_is_refused_by_name() {
         stderr.contains("model.safetensors") && stderr.contains("input_ids"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_model_that_computes_nan_fails() {
+    // The fixture with a NaN final-norm weight: every logit is NaN.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("gemma3")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let weights = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let mut data = view.data().to_vec();
+            if name == "model.norm.weight" {
+                data = data.chunks(4).flat_map(|_| f32::NAN.to_le_bytes()).collect();
+            }
+            (name, view.dtype(), view.shape().to_vec(), data)
+        })
+        .collect();
+    let views = tensors.iter().map(|(name, dtype, shape, data)| {
+        (
+            name.clone(),
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
+        )
+    });
+    safetensors::serialize_to_file(views, None, &weights).unwrap();
+
+    let out = compare_dir(dir.path(), &fixture("gemma3").join("reference.safetensors"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a NaN model passed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("NaN"), "{stderr}");
 }

@@ -42,7 +42,7 @@ fn export_merged(device: &str, out: &Path) -> Vec<(String, Vec<u16>)> {
 
 #[test]
 fn a_merged_bf16_export_is_the_same_from_wgpu_and_the_cpu() {
-    if std::env::var_os("EMBER_SKIP_WGPU").is_some() {
+    if ember_testkit::skip_wgpu() {
         return;
     }
     let out = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! A training process killed with SIGKILL at any moment, checkpoint writes included, leaves
-//! only complete checkpoints behind, and the newest one resumes.
+//! only complete checkpoints behind, the newest one resumes, and what the killed writes left
+//! (`.checkpoint-N.partial-PID`) is gone after the next start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -93,4 +94,11 @@ fn sigkill_never_leaves_a_half_written_checkpoint() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(out.path().join(format!("run/checkpoint-{}", newest + 2)).exists());
+    let leftovers: Vec<String> = std::fs::read_dir(out.path().join("run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }

@@ -73,4 +73,4 @@ pub use pipeline::{Splits, load};
 pub use report::{DatasetReport, Example, Percentiles, SplitSummary, TRAINED_CLOSE, TRAINED_OPEN, mark_trained};
 pub use sampler::{Loader, LoaderOptions, LoaderPosition, eval_batches};
 pub use template::{ALPACA_SEED, TemplateSpec, alpaca_seed_prompt};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{TextStream, Tokenizer};

@@ -133,7 +133,7 @@ pub fn mark_trained(tokenizer: &Tokenizer, sample: Sample<'_>) -> Result<String,
             .iter()
             .position(|&t| t != trained)
             .map_or(sample.input_ids.len(), |n| start + n);
-        let text = tokenizer.decode(&sample.input_ids[start..end])?;
+        let text = tokenizer.decode_with_specials(&sample.input_ids[start..end])?;
         if trained {
             out.push_str(TRAINED_OPEN);
             out.push_str(&text);

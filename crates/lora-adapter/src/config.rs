@@ -59,14 +59,19 @@ pub struct LoraConfig {
     pub base_model_name_or_path: Option<String>,
 }
 
+/// PEFT's `target_modules` when none are named, for every Gemma architecture (its
+/// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+const PEFT_DEFAULT_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
+
 impl Default for LoraConfig {
-    /// The seed recipe's adapter: r = 16, alpha = 16, no dropout, all seven projections.
+    /// PEFT's `LoraConfig()` on a Gemma model: r = 8, alpha = 8, no dropout, `q_proj` and
+    /// `v_proj`; what a `[lora]` table or `adapter_config.json` without those keys gives.
     fn default() -> Self {
         Self {
-            r: 16,
-            lora_alpha: 16.0,
+            r: 8,
+            lora_alpha: 8.0,
             lora_dropout: 0.0,
-            target_modules: Targets::Names(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
+            target_modules: Targets::Names(PEFT_DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()),
             use_rslora: false,
             init_lora_weights: Init::Default,
             rank_pattern: Vec::new(),
@@ -98,6 +103,16 @@ const DESCRIPTIVE_KEYS: &[&str] = &[
 ];
 
 impl LoraConfig {
+    /// The seed recipe's adapter: r = 16, alpha = 16, no dropout, all seven projections.
+    pub fn seed_recipe() -> Self {
+        Self {
+            r: 16,
+            lora_alpha: 16.0,
+            target_modules: Targets::Names(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
+            ..Self::default()
+        }
+    }
+
     /// Reads an `adapter_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LoraError::io(path, e))?;
@@ -305,11 +320,13 @@ impl Reader<'_> {
                     .ok_or_else(|| self.error("r", format!("expected a positive integer, found {v}")))
             })
             .transpose()?
-            .unwrap_or(8) as usize;
+            .map_or(LoraConfig::default().r, |r| r as usize);
         let config = LoraConfig {
             r,
-            lora_alpha: self.number("lora_alpha")?.unwrap_or(8.0),
-            lora_dropout: self.number("lora_dropout")?.unwrap_or(0.0),
+            lora_alpha: self.number("lora_alpha")?.unwrap_or(LoraConfig::default().lora_alpha),
+            lora_dropout: self
+                .number("lora_dropout")?
+                .unwrap_or(LoraConfig::default().lora_dropout),
             target_modules: self.targets()?,
             use_rslora: self.bool("use_rslora")?,
             init_lora_weights: self.init()?,
@@ -329,10 +346,7 @@ impl Reader<'_> {
 
     fn targets(&self) -> Result<Targets> {
         match self.get("target_modules") {
-            None => Err(self.error(
-                "target_modules",
-                "missing; name the projections, e.g. [\"q_proj\", \"v_proj\"]",
-            )),
+            None => Ok(LoraConfig::default().target_modules),
             Some(Value::String(s)) if s == "all-linear" => Ok(Targets::AllLinear),
             Some(Value::String(s)) => Ok(Targets::Regex(s.clone())),
             Some(Value::Array(items)) => items

@@ -14,7 +14,7 @@ mod peft;
 mod targets;
 
 pub use apply::{adapter_parameter_count, add_lora, projections, projections_mut};
-pub use atomic::write_dir_atomically;
+pub use atomic::{clean_stale_writes, write_dir_atomically, write_file_atomically};
 pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
 pub use ember_model::MAX_SHARD_BYTES;
 pub use error::{LoraError, Result};

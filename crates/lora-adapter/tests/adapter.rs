@@ -18,7 +18,7 @@ fn random_config() -> LoraConfig {
         r: 4,
         lora_alpha: 8.0,
         init_lora_weights: Init::Random,
-        ..LoraConfig::default()
+        ..LoraConfig::seed_recipe()
     }
 }
 
@@ -28,7 +28,7 @@ fn logits_of(model: &ember_model::GemmaForCausalLM<B>, base: &str) -> Vec<f32> {
 
 #[test]
 fn lora_backward_grads_adapter_only() {
-    let model = add_lora(load::<AD>(&model_dir("gemma3")), &LoraConfig::default(), 1).unwrap();
+    let model = add_lora(load::<AD>(&model_dir("gemma3")), &LoraConfig::seed_recipe(), 1).unwrap();
     let batch = Batch::of("gemma3");
     let (sum, count) = causal_lm_loss_sum(model.forward(batch.input(), None), batch.labels());
     let grads = GradientsParams::from_grads((sum / count as f32).backward(), &model);
@@ -50,7 +50,7 @@ fn adapter_parameter_count_is_what_the_adapters_add() {
     let base = load::<B>(&model_dir("gemma3"));
     let base_params = base.num_params();
     assert_eq!(adapter_parameter_count(&base), 0);
-    let model = add_lora(base, &LoraConfig::default(), 1).unwrap();
+    let model = add_lora(base, &LoraConfig::seed_recipe(), 1).unwrap();
     let c = GemmaConfig::from_file(model_dir("gemma3").join("config.json")).unwrap();
     let (hidden, mlp) = (c.hidden_size, c.intermediate_size);
     let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
@@ -64,7 +64,7 @@ fn adapter_parameter_count_is_what_the_adapters_add() {
 fn fresh_adapter_with_zero_b_leaves_logits_unchanged() {
     let base = load::<B>(&model_dir("gemma2"));
     let before = logits_of(&base, "gemma2");
-    let model = add_lora(base, &LoraConfig::default(), 3).unwrap();
+    let model = add_lora(base, &LoraConfig::seed_recipe(), 3).unwrap();
     assert_eq!(logits_of(&model, "gemma2"), before);
 }
 
@@ -143,7 +143,7 @@ fn unsupported_adapter_settings_are_refused_by_name() {
 fn a_target_that_matches_no_projection_is_refused() {
     let config = LoraConfig {
         target_modules: Targets::Names(vec!["q_proj".into(), "lm_head".into()]),
-        ..LoraConfig::default()
+        ..LoraConfig::seed_recipe()
     };
     let err = add_lora(load::<B>(&model_dir("gemma3")), &config, 0).unwrap_err();
     assert!(err.to_string().contains("lm_head"), "{err}");
@@ -160,7 +160,14 @@ fn merged_model_and_its_export_compute_what_base_plus_adapter_computes() {
     let out = tempfile::tempdir().unwrap();
     let export = out.path().join("merged");
     // A small shard limit forces several shards and an index, as a real export has.
-    export_checkpoint(&merged, &model_dir("gemma2"), &export, DType::F32, 200_000).unwrap();
+    export_checkpoint(
+        &merged,
+        &ember_model::ModelSource::open(&model_dir("gemma2")).unwrap(),
+        &export,
+        DType::F32,
+        200_000,
+    )
+    .unwrap();
     let index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(export.join("model.safetensors.index.json")).unwrap()).unwrap();
     let shards: std::collections::BTreeSet<&str> = index["weight_map"]

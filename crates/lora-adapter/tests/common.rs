@@ -111,10 +111,7 @@ pub fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.cast(DType::F32).into_data().into_vec::<f32>().unwrap()
 }
 
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
+pub use ember_testkit::max_abs_diff;
 
 /// ‖a − b‖ / ‖b‖.
 pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {

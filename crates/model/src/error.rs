@@ -58,6 +58,8 @@ pub enum ModelError {
     Tokenizer { path: PathBuf, message: String },
     #[error("{0}")]
     Generation(String),
+    #[error(transparent)]
+    Data(#[from] ember_data::DataError),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -32,13 +32,30 @@ impl<B: Backend> GemmaForCausalLM<B> {
                 self.config.vocab_size
             )));
         }
+        // The model's context bounds the KV cache, whatever `max_new_tokens` asks for.
+        let context = self.config.max_position_embeddings;
+        if prompt.len() >= context {
+            return Err(ModelError::Generation(format!(
+                "the prompt has {} tokens, but the model's context (max_position_embeddings) is {context}",
+                prompt.len()
+            )));
+        }
+        let max_new_tokens = config.max_new_tokens.min(context - prompt.len());
+        if max_new_tokens < config.max_new_tokens {
+            tracing::warn!(
+                "at most {max_new_tokens} new tokens: the prompt's {} and the model's context of {context} \
+                 (max_position_embeddings) leave no room for {}",
+                prompt.len(),
+                config.max_new_tokens
+            );
+        }
         let mut sampler = Sampler::new(config.sampling.clone());
         // Rounded up so that prompts of similar length share compiled GPU kernels.
-        let capacity = (prompt.len() + config.max_new_tokens).next_multiple_of(256);
+        let capacity = (prompt.len() + max_new_tokens).next_multiple_of(256).min(context);
         let mut cache = self.new_cache(capacity);
         let mut step_input = prompt.to_vec();
         let mut generated = Vec::new();
-        while generated.len() < config.max_new_tokens {
+        while generated.len() < max_new_tokens {
             let ids = Tensor::<B, 1, Int>::from_data(step_input.as_slice(), device).reshape([1, step_input.len()]);
             let hidden = self.hidden_states(ForwardInput::cached(ids, &cache), Some(&mut cache));
             let seq = hidden.dims()[1];

@@ -7,16 +7,15 @@ use burn::tensor::{DType, backend::Backend};
 use indicatif::ProgressBar;
 
 use crate::attention::Attention;
-use crate::checkpoint::Checkpoint;
 use crate::config::{GemmaConfig, LayerType};
 use crate::embedding::Embedding;
 use crate::error::Result;
-use crate::gguf::{self, GgufFile, GgufWeights};
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::model::{GemmaForCausalLM, GemmaModel};
 use crate::norm::RmsNorm;
+use crate::source::ModelSource;
 use crate::weights::{Source, TensorSource, Weights};
 
 /// How to load a checkpoint.
@@ -40,27 +39,12 @@ impl LoadOptions {
 impl<B: Backend> GemmaForCausalLM<B> {
     /// Loads `config.json` and the safetensors weights of the checkpoint directory `path`, or
     /// the model in the GGUF file `path` (dequantized to `options.dtype`).
+    /// ([`ModelSource::open`] then [`ModelSource::load`].)
     pub fn load(path: &Path, options: &LoadOptions, device: &B::Device) -> Result<Self> {
-        if gguf::is_gguf(path) {
-            let mut weights = GgufWeights::new(GgufFile::open(path)?)?;
-            let config = gguf::gemma_config(weights.file())?;
-            // Progress counts the bytes of the loaded tensors, in the run dtype.
-            options
-                .progress
-                .set_length(weights.element_count() * options.dtype.size() as u64);
-            let model = Self::from_source(config, &mut weights, options, device)?;
-            weights.finish()?;
-            return Ok(model);
-        }
-        let config = GemmaConfig::from_file(path.join("config.json"))?;
-        let mut checkpoint = Checkpoint::open(path)?;
-        options.progress.set_length(checkpoint.total_bytes());
-        let model = Self::from_source(config, &mut checkpoint, options, device)?;
-        checkpoint.finish()?;
-        Ok(model)
+        ModelSource::open(path)?.load(options, device)
     }
 
-    fn from_source(
+    pub(crate) fn from_source(
         config: GemmaConfig,
         source: &mut dyn TensorSource,
         options: &LoadOptions,

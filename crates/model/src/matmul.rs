@@ -2,28 +2,26 @@
 //!
 //! burn 0.21's CUDA backend runs f32 matmuls on tensor cores in TF32, which keeps 10 of f32's 23
 //! mantissa bits: on the tiny fixtures the logits then move by up to 3e-2 from transformers' f32
-//! (PyTorch computes f32 matmuls in full f32 by default). With [`set_split_f32_matmul`] on, each
-//! f32 operand is split into a bf16 head and an f32 tail, and `a·b = a_hi·b_hi + a_hi·b_lo +
-//! a_lo·b`: the heads multiply exactly on tensor cores, the tails carry the rest, and the error
-//! drops to about 2^-19 of the product for three matmuls' cost. The gradient is `a·b`'s (the
-//! heads pass it through, the tails' paths cancel), though the backward pass's own matmuls stay
-//! TF32. bf16 matmuls are untouched: they are what training runs on.
+//! (PyTorch computes f32 matmuls in full f32 by default). So on that backend each f32 operand is
+//! split into a bf16 head and an f32 tail, and `a·b = a_hi·b_hi + a_hi·b_lo + a_lo·b`: the heads
+//! multiply exactly on tensor cores, the tails carry the rest, and the error drops to about 2^-19
+//! of the product for three matmuls' cost. The gradient is `a·b`'s (the heads pass it through,
+//! the tails' paths cancel), though the backward pass's own matmuls stay TF32. bf16 matmuls are
+//! untouched: they are what training runs on.
+//!
+//! There is no switch: choosing CUDA and f32 (the device and dtype a caller picks) is what turns
+//! the split on, so f32 means f32 on every device for every caller of the library.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::any::TypeId;
+use std::sync::Mutex;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
-static SPLIT_F32: AtomicBool = AtomicBool::new(false);
-
-/// Turns the split f32 matmul on or off for the whole process (the CLI turns it on for CUDA).
-pub fn set_split_f32_matmul(on: bool) {
-    SPLIT_F32.store(on, Ordering::Relaxed);
-}
-
-/// `a · b` over the last two axes, as [`Tensor::matmul`].
+/// `a · b` over the last two axes, as [`Tensor::matmul`], in full f32 precision for f32
+/// operands whatever the backend.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
-    if a.dtype() != DType::F32 || !SPLIT_F32.load(Ordering::Relaxed) {
+    if a.dtype() != DType::F32 || !multiplies_f32_as_tf32::<B>(&a.device()) {
         return a.matmul(b);
     }
     let (a_hi, a_lo) = split(a);
@@ -31,8 +29,45 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
     a_hi.clone().matmul(b_hi) + a_hi.matmul(b_lo) + a_lo.matmul(b)
 }
 
+/// Whether backend `B` runs f32 matmuls in TF32: burn's CUDA backend, under any wrapper
+/// (`autodiff<fusion<cubecl<cuda>>>`). Asked once per backend type.
+fn multiplies_f32_as_tf32<B: Backend>(device: &B::Device) -> bool {
+    static KNOWN: Mutex<Vec<(TypeId, bool)>> = Mutex::new(Vec::new());
+    let id = TypeId::of::<B>();
+    let mut known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(&(_, tf32)) = known.iter().find(|(t, _)| *t == id) {
+        return tf32;
+    }
+    let tf32 = is_cuda(&B::name(device));
+    known.push((id, tf32));
+    tf32
+}
+
+/// Whether a backend name (`Backend::name`) is burn's CUDA backend's.
+fn is_cuda(name: &str) -> bool {
+    name.contains("cubecl<cuda>")
+}
+
 fn split<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
     let hi = x.clone().cast(DType::BF16).cast(DType::F32);
     let lo = x - hi.clone();
     (hi, lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+
+    use super::*;
+
+    #[test]
+    fn only_the_cuda_backend_splits_f32_matmuls() {
+        assert!(is_cuda("autodiff<fusion<cubecl<cuda>>>"));
+        assert!(is_cuda("cubecl<cuda>"));
+        assert!(!is_cuda("fusion<cubecl<wgpu<vulkan>>>"));
+        assert!(!multiplies_f32_as_tf32::<NdArray>(&Default::default()));
+        let a = Tensor::<NdArray, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &Default::default());
+        let exact = a.clone().matmul(a.clone()).into_data();
+        assert_eq!(matmul(a.clone(), a).into_data(), exact);
+    }
 }

@@ -11,6 +11,18 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::{AttentionMask, ForwardInput, GemmaForCausalLM, ModelError, Result, argmax};
 
+impl LogitsComparison {
+    /// The worst difference, full-sequence or cached; NaN if either is.
+    pub fn worst(&self) -> f32 {
+        nan_max(self.max_abs_diff, self.cached_max_abs_diff.unwrap_or(0.0))
+    }
+
+    /// Whether every real position picks the reference's top token.
+    pub fn all_argmax_agree(&self) -> bool {
+        self.same_argmax == self.positions
+    }
+}
+
 /// What transformers computed for a padded batch.
 pub struct LogitsReference {
     pub batch: usize,
@@ -23,7 +35,8 @@ pub struct LogitsReference {
 
 /// How far a model is from a reference: the worst |Δlogit| over every real token of the batch,
 /// the same through the KV cache one token at a time (for the first row without padding, if any),
-/// and how many real positions pick the reference's top token.
+/// and how many real positions pick the reference's top token. A NaN logit makes the worst
+/// difference NaN, which no tolerance accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogitsComparison {
     pub max_abs_diff: f32,
@@ -143,7 +156,7 @@ impl LogitsReference {
                 let start = (row * seq + pos) * self.vocab;
                 let got = &logits[start..start + self.vocab];
                 let want = self.logits_at(row, pos);
-                result.max_abs_diff = result.max_abs_diff.max(max_abs_diff(got, want));
+                result.max_abs_diff = nan_max(result.max_abs_diff, max_abs_diff(got, want));
                 result.positions += 1;
                 result.same_argmax += usize::from(argmax(got) == argmax(want));
             }
@@ -168,7 +181,7 @@ impl LogitsReference {
             let logits = to_f32(model.forward(ForwardInput::cached(chunk, &cache), Some(&mut cache)))?;
             for i in 0..len {
                 let got = &logits[i * self.vocab..(i + 1) * self.vocab];
-                worst = worst.max(max_abs_diff(got, self.logits_at(row, start + i)));
+                worst = nan_max(worst, max_abs_diff(got, self.logits_at(row, start + i)));
             }
             start += len;
         }
@@ -183,6 +196,11 @@ fn to_f32<B: Backend>(t: Tensor<B, 3>) -> Result<Vec<f32>> {
         .map_err(|e| ModelError::Generation(format!("cannot read logits back: {e:?}")))
 }
 
+/// The largest |a − b|, NaN if any difference is NaN (`f32::max` would drop it).
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, nan_max)
+}
+
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }
 }

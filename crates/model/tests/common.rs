@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, LogitsReference, SamplingConfig};
+use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, LogitsReference, ModelSource, SamplingConfig};
 
 /// The backend of the CPU tests; the parity checks below take any backend, for the WGPU tests.
 pub type B = NdArray<f32>;
@@ -100,7 +100,7 @@ pub fn assert_cached_decoding_matches<Bk: Backend>(name: &str, device: &Bk::Devi
 pub fn assert_greedy_generation_matches<Bk: Backend>(name: &str, device: &Bk::Device) {
     let dir = fixture(name);
     let model = load_on::<Bk>(&dir, device);
-    let tokenizer = GemmaTokenizer::from_dir(&dir).unwrap();
+    let tokenizer = ModelSource::open(&dir).unwrap().tokenizer().unwrap();
     let (prompt, expected) = greedy_reference(&dir);
     let config = GenerationConfig {
         max_new_tokens: expected.len(),

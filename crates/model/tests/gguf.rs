@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, Int, Tensor};
 use common::{B, fixture, to_vec};
 use ember_model::gguf::{self, ConvertOptions, GgufFile, GgufWeights, Value};
-use ember_model::{
-    AttentionMask, ForwardInput, GemmaConfig, GemmaForCausalLM, GemmaTokenizer, LoadOptions, ModelError,
-};
+use ember_model::{AttentionMask, ForwardInput, GemmaConfig, GemmaForCausalLM, LoadOptions, ModelError, ModelSource};
 use safetensors::SafeTensors;
 
 fn gguf_fixture(name: &str) -> PathBuf {
@@ -148,7 +146,7 @@ fn a_file_that_is_not_gguf_is_refused() {
 #[test]
 fn another_architecture_is_refused_by_name() {
     let path = gguf_fixture("unknown-arch.gguf");
-    let err = GgufWeights::new(GgufFile::open(&path).unwrap()).err().unwrap();
+    let err = GgufWeights::new(&GgufFile::open(&path).unwrap()).err().unwrap();
     assert!(matches!(err, ModelError::UnknownArchitecture { .. }), "{err}");
     assert!(err.to_string().contains("`llama`"), "{err}");
     let load = GemmaForCausalLM::<B>::load(&path, &LoadOptions::new(DType::F32), &Default::default());
@@ -196,7 +194,8 @@ fn the_tiny_gemma3_converts_back_to_the_checkpoint_it_was_made_from() {
 #[test]
 fn gemma_and_gemma2_files_map_back_to_their_checkpoints() {
     for (file, name) in [("tiny-gemma.gguf", "gemma-mha-untied"), ("tiny-gemma2.gguf", "gemma2")] {
-        let weights = GgufWeights::new(GgufFile::open(&gguf_fixture(file)).unwrap()).unwrap();
+        let gguf_file = GgufFile::open(&gguf_fixture(file)).unwrap();
+        let weights = GgufWeights::new(&gguf_file).unwrap();
         let original_bytes = std::fs::read(fixture(name).join("model.safetensors")).unwrap();
         let original = SafeTensors::deserialize(&original_bytes).unwrap();
         let mut names = weights.names();
@@ -210,14 +209,14 @@ fn gemma_and_gemma2_files_map_back_to_their_checkpoints() {
             assert_eq!(shape, want.shape(), "{file}: {tensor}");
             let want = f32s(want.data());
             if tensor.ends_with("norm.weight") {
-                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
+                let worst = ember_testkit::max_abs_diff(&got, &want);
                 assert!(worst <= 1.2e-7, "{file}: {tensor}: {worst}");
                 continue;
             }
             // Q8_0: within one quantization step (its block's max / 127) of the original.
             for (g, w) in got.chunks(32).zip(want.chunks(32)) {
                 let step = w.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                let worst = g.iter().zip(w).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max);
+                let worst = ember_testkit::max_abs_diff(g, w);
                 assert!(worst <= step, "{file}: {tensor}: {worst} > {step}");
             }
         }
@@ -280,7 +279,10 @@ fn a_gguf_file_loads_directly_as_its_converted_checkpoint_does() {
 
 #[test]
 fn the_embedded_vocabulary_tokenizes_as_sentencepiece_does() {
-    let tokenizer = GemmaTokenizer::from_dir(&gguf_fixture("tiny-gemma3.gguf")).unwrap();
+    let tokenizer = ModelSource::open(&gguf_fixture("tiny-gemma3.gguf"))
+        .unwrap()
+        .tokenizer()
+        .unwrap();
     // "ab▁ab▁the": merges by score give ab, ▁ab, ▁the.
     assert_eq!(tokenizer.encode_raw("ab ab the").unwrap(), [272, 274, 281]);
     // A user-defined piece llama.cpp wrote as two spaces is `▁▁` again, merged first (score 0).

@@ -6,8 +6,9 @@ mod common;
 
 use burn::tensor::DType;
 use common::B;
+use ember_data::Tokenizer;
 use ember_model::gguf::{self, ConvertOptions, GgufFile};
-use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig};
+use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
 use ember_testkit::asset;
 
 const GGUF: &str = "weights/gemma-3-270m-q4_k_m.gguf";
@@ -33,8 +34,8 @@ fn the_embedded_tokenizer_gives_the_ids_of_googles_tokenizer_json() {
     let (Some(gguf_path), Some(reference_path)) = (asset(GGUF), asset("tokenizers/gemma3/tokenizer.json")) else {
         return;
     };
-    let converted = GemmaTokenizer::from_dir(&gguf_path).unwrap();
-    let reference = GemmaTokenizer::from_file(&reference_path).unwrap();
+    let converted = ModelSource::open(&gguf_path).unwrap().tokenizer().unwrap();
+    let reference = Tokenizer::from_file(&reference_path).unwrap();
     for text in SAMPLES {
         let ids = converted.encode_raw(text).unwrap();
         assert_eq!(ids, reference.encode_raw(text).unwrap(), "{text:?}");
@@ -70,7 +71,7 @@ fn the_converted_gguf_continues_a_prompt_greedily_as_known() {
     let out = tempfile::tempdir().unwrap();
     // f32 keeps the dequantized values exactly.
     gguf::convert(&gguf_path, out.path(), &ConvertOptions::new(DType::F32)).unwrap();
-    let tokenizer = GemmaTokenizer::from_dir(out.path()).unwrap();
+    let tokenizer = ModelSource::open(out.path()).unwrap().tokenizer().unwrap();
     let model = GemmaForCausalLM::<B>::load(out.path(), &LoadOptions::new(DType::F32), &Default::default()).unwrap();
     let prompt = tokenizer.encode("The capital of France is").unwrap();
     // Eight tokens: each step costs seconds on the CPU in a debug build (the tied head

@@ -3,10 +3,11 @@
 mod common;
 
 use common::fixture;
-use ember_model::{GemmaTokenizer, TextStream};
+use ember_data::{TextStream, Tokenizer};
+use ember_model::ModelSource;
 
-fn tokenizer() -> GemmaTokenizer {
-    GemmaTokenizer::from_dir(&fixture("gemma3")).unwrap()
+fn tokenizer() -> Tokenizer {
+    ModelSource::open(&fixture("gemma3")).unwrap().tokenizer().unwrap()
 }
 
 #[test]
@@ -43,8 +44,23 @@ fn streamed_text_equals_the_decoded_text() {
 
 #[test]
 fn a_missing_tokenizer_is_a_clear_error() {
-    let err = GemmaTokenizer::from_dir(std::path::Path::new("/nonexistent"))
-        .err()
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("gemma3").join("config.json"), dir.path().join("config.json")).unwrap();
+    let err = ModelSource::open(dir.path()).unwrap().tokenizer().err().unwrap();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn training_and_prompts_share_one_tokenizer() {
+    // The data pipeline reads `<eos>` in data as text; a prompt's special-token strings are
+    // the tokens, as transformers reads a prompt.
+    let tok = tokenizer();
+    let prompt = tok.encode("<start_of_turn>user\nHi<end_of_turn>").unwrap();
+    assert_eq!(prompt[1], tok.token_id("<start_of_turn>").unwrap());
+    assert_eq!(*prompt.last().unwrap(), tok.token_id("<end_of_turn>").unwrap());
+    assert_eq!(tok.decode(&prompt).unwrap(), "user\nHi");
+    assert_eq!(
+        tok.decode_with_specials(&prompt).unwrap(),
+        "<bos><start_of_turn>user\nHi<end_of_turn>"
+    );
 }

@@ -1,4 +1,9 @@
-//! Test support shared by Ember's crates.
+//! Test support shared by Ember's crates: the real assets, the software WGPU adapter, and
+//! comparisons that NaN cannot pass.
+//!
+//! Two switches, the same in every crate: `EMBER_SKIP_ASSET_TESTS=1` skips the tests that need
+//! real assets (`cargo xtask fetch-assets`), `EMBER_SKIP_WGPU=1` the WGPU tests. Without them a
+//! missing asset or Vulkan driver fails the test and names the command that fixes it.
 //!
 //! CI has no GPU, so the WGPU backend is tested on a software Vulkan driver: Mesa's lavapipe
 //! (`apt-get install mesa-vulkan-drivers libvulkan1`), which burn selects as `WgpuDevice::Cpu`.
@@ -13,6 +18,18 @@ use burn::backend::wgpu::WgpuDevice;
 /// Set to `1` to skip the WGPU tests on a machine without a software Vulkan driver.
 pub const SKIP_WGPU_VAR: &str = "EMBER_SKIP_WGPU";
 
+/// Set to `1` to skip the tests that need real assets.
+pub const SKIP_ASSETS_VAR: &str = "EMBER_SKIP_ASSET_TESTS";
+
+/// Whether `EMBER_SKIP_WGPU=1` asks to skip the WGPU tests (a test then returns early, saying so).
+pub fn skip_wgpu() -> bool {
+    let skip = std::env::var(SKIP_WGPU_VAR).is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("{SKIP_WGPU_VAR}=1: skipping this WGPU test");
+    }
+    skip
+}
+
 /// The WGPU device of the software Vulkan adapter, or `None` when `EMBER_SKIP_WGPU=1` asks to
 /// skip the WGPU tests (the test should then return early).
 ///
@@ -25,8 +42,7 @@ pub const SKIP_WGPU_VAR: &str = "EMBER_SKIP_WGPU";
 /// When no software adapter exists and the tests are not skipped: a CI machine that lost its
 /// driver must fail, not pass by running nothing.
 pub fn software_wgpu(kernel_cache: &Path) -> Option<WgpuDevice> {
-    if std::env::var(SKIP_WGPU_VAR).is_ok_and(|v| v == "1") {
-        eprintln!("{SKIP_WGPU_VAR}=1: skipping this WGPU test");
+    if skip_wgpu() {
         return None;
     }
     match software_adapter(kernel_cache) {
@@ -76,20 +92,91 @@ fn keep_autotune_results(dir: PathBuf) {
 }
 
 /// A real asset at `$EMBER_ASSETS/<relative>` (default `~/.cache/ember/assets`, where `cargo xtask
-/// fetch-assets` puts it), or `None` with a note that the test is skipped.
+/// fetch-assets` puts it). `None` only when `EMBER_SKIP_ASSET_TESTS=1` (the test should then return).
+///
+/// # Panics
+///
+/// When the asset is missing and asset tests are not skipped: a test must not pass by testing
+/// nothing. The message names the command that fetches it.
 pub fn asset(relative: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("EMBER_ASSETS")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ember/assets"));
-    let path = dir.join(relative);
+    let path = assets_dir().join(relative);
     if path.is_file() {
-        Some(path)
-    } else {
+        return Some(path);
+    }
+    if std::env::var(SKIP_ASSETS_VAR).is_ok_and(|v| v == "1") {
         eprintln!(
-            "skipped: {} is missing (cargo xtask fetch-assets --with-weights)",
+            "{SKIP_ASSETS_VAR}=1: skipping this test ({} is missing)",
             path.display()
         );
-        None
+        return None;
+    }
+    let fetch = if relative.starts_with("weights/") {
+        "cargo xtask fetch-assets --with-weights"
+    } else {
+        "cargo xtask fetch-assets"
+    };
+    panic!(
+        "test asset {} is missing: run `{fetch}` (or set {SKIP_ASSETS_VAR}=1 to skip the tests that need \
+         real assets)",
+        path.display()
+    );
+}
+
+/// The Python interpreter with PyTorch, transformers and PEFT that reference checks run:
+/// `$EMBER_PYTHON`, else the environment `cargo xtask fetch-assets --with-python` makes beside
+/// the assets. `None` only when `EMBER_SKIP_ASSET_TESTS=1`.
+///
+/// # Panics
+///
+/// When there is none and asset tests are not skipped, naming the command that makes it.
+pub fn reference_python() -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("EMBER_PYTHON").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(python));
+    }
+    let python = assets_dir().join("python/bin/python");
+    if python.is_file() {
+        return Some(python);
+    }
+    if std::env::var(SKIP_ASSETS_VAR).is_ok_and(|v| v == "1") {
+        eprintln!("{SKIP_ASSETS_VAR}=1: skipping this test (no reference Python environment)");
+        return None;
+    }
+    panic!(
+        "no Python with torch, transformers and peft at {}: run `cargo xtask fetch-assets --with-python` \
+         (or point EMBER_PYTHON at one, or set {SKIP_ASSETS_VAR}=1 to skip the tests that need it)",
+        python.display()
+    );
+}
+
+fn assets_dir() -> PathBuf {
+    std::env::var_os("EMBER_ASSETS")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ember/assets"))
+}
+
+/// The largest |a − b| over two equally long slices; NaN when any difference is NaN, so that
+/// `max_abs_diff(..) < tolerance` fails for a model that computes NaN (`f32::max` drops NaN).
+///
+/// # Panics
+///
+/// When the lengths differ.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, nan_max)
+}
+
+/// The larger of two values, NaN if either is: the fold for worst-case errors.
+pub fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_nan_difference_fails_every_tolerance() {
+        let worst = super::max_abs_diff(&[1.0, f32::NAN, 3.0], &[1.0, 2.0, 3.0]);
+        assert!(!(worst < 1e9), "{worst}");
+        assert_eq!(super::max_abs_diff(&[1.0, 2.5], &[1.0, 2.0]), 0.5);
     }
 }

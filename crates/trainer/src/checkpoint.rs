@@ -19,7 +19,7 @@ use crate::optim::{Optimizer, StateTensors};
 /// Bumped when the layout of a checkpoint changes.
 pub const FORMAT_VERSION: u32 = 1;
 const STATE_FILE: &str = "trainer_state.json";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,11 @@ pub struct TrainerState {
     /// can report what changed. Absent from checkpoints written before it existed.
     #[serde(default)]
     pub settings: serde_json::Value,
+    /// Which run wrote it: a fresh run draws one, a resumed run keeps its checkpoint's. Only
+    /// checkpoints of the current run are ever pruned. Empty in checkpoints written before it
+    /// existed.
+    #[serde(default)]
+    pub run_id: String,
 }
 
 /// Saves a checkpoint as `output_dir/checkpoint-{step}`.
@@ -81,32 +86,40 @@ pub fn load_state(dir: &Path) -> Result<(TrainerState, StateTensors)> {
     Ok((state, tensors))
 }
 
+/// A complete checkpoint found in an output directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub step: usize,
+    pub dir: PathBuf,
+    /// The run that wrote it ([`TrainerState::run_id`]).
+    pub run_id: String,
+}
+
 /// The checkpoint with the highest step in `output_dir`.
 pub fn latest(output_dir: &Path) -> Option<PathBuf> {
-    list(output_dir).pop().map(|(_, dir)| dir)
+    list(output_dir).pop().map(|found| found.dir)
 }
 
-/// Deletes the oldest checkpoints beyond `keep`.
-pub fn prune(output_dir: &Path, keep: usize) -> Result<()> {
-    let all = list(output_dir);
-    for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
-        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    }
-    Ok(())
-}
-
-/// `(step, dir)` of every complete checkpoint, oldest first.
-fn list(output_dir: &Path) -> Vec<(usize, PathBuf)> {
-    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(output_dir)
+/// Every complete checkpoint in `output_dir` (a `checkpoint-N` with a readable
+/// `trainer_state.json`), oldest step first.
+pub fn list(output_dir: &Path) -> Vec<Found> {
+    let mut found: Vec<Found> = std::fs::read_dir(output_dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
             let step = e.file_name().to_str()?.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join(STATE_FILE).exists().then(|| (step, e.path()))
+            let text = std::fs::read_to_string(e.path().join(STATE_FILE)).ok()?;
+            let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let run_id = state["run_id"].as_str().unwrap_or_default().to_string();
+            Some(Found {
+                step,
+                dir: e.path(),
+                run_id,
+            })
         })
         .collect();
-    found.sort();
+    found.sort_by_key(|f| f.step);
     found
 }
 

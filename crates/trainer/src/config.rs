@@ -46,6 +46,10 @@ pub enum OptimKind {
 pub struct TrainingArgs {
     #[serde(default = "defaults::output_dir")]
     pub output_dir: PathBuf,
+    /// Start a fresh run even though `output_dir` holds another run's checkpoints, deleting
+    /// them; without it such a run is refused (a run owns its output directory).
+    #[serde(default)]
+    pub overwrite_output_dir: bool,
     #[serde(default = "defaults::batch_size")]
     pub per_device_train_batch_size: usize,
     #[serde(default = "defaults::one")]
@@ -213,7 +217,7 @@ impl RunConfig {
     ///     max_steps: Some(10),
     ///     ..TrainingArgs::default()
     /// };
-    /// let config = RunConfig::new("models/gemma-2b-it", LoraConfig::default(), DataConfig::new("train.jsonl"), training)?;
+    /// let config = RunConfig::new("models/gemma-2b-it", LoraConfig::seed_recipe(), DataConfig::new("train.jsonl"), training)?;
     /// # Ok(()) }
     /// ```
     pub fn new(

@@ -9,6 +9,13 @@ pub enum TrainError {
     Config { path: PathBuf, message: String },
     #[error("checkpoint `{}`: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
+    #[error("output_dir `{}`: {message}", path.display())]
+    OutputDir { path: PathBuf, message: String },
+    #[error(
+        "sample {sample} holds token id {id}, but the model's vocabulary has {vocab_size} ids: the tokenizer \
+         is not this model's (use the model's own tokenizer.json, or a model of this vocabulary)"
+    )]
+    TokenOutOfVocab { sample: usize, id: u32, vocab_size: usize },
     #[error("training stopped: {0}")]
     Diverged(String),
     #[error("training kernels: {0}")]

@@ -5,6 +5,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use ember_data::{Dataset, eval_batches};
 use ember_model::{GemmaForCausalLM, cross_entropy_sum};
 
+use crate::error::{Result, TrainError};
 use crate::grads::MicroBatch;
 
 /// Loss per trained token over a dataset.
@@ -23,7 +24,8 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     pad_id: u32,
     pad_to_multiple_of: usize,
-) -> EvalResult {
+) -> Result<EvalResult> {
+    check_token_ids(dataset, model.config.vocab_size)?;
     let device = model.model.embed_tokens.weight.device();
     let (mut sum, mut tokens) = (0.0, 0);
     for batch in eval_batches(dataset, batch_size, pad_id) {
@@ -38,9 +40,24 @@ pub fn evaluate<B: Backend>(
         tokens += micro.num_trained_tokens;
     }
     let loss = sum / tokens.max(1) as f64;
-    EvalResult {
+    Ok(EvalResult {
         loss,
         perplexity: loss.exp(),
         tokens,
+    })
+}
+
+/// Fails when a sample holds a token id the model has no embedding for: a tokenizer of
+/// another model (the lookup would fail inside the backend).
+pub fn check_token_ids(dataset: &Dataset, vocab_size: usize) -> Result<()> {
+    for (index, sample) in dataset.iter().enumerate() {
+        if let Some(&id) = sample.input_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(TrainError::TokenOutOfVocab {
+                sample: index,
+                id,
+                vocab_size,
+            });
+        }
     }
+    Ok(())
 }

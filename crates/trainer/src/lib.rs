@@ -7,8 +7,11 @@ pub mod eval;
 pub mod grads;
 pub mod kernels;
 pub mod optim;
+pub mod output_dir;
 pub mod phases;
+mod resume;
 pub mod schedule;
+mod setup;
 pub mod step;
 pub mod trainer;
 

@@ -10,8 +10,11 @@ pub enum ScheduleKind {
     Linear,
     /// Half a cosine from the peak to 0.
     Cosine,
-    /// Flat after warm-up.
+    /// The peak from the first step: warm-up settings are ignored, as transformers'
+    /// `get_constant_schedule` ignores them.
     Constant,
+    /// Linear warm-up, then flat (`get_constant_schedule_with_warmup`).
+    ConstantWithWarmup,
 }
 
 /// Learning rate at each optimizer step.
@@ -28,14 +31,16 @@ impl Schedule {
     /// `LambdaLR` factor at `step` times the peak.
     pub fn lr(&self, step: usize) -> f64 {
         let (s, w, t) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
-        let factor = if step < self.warmup_steps {
+        let factor = if self.kind == ScheduleKind::Constant {
+            1.0
+        } else if step < self.warmup_steps {
             s / w.max(1.0)
         } else {
             let progress = (s - w) / (t - w).max(1.0);
             match self.kind {
                 ScheduleKind::Linear => ((t - s) / (t - w).max(1.0)).max(0.0),
                 ScheduleKind::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
-                ScheduleKind::Constant => 1.0,
+                ScheduleKind::Constant | ScheduleKind::ConstantWithWarmup => 1.0,
             }
         };
         self.peak_lr * factor
@@ -82,9 +87,16 @@ mod tests {
     }
 
     #[test]
-    fn constant_stays_at_the_peak_after_warmup() {
+    fn constant_ignores_warmup_as_transformers_does() {
+        // transformers: get_scheduler("constant", opt, num_warmup_steps=2) is flat from step 0.
         let s = schedule(ScheduleKind::Constant);
-        assert_eq!((s.lr(1), s.lr(2), s.lr(9)), (2.5e-4, 5e-4, 5e-4));
+        assert_eq!((s.lr(0), s.lr(1), s.lr(9)), (5e-4, 5e-4, 5e-4));
+    }
+
+    #[test]
+    fn constant_with_warmup_stays_at_the_peak_after_warmup() {
+        let s = schedule(ScheduleKind::ConstantWithWarmup);
+        assert_eq!((s.lr(0), s.lr(1), s.lr(2), s.lr(9)), (0.0, 2.5e-4, 5e-4, 5e-4));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use burn::tensor::{DType, Tensor, TensorData};
+use ember_testkit::{max_abs_diff, nan_max};
 use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, MIN_8BIT_SIZE, Optimizer, StateTensors};
 use safetensors::{Dtype, SafeTensors};
 
@@ -121,10 +122,6 @@ fn floats(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data().into_vec().unwrap()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 fn state_map(state: StateTensors) -> HashMap<String, TensorData> {
     state.into_iter().collect()
 }
@@ -176,7 +173,7 @@ fn absmax_rel_diff(ours: &TensorData, bnb: &TensorData) -> f32 {
     ours.iter()
         .zip(&bnb)
         .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() / b.abs() })
-        .fold(0.0, f32::max)
+        .fold(0.0, nan_max)
 }
 
 #[test]
@@ -247,7 +244,7 @@ fn each_step_reproduces_bitsandbytes_from_its_own_state() {
             let absmax = ["absmax1", "absmax2"]
                 .iter()
                 .map(|k| absmax_rel_diff(&state[&key(k)], &fx.data(&bnb_key(k))))
-                .fold(0.0, f32::max);
+                .fold(0.0, nan_max);
             eprintln!(
                 "step {t} {name:6}: {codes} of {} codes differ, absmax within {absmax:.1e}",
                 2 * bnb.len()
@@ -284,7 +281,7 @@ fn final_state_is_bitsandbytes_state() {
         let absmax = ["absmax1", "absmax2"]
             .iter()
             .map(|k| absmax_rel_diff(&state[&key(k)], &fx.data(&key(k))))
-            .fold(0.0, f32::max);
+            .fold(0.0, nan_max);
         eprintln!("`{name}` after {STEPS} steps: {codes} codes differ from bnb's, absmax within {absmax:.1e}");
         assert!(codes <= 2, "`{name}`: {codes} codes differ");
         assert!(absmax <= 2.4e-7, "`{name}`: absmax differs by {absmax}");

@@ -10,12 +10,12 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::DType;
 use ember_data::ALPACA_SEED;
 use ember_lora::load_adapter;
-use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig};
+use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, SamplingConfig};
 use ember_testkit::asset;
 use ember_trainer::config::RunConfig;
 use ember_trainer::eval::evaluate;
 use ember_trainer::kernels::BurnKernels;
-use ember_trainer::trainer::{Start, load_tokenizer, train};
+use ember_trainer::trainer::{Start, train};
 
 type B = NdArray<f32>;
 
@@ -89,9 +89,9 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
     // The held-out loss of the base model: the run starts from it, since PEFT's B is zero.
     let device = Default::default();
     let base = GemmaForCausalLM::<B>::load(&gguf, &LoadOptions::new(DType::F32), &device).unwrap();
-    let tokenizer = load_tokenizer(&gguf).unwrap();
+    let tokenizer = ember_model::ModelSource::open(&gguf).unwrap().tokenizer().unwrap();
     let eval_set = ember_data::load(&config.data, &tokenizer).unwrap().eval.unwrap();
-    let before = evaluate(&base, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO);
+    let before = evaluate(&base, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO).unwrap();
 
     let mut losses = Vec::new();
     let summary = train::<Autodiff<B>>(
@@ -123,9 +123,8 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
     // The saved adapter is the trained one: on the base it gives the run's held-out loss, and
     // it generates.
     let (model, _) = load_adapter(base, &summary.last_checkpoint).unwrap();
-    let reloaded = evaluate(&model, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO);
+    let reloaded = evaluate(&model, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO).unwrap();
     assert!((reloaded.loss - after.loss).abs() < 1e-4, "{reloaded:?} vs {after:?}");
-    let tokenizer = GemmaTokenizer::from_dir(&gguf).unwrap();
     let prompt = ALPACA_SEED
         .replace("{instruction}", "Name a primary color.")
         .replace("{input}", "")

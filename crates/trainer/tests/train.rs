@@ -39,11 +39,13 @@ fn loss_falls_on_the_tiny_dataset() {
             .count()
     };
     assert_eq!(logged(out.path()), 12);
-    run(&config(out.path(), 2, "adamw_torch", true), Start::Fresh);
+    let mut again = config(out.path(), 2, "adamw_torch", true);
+    again.training.overwrite_output_dir = true;
+    run(&again, Start::Fresh);
     assert_eq!(logged(out.path()), 2, "a fresh run starts metrics.jsonl anew");
     for file in [
-        "checkpoint-12/adapter_config.json",
-        "checkpoint-12/trainer_state.json",
+        "checkpoint-2/adapter_config.json",
+        "checkpoint-2/trainer_state.json",
         "metrics.jsonl",
         "run_config.toml",
     ] {
@@ -129,7 +131,10 @@ fn a_checkpoint_for_another_model_is_refused() {
         |_| {},
     )
     .unwrap_err();
-    assert!(err.to_string().contains("another model"), "{err}");
+    assert!(
+        err.to_string().contains("model: the checkpoint was trained on Gemma3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -196,7 +201,7 @@ optim = "adamw_8bit"
     let data = DataConfig::new("train.jsonl");
     let code = RunConfig::new(
         "models/gemma-2b-it",
-        LoraConfig::default(),
+        LoraConfig::seed_recipe(),
         data.clone(),
         training.clone(),
     )
@@ -231,4 +236,32 @@ fn every_shipped_config_parses() {
         }
     }
     assert!(seen >= 5, "{seen} configs");
+}
+
+#[test]
+fn a_lora_table_without_values_takes_the_defaults_of_lora_config_and_peft() {
+    let file = RunConfig::parse(
+        "[model]\npath = \"m\"\n[data]\npath = \"d\"\n[lora]\n",
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert_eq!(file.lora, LoraConfig::default());
+    // peft.LoraConfig(): r=8, lora_alpha=8, lora_dropout=0.0, and for Gemma models
+    // target_modules q_proj and v_proj.
+    let peft = &file.resolved["lora"];
+    assert_eq!(peft["r"].as_integer(), Some(8));
+    assert_eq!(
+        peft["lora_alpha"]
+            .as_float()
+            .or(peft["lora_alpha"].as_integer().map(|a| a as f64)),
+        Some(8.0)
+    );
+    assert_eq!(peft["lora_dropout"].as_float(), Some(0.0));
+    let targets: Vec<&str> = peft["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["q_proj", "v_proj"]);
 }

@@ -23,10 +23,12 @@ use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_trainin
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model directory, or a built-in shape with random weights (gemma-2b, gemma2-2b, gemma3-270m, gemma-7b).
+    /// A model directory or GGUF file, or a built-in shape with random weights (gemma-2b,
+    /// gemma2-2b, gemma3-270m, gemma-7b).
     #[arg(long)]
     pub model: String,
-    /// A PEFT adapter directory; without one, a random adapter (B non-zero) on all projections.
+    /// A PEFT adapter directory; without one, the seed recipe's adapter (r = 16 on all seven
+    /// projections) with B drawn non-zero.
     /// With PEFT's `reference.safetensors` beside it (the fixtures), the batch is the model's
     /// reference batch and the loss and gradients are compared with PEFT's too.
     #[arg(long)]
@@ -71,7 +73,7 @@ impl TrainTask for Check {
         let a = &self.args;
         let dir = Path::new(&a.model);
         let options = LoadOptions::new(dtype);
-        let base = if dir.is_dir() {
+        let base = if dir.exists() {
             GemmaForCausalLM::<Autodiff<B>>::load(dir, &options, &device)?
         } else {
             GemmaForCausalLM::random(shapes::resolve(&a.model)?, dtype, &device)
@@ -79,7 +81,7 @@ impl TrainTask for Check {
         let reference = a.adapter.as_ref().map(|d| d.join("reference.safetensors")).filter(|p| p.exists());
         let model = match &a.adapter {
             Some(adapter) => load_adapter(base, adapter)?.0,
-            None => random_adapter(add_lora(base, &LoraConfig::default(), a.seed)?, &device),
+            None => random_adapter(add_lora(base, &LoraConfig::seed_recipe(), a.seed)?, &device),
         };
         let batch = match &reference {
             Some(_) => reference_batch(&dir.join("reference.safetensors"))?,

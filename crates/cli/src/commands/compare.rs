@@ -16,7 +16,7 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_model::LogitsReference;
 
-use super::generate::load_model;
+use super::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, Task, dtype_name, run_on};
 
 #[derive(clap::Args, Debug)]
@@ -46,7 +46,7 @@ impl Task for Args {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
         let reference = LogitsReference::read(&self.reference)?;
-        let model = load_model::<B>(&self.model, self.adapter.as_deref(), dtype, &device)?;
+        let model = load_model::<B>(&open_model(&self.model)?, self.adapter.as_deref(), dtype, &device)?;
         let found = reference
             .compare(&model, &device)
             .with_context(|| format!("comparing with {}", self.reference.display()))?;
@@ -63,11 +63,19 @@ impl Task for Args {
             found.positions,
             dtype_name(dtype),
         );
-        let worst = found.max_abs_diff.max(found.cached_max_abs_diff.unwrap_or(0.0));
-        if worst.is_nan() || worst > self.tolerance {
+        let worst = found.worst();
+        // Written so that NaN fails: no comparison with NaN is true.
+        if !(worst <= self.tolerance) {
             bail!(
                 "the logits differ by {worst:.3e}, more than --tolerance {:e}",
                 self.tolerance
+            );
+        }
+        if !found.all_argmax_agree() {
+            bail!(
+                "the top token differs from the reference's at {} of {} positions",
+                found.positions - found.same_argmax,
+                found.positions
             );
         }
         Ok(())

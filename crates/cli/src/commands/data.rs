@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use ember_data::DatasetReport;
 use ember_trainer::config::RunConfig;
-use ember_trainer::trainer::load_tokenizer;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,7 +18,8 @@ pub struct Args {
 /// dropped samples, and the first samples as formatted, with the trained tokens marked.
 pub fn run(args: Args) -> Result<()> {
     let config = RunConfig::from_file(&args.config)?;
-    let tokenizer = load_tokenizer(&config.model.path)
+    let tokenizer = super::generate::open_model(&config.model.path)?
+        .tokenizer()
         .with_context(|| format!("loading the tokenizer of {}", config.model.path.display()))?;
     let splits = ember_data::load(&config.data, &tokenizer)?;
     print!(

@@ -1,28 +1,33 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_data::DataConfig;
+use ember_trainer::config::RunConfig;
 use ember_trainer::eval::evaluate;
-use ember_trainer::trainer::load_tokenizer;
 
-use crate::commands::generate::load_model;
+use crate::commands::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, Task, run_on};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint directory or a GGUF file.
-    #[arg(long)]
-    pub model: PathBuf,
+    /// Checkpoint directory or a GGUF file (default with --config: the run's model).
+    #[arg(long, required_unless_present = "config")]
+    pub model: Option<PathBuf>,
     /// A LoRA adapter directory (PEFT format) to evaluate with.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Dataset (JSONL, JSON, Parquet, CSV; instruction/input/output columns, the seed's
-    /// template, loss on every token, as training with the defaults).
+    /// A run config: its [data] settings (columns, template, train_on, max_seq_length) format
+    /// the samples as training did. Evaluates its eval split, or the whole of --data if given.
     #[arg(long)]
-    pub data: String,
-    #[arg(long, default_value_t = 2048)]
+    pub config: Option<PathBuf>,
+    /// Dataset (JSONL, JSON, Parquet, CSV). Without --config: instruction/input/output columns,
+    /// the seed's template, loss on every token (training's defaults).
+    #[arg(long, required_unless_present = "config")]
+    pub data: Option<String>,
+    /// Without --config only (a run config has its own).
+    #[arg(long, conflicts_with = "config", default_value_t = 2048)]
     pub max_seq_length: usize,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -40,22 +45,57 @@ pub fn run(args: Args) -> Result<()> {
     run_on(&args.device.clone(), args)
 }
 
+impl Args {
+    /// The model path and the data settings to evaluate with, and whether to take the eval split.
+    fn settings(&self) -> Result<(PathBuf, DataConfig, bool)> {
+        let Some(path) = &self.config else {
+            let mut data = DataConfig::new(self.data.clone().expect("clap requires --data without --config"));
+            data.max_seq_length = self.max_seq_length;
+            return Ok((
+                self.model.clone().expect("clap requires --model without --config"),
+                data,
+                false,
+            ));
+        };
+        let run = RunConfig::from_file(path)?;
+        let model = self.model.clone().unwrap_or(run.model.path);
+        let mut data = run.data;
+        let eval_split = match &self.data {
+            Some(file) => {
+                data.path = file.clone();
+                data.eval = None;
+                false
+            }
+            None if data.eval.is_some() => true,
+            None => bail!(
+                "{} has no eval split ([data] eval); pass the data to evaluate with --data",
+                path.display()
+            ),
+        };
+        Ok((model, data, eval_split))
+    }
+}
+
 impl Task for Args {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
-        let tokenizer = load_tokenizer(&self.model)?;
-        let mut data = DataConfig::new(self.data.clone());
-        data.max_seq_length = self.max_seq_length;
-        let dataset = ember_data::load(&data, &tokenizer)?.train;
-        let model = load_model::<B>(&self.model, self.adapter.as_deref(), dtype, &device)?;
+        let (model_path, data, eval_split) = self.settings()?;
+        let source = open_model(&model_path)?;
+        let tokenizer = source.tokenizer()?;
+        let splits = ember_data::load(&data, &tokenizer)?;
+        let dataset = match eval_split {
+            true => splits.eval.context("the run config's eval split is empty")?,
+            false => splits.train,
+        };
+        let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, &device)?;
         let result = evaluate(
             &model,
             &dataset,
             self.batch_size,
             tokenizer.pad_id(),
             self.pad_to_multiple_of,
-        );
+        )?;
         if self.json {
             println!(
                 "{}",

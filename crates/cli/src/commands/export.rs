@@ -1,17 +1,15 @@
 use std::path::PathBuf;
 
+use crate::commands::generate::{load_options, open_model};
+use crate::device::{DeviceArgs, DtypeArg, Task, dtype_name, run_on};
 use anyhow::{Context, Result};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_lora::{MAX_SHARD_BYTES, export_checkpoint, load_adapter, merge_lora, save_adapter};
-use ember_model::GemmaForCausalLM;
-
-use crate::commands::generate::load_options;
-use crate::device::{DeviceArgs, DtypeArg, Task, dtype_name, run_on};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The base checkpoint the adapter was trained on.
+    /// The base model the adapter was trained on: a checkpoint directory or a GGUF file.
     #[arg(long)]
     pub model: PathBuf,
     /// The adapter directory (PEFT format).
@@ -54,13 +52,15 @@ impl Task for Export {
             merge,
             ..
         } = self.args;
-        let base = GemmaForCausalLM::<B>::load(&model, &load_options(dtype), &device)
+        let source = open_model(&model)?;
+        let base = source
+            .load::<B>(&load_options(dtype), &device)
             .with_context(|| format!("loading the model from {}", model.display()))?;
         let (with_adapter, config) =
             load_adapter(base, &adapter).with_context(|| format!("loading the adapter from {}", adapter.display()))?;
         if merge {
             let merged = merge_lora(with_adapter)?;
-            export_checkpoint(&merged, &model, &out, self.export_dtype, MAX_SHARD_BYTES)
+            export_checkpoint(&merged, &source, &out, self.export_dtype, MAX_SHARD_BYTES)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "ember: merged checkpoint ({}) written to {}",

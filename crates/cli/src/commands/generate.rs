@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_model::{GemmaForCausalLM, GemmaTokenizer, GenerationConfig, LoadOptions, SamplingConfig, TextStream};
+use ember_data::TextStream;
+use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{DeviceArgs, Task, run_on};
@@ -44,8 +45,9 @@ impl Task for Args {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
-        let tokenizer = GemmaTokenizer::from_dir(&self.model)?;
-        let model = load_model::<B>(&self.model, self.adapter.as_deref(), dtype, &device)?;
+        let source = open_model(&self.model)?;
+        let tokenizer = source.tokenizer()?;
+        let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, &device)?;
         let prompt = tokenizer.encode(&self.prompt)?;
         let config = GenerationConfig {
             max_new_tokens: self.max_new_tokens,
@@ -79,15 +81,21 @@ impl Task for Args {
     }
 }
 
-/// The checkpoint in `dir` (or the GGUF file `dir`), with the PEFT adapter in `adapter` applied if given.
+/// A checkpoint directory or GGUF file, opened.
+pub fn open_model(path: &Path) -> Result<ModelSource> {
+    ModelSource::open(path).with_context(|| format!("opening the model {}", path.display()))
+}
+
+/// The model of `source`, with the PEFT adapter in `adapter` applied if given.
 pub fn load_model<B: Backend>(
-    dir: &Path,
+    source: &ModelSource,
     adapter: Option<&Path>,
     dtype: DType,
     device: &B::Device,
 ) -> Result<GemmaForCausalLM<B>> {
-    let model = GemmaForCausalLM::<B>::load(dir, &load_options(dtype), device)
-        .with_context(|| format!("loading the model from {}", dir.display()))?;
+    let model = source
+        .load::<B>(&load_options(dtype), device)
+        .with_context(|| format!("loading the model from {}", source.path().display()))?;
     match adapter {
         Some(adapter) => Ok(ember_lora::load_adapter(model, adapter)
             .with_context(|| format!("loading the adapter from {}", adapter.display()))?

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use ember_model::gguf::{self, GgufFile};
-use ember_model::{Checkpoint, GemmaConfig, LayerType};
+use ember_model::gguf::GgufFile;
+use ember_model::{Checkpoint, LayerType, ModelSource};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -15,15 +15,15 @@ pub struct Args {
 const GIB: f64 = (1u64 << 30) as f64;
 
 pub fn run(args: Args) -> Result<()> {
-    let (config, on_disk) = if gguf::is_gguf(&args.dir) {
-        let file = GgufFile::open(&args.dir)?;
-        (gguf::gemma_config(&file)?, gguf_types(&file))
-    } else {
-        let config = GemmaConfig::from_file(args.dir.join("config.json"))?;
-        let bytes = Checkpoint::open(&args.dir)?.total_bytes();
-        let dtype = config.torch_dtype.as_deref().unwrap_or("unstated");
-        let on_disk = format!("{dtype} ({:.2} GiB of tensors)", bytes as f64 / GIB);
-        (config, on_disk)
+    let source = ModelSource::open(&args.dir)?;
+    let config = source.config();
+    let on_disk = match source.gguf() {
+        Some(file) => gguf_types(file),
+        None => {
+            let bytes = Checkpoint::open(&args.dir)?.total_bytes();
+            let dtype = config.torch_dtype.as_deref().unwrap_or("unstated");
+            format!("{dtype} ({:.2} GiB of tensors)", bytes as f64 / GIB)
+        }
     };
     let params = config.parameter_count();
     let layers: String = config

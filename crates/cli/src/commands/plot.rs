@@ -1,5 +1,5 @@
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -19,20 +19,7 @@ const MARGIN: f64 = 48.0;
 /// Draws the training loss (line) and eval loss (dots) against the step as an SVG.
 pub fn run(args: Args) -> Result<()> {
     let text = std::fs::read_to_string(&args.metrics).with_context(|| format!("reading {}", args.metrics.display()))?;
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a JSON object", args.metrics.display(), i + 1))?;
-        let step = value["step"]
-            .as_f64()
-            .with_context(|| format!("{}:{}: no `step`", args.metrics.display(), i + 1))?;
-        if let Some(loss) = value["loss"].as_f64().filter(|l| l.is_finite()) {
-            train.push((step, loss));
-        }
-        if let Some(loss) = value["eval_loss"].as_f64() {
-            eval.push((step, loss));
-        }
-    }
+    let (train, eval) = read_points(&text, &args.metrics)?;
     if train.is_empty() {
         bail!("{} has no logged loss to plot", args.metrics.display());
     }
@@ -43,6 +30,40 @@ pub fn run(args: Args) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+type Points = Vec<(f64, f64)>;
+
+/// (step, training loss) and (step, eval loss) of every line. A last line without its newline
+/// that does not parse was torn by a killed run mid-write: it is left out, not an error.
+fn read_points(text: &str, path: &Path) -> Result<(Points, Points)> {
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    let torn_tail = !text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: serde_json::Value = match serde_json::from_str(line) {
+            Ok(value) => value,
+            Err(_) if torn_tail && i + 1 == lines.len() => {
+                eprintln!(
+                    "ember: {}:{}: skipping the incomplete last line (the run was stopped while writing it)",
+                    path.display(),
+                    i + 1
+                );
+                continue;
+            }
+            Err(e) => bail!("{}:{}: not a JSON object: {e}", path.display(), i + 1),
+        };
+        let step = value["step"]
+            .as_f64()
+            .with_context(|| format!("{}:{}: no `step`", path.display(), i + 1))?;
+        if let Some(loss) = value["loss"].as_f64().filter(|l| l.is_finite()) {
+            train.push((step, loss));
+        }
+        if let Some(loss) = value["eval_loss"].as_f64() {
+            eval.push((step, loss));
+        }
+    }
+    Ok((train, eval))
 }
 
 fn svg(train: &[(f64, f64)], eval: &[(f64, f64)]) -> String {
@@ -113,4 +134,21 @@ fn svg(train: &[(f64, f64)], eval: &[(f64, f64)]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_a_broken_middle_line_is_an_error() {
+        let path = Path::new("metrics.jsonl");
+        let torn = "{\"step\":1,\"loss\":2.0}\n{\"step\":2,\"loss\":1.5,\"eval_loss\":1.7}\n{\"step\":3,\"lo";
+        let (train, eval) = read_points(torn, path).unwrap();
+        assert_eq!(train, [(1.0, 2.0), (2.0, 1.5)]);
+        assert_eq!(eval, [(2.0, 1.7)]);
+        let broken = "{\"step\":1,\"loss\":2.0}\n{\"step\":2,\"lo\n{\"step\":3,\"loss\":1.0}\n";
+        let err = read_points(broken, path).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl:2"), "{err}");
+    }
 }

@@ -6,14 +6,14 @@ use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_model::{GemmaTokenizer, GenerationConfig, SamplingConfig};
+use ember_model::{GenerationConfig, SamplingConfig};
 use ember_trainer::checkpoint;
 use ember_trainer::config::RunConfig;
 use ember_trainer::kernels::TrainKernels;
 use ember_trainer::trainer::{Start, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::generate::load_model;
+use super::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +104,17 @@ impl TrainTask for Train {
             eprintln!("step {}/{}  {}", log.step, log.total_steps, bar.message());
         })?;
         bar.finish();
+        let Some(final_loss) = summary.final_loss else {
+            eprintln!(
+                "ember: {} is already at step {} and this run ends at step {}: nothing to train \
+                 (raise training.max_steps, e.g. --set training.max_steps={}, to continue)",
+                summary.last_checkpoint.display(),
+                summary.steps,
+                summary.total_steps,
+                summary.steps + 10
+            );
+            return Ok(());
+        };
         if summary.interrupted {
             eprintln!(
                 "ember: interrupted after {} steps; checkpoint saved in {} (continue with --resume latest)",
@@ -115,7 +126,7 @@ impl TrainTask for Train {
         eprintln!(
             "ember: {} steps, final loss {:.4}; adapter (PEFT format) in {}",
             summary.steps,
-            summary.final_loss,
+            final_loss,
             summary.last_checkpoint.display()
         );
         if let Some(eval) = summary.eval {
@@ -133,9 +144,9 @@ impl TrainTask for Train {
 
 /// Greedy answers from the base model with the adapter just written, as `ember generate` gives.
 fn ask<B: Backend>(config: &RunConfig, asks: &Asks, adapter: &Path, device: &B::Device, dtype: DType) -> Result<()> {
-    let model_path = &config.model.path;
-    let model = load_model::<B>(model_path, Some(adapter), dtype, device)?;
-    let tokenizer = GemmaTokenizer::from_dir(model_path)?;
+    let source = open_model(&config.model.path)?;
+    let model = load_model::<B>(&source, Some(adapter), dtype, device)?;
+    let tokenizer = source.tokenizer()?;
     let data = &config.data;
     let layout = data.columns.layout()?;
     let template = data.template_spec(&layout);

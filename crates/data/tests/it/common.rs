@@ -5,31 +5,7 @@ use std::str::FromStr;
 
 use ember_data::{DataConfig, Splits, Tokenizer, load};
 
-/// `$EMBER_ASSETS/<relative>` (default `$HOME/.cache/ember/assets`, where
-/// `cargo xtask fetch-assets` puts the files). `None` means "skip this test": only when
-/// `EMBER_SKIP_ASSET_TESTS=1`; otherwise a missing asset fails the test.
-pub fn asset(relative: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("EMBER_ASSETS")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/ember/assets")
-        });
-    let path = dir.join(relative);
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("EMBER_SKIP_ASSET_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: {} is missing (EMBER_SKIP_ASSET_TESTS=1)", path.display());
-        return None;
-    }
-    panic!(
-        "test asset {} is missing: run `cargo xtask fetch-assets` (or set \
-         EMBER_SKIP_ASSET_TESTS=1 to skip tests that need real assets)",
-        path.display()
-    );
-}
+pub use ember_testkit::asset;
 
 /// The real Gemma 1/2 tokenizer (256,000 vocab), or `None` when asset tests are skipped.
 pub fn gemma() -> Option<Tokenizer> {

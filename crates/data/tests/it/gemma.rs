@@ -68,7 +68,7 @@ fn completion_mask_starts_exactly_at_the_response_and_ends_with_eos() {
     let first_trained = trained.iter().position(|&t| t).unwrap();
     assert_eq!(first_trained, PROMPT_LEN);
     assert!(trained[PROMPT_LEN..].iter().all(|&t| t));
-    let response = tokenizer.decode(&ids[PROMPT_LEN..]).unwrap();
+    let response = tokenizer.decode_with_specials(&ids[PROMPT_LEN..]).unwrap();
     assert_eq!(
         response,
         "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Sleep well.<eos>"

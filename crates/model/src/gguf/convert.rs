@@ -44,21 +44,8 @@ pub fn convert(gguf: &Path, out: &Path, options: &ConvertOptions) -> Result<()> 
         key: "dtype".into(),
         message: format!("cannot write weights in {:?}; use f32, bf16 or f16", options.dtype),
     })?;
-    let config = hf_config(&file, Some(dtype_name))?;
-    // Refuse what Ember could not load before writing anything.
-    GemmaConfig::parse(&config.to_string(), gguf)?;
-    write_json(&out.join("config.json"), &config)?;
-    write_json(&out.join("generation_config.json"), &generation_config(&file)?)?;
-    write_json(&out.join("tokenizer_config.json"), &tokenizer_config(&file)?)?;
-    let tokenizer_path = out.join("tokenizer.json");
-    tokenizer(&file)?
-        .save(&tokenizer_path, false)
-        .map_err(|e| ModelError::Tokenizer {
-            path: tokenizer_path.clone(),
-            message: e.to_string(),
-        })?;
-
-    let weights = GgufWeights::new(file)?;
+    write_checkpoint_files(&file, out, dtype_name)?;
+    let weights = GgufWeights::new(&file)?;
     options.progress.set_length(4 * weights.element_count());
     let tensors = weights.names().into_iter().map(|name| {
         let (shape, values) = weights.read_f32(name)?;
@@ -68,4 +55,23 @@ pub fn convert(gguf: &Path, out: &Path, options: &ConvertOptions) -> Result<()> 
     write_safetensors(out, tensors, options.dtype, options.max_shard_bytes)?;
     options.progress.finish_and_clear();
     Ok(())
+}
+
+/// Writes what a checkpoint directory holds besides its weights, from the GGUF file's
+/// metadata: `config.json` (weights in `dtype_name`), `generation_config.json`,
+/// `tokenizer_config.json` and `tokenizer.json`.
+pub fn write_checkpoint_files(file: &GgufFile, out: &Path, dtype_name: &str) -> Result<()> {
+    let config = hf_config(file, Some(dtype_name))?;
+    // Refuse what Ember could not load before writing anything.
+    GemmaConfig::parse(&config.to_string(), file.path())?;
+    write_json(&out.join("config.json"), &config)?;
+    write_json(&out.join("generation_config.json"), &generation_config(file)?)?;
+    write_json(&out.join("tokenizer_config.json"), &tokenizer_config(file)?)?;
+    let tokenizer_path = out.join("tokenizer.json");
+    tokenizer(file)?
+        .save(&tokenizer_path, false)
+        .map_err(|e| ModelError::Tokenizer {
+            path: tokenizer_path.clone(),
+            message: e.to_string(),
+        })
 }

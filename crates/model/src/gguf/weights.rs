@@ -11,17 +11,17 @@ use crate::error::{ModelError, Result};
 use crate::weights::TensorSource;
 
 /// A GGUF file whose every tensor has a Hugging Face name.
-pub struct GgufWeights {
-    file: GgufFile,
+pub struct GgufWeights<'a> {
+    file: &'a GgufFile,
     /// Hugging Face name → index in the file's tensor directory.
     index: BTreeMap<String, usize>,
     used: HashSet<String>,
 }
 
-impl GgufWeights {
+impl<'a> GgufWeights<'a> {
     /// Maps every tensor of `file`; one without a Hugging Face counterpart is an error naming it.
-    pub fn new(file: GgufFile) -> Result<Self> {
-        let arch = Architecture::of(&file)?;
+    pub fn new(file: &'a GgufFile) -> Result<Self> {
+        let arch = Architecture::of(file)?;
         let mut index = BTreeMap::new();
         let mut foreign = Vec::new();
         for (i, info) in file.tensors().iter().enumerate() {
@@ -47,7 +47,7 @@ impl GgufWeights {
     }
 
     pub fn file(&self) -> &GgufFile {
-        &self.file
+        self.file
     }
 
     /// The Hugging Face names, in the file's order.
@@ -98,7 +98,7 @@ impl GgufWeights {
     }
 }
 
-impl TensorSource for GgufWeights {
+impl TensorSource for GgufWeights<'_> {
     fn read(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
         let found = self.info(key)?.shape();
         if found != shape {

@@ -81,6 +81,13 @@ impl<B: Backend> Optimizer<B> for AdamW<B> {
         Ok(())
     }
 
+    fn state_sizes(&self) -> BTreeMap<String, usize> {
+        self.states
+            .iter()
+            .map(|(name, s)| (name.clone(), s.exp_avg.dims()[0]))
+            .collect()
+    }
+
     fn state_bytes(&self) -> usize {
         self.states.values().map(|s| 8 * s.exp_avg.dims()[0]).sum()
     }

@@ -450,6 +450,18 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
         Ok(())
     }
 
+    fn state_sizes(&self) -> BTreeMap<String, usize> {
+        let mut sizes: BTreeMap<String, usize> = self
+            .states
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.moments.len()))
+            .collect();
+        if let Some(p) = &self.packed {
+            sizes.extend(p.layout.names.iter().cloned().zip(p.layout.lens.iter().copied()));
+        }
+        sizes
+    }
+
     fn state_bytes(&self) -> usize {
         let bytes = |t: &Tensor<B, 1, Int>| t.dims()[0] * t.dtype().size();
         let packed = self

@@ -62,6 +62,10 @@ pub trait Optimizer<B: Backend> {
     /// Restores what [`Optimizer::state`] returned.
     fn load_state(&mut self, state: StateTensors, device: &B::Device) -> Result<(), String>;
 
+    /// How many values each named tensor's state is for, so a caller can check restored state
+    /// against the tensors it will update (an update with state of another size is a bug).
+    fn state_sizes(&self) -> BTreeMap<String, usize>;
+
     /// Bytes of optimizer state held on the device.
     fn state_bytes(&self) -> usize;
 }

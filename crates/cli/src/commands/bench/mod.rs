@@ -78,6 +78,7 @@ fn parse_optim(s: &str) -> Result<OptimKind, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    args.check()?;
     let device = args.device.clone();
     let report = run_training_on(&device, args.kernels, Bench { args })?;
     println!("{report}");
@@ -86,6 +87,25 @@ pub fn run(args: Args) -> Result<()> {
 
 struct Bench {
     args: Args,
+}
+
+impl Args {
+    /// Refuses sizes the benchmark cannot run with, before any device work.
+    fn check(&self) -> Result<()> {
+        for (flag, value, least) in [
+            ("--batch", self.batch, 1),
+            // One token to predict from and one to predict.
+            ("--seq", self.seq, 2),
+            ("--steps", self.steps, 1),
+            ("--decode-prompt", self.decode_prompt.unwrap_or(1), 1),
+            ("--decode-tokens", self.decode_tokens, 1),
+        ] {
+            if value < least {
+                anyhow::bail!("{flag} {value}: must be at least {least}");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TrainTask for Bench {
@@ -99,7 +119,7 @@ impl TrainTask for Bench {
 
         let start = Instant::now();
         let model = GemmaForCausalLM::<Autodiff<B>>::random(config.clone(), dtype, &device);
-        let mut model = add_lora(model, &LoraConfig::default(), a.seed)?;
+        let mut model = add_lora(model, &LoraConfig::seed_recipe(), a.seed)?;
         let _ = B::sync(&device);
         let build_s = start.elapsed().as_secs_f64();
         let total = config.parameter_count();
