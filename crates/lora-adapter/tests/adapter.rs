@@ -6,12 +6,13 @@ mod common;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::DType;
-use common::{AD, B, Batch, load, max_abs_diff, model_dir, to_vec};
+use common::{AD, B, Batch, load, model_dir, to_vec};
 use ember_lora::{
     Init, LoraConfig, LoraError, Targets, adapter_parameter_count, add_lora, export_checkpoint, load_adapter,
     merge_lora, save_adapter,
 };
 use ember_model::{GemmaConfig, causal_lm_loss_sum, named_params};
+use ember_testkit::max_abs_diff;
 
 fn random_config() -> LoraConfig {
     LoraConfig {

@@ -111,8 +111,6 @@ pub fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.cast(DType::F32).into_data().into_vec::<f32>().unwrap()
 }
 
-pub use ember_testkit::max_abs_diff;
-
 /// ‖a − b‖ / ‖b‖.
 pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     let diff: f64 = a
