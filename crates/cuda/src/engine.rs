@@ -7,8 +7,9 @@ use std::cell::{Cell, RefCell, RefMut};
 use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
 use ember_model::{GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
-use ember_trainer::grads::MicroBatch;
+use ember_trainer::grads::{AdapterGrads, MicroBatch};
 use ember_trainer::kernels::{BatchKernels, TrainKernels};
+use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
 
 use crate::adapters::{Adapters, GROUPS, projections};
 use crate::batch::BatchData;
@@ -36,6 +37,16 @@ struct State {
 impl CudaKernels {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// `f` on the device, once a micro-batch has set it up.
+    fn with_cuda<T>(&self, f: impl FnOnce(&mut Cuda) -> Result<T>) -> Result<T> {
+        let mut state = self.state.borrow_mut();
+        let st = state
+            .as_mut()
+            .ok_or_else(|| CudaError::Unsupported("the CUDA kernels have not run a micro-batch yet".into()))?;
+        st.cuda.gpu.bind()?;
+        f(&mut st.cuda)
     }
 
     /// Bytes of Ember's own device memory in use (scratch and packed adapters).
@@ -89,12 +100,30 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         })
     }
 
+    fn global_norm(&self, grads: &AdapterGrads<CudaBackend>) -> ember_trainer::Result<f64> {
+        match self.with_cuda(|cuda| crate::optimizer::global_norm(cuda, grads)) {
+            Err(CudaError::Unsupported(_)) => Ok(ember_trainer::step::global_norm(grads)),
+            other => Ok(other?),
+        }
+    }
+
+    fn blockwise_adam(&self) -> Option<&dyn BlockwiseAdamKernel<CudaBackend>> {
+        Some(self)
+    }
+
     fn prepare<'a>(
         &'a self,
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
     ) -> ember_trainer::Result<Box<dyn BatchKernels<CudaBackend> + 'a>> {
         Ok(Box::new(CudaBatch::new(self.state.borrow_mut(), model, batch, self.profiling.get())?))
+    }
+}
+
+impl BlockwiseAdamKernel<CudaBackend> for CudaKernels {
+    fn step(&self, step: BlockwiseStep<'_, CudaBackend>) -> std::result::Result<BlockwiseResult<CudaBackend>, String> {
+        self.with_cuda(|cuda| crate::optimizer::adamw8bit(cuda, step))
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -181,7 +181,7 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
         p.dh
     };
     project_backward(cx, s, run, 1, p.o, &[d_attn], p.d_o, grads)?;
-    cx.attention_backward(e, *a, attn_io(s, run), p.d_o, p.dots, p.dq, p.dk, p.dv)?;
+    cx.attention_backward(e, *a, attn_io(s, run), p.d_o, p.dots, p.dkv_part, p.dq, p.dk, p.dv)?;
     let pos = b.positions.ptr;
     cx.rope_backward(e, p.dq, p.q_raw, p.dq_raw, w.norm(4), pos, run.inv_freq, n, a.heads, a.head_dim, run.eps)?;
     cx.rope_backward(e, p.dk, p.k_raw, p.dk_raw, w.norm(5), pos, run.inv_freq, n, a.kv_heads, a.head_dim, run.eps)?;
