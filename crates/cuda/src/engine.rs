@@ -72,6 +72,11 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         if model.config.head_dim % 2 != 0 {
             return Some(format!("head_dim {} is odd", model.config.head_dim));
         }
+        // The norm and GeGLU kernels read rows eight values at a time.
+        let (hidden, intermediate) = (model.config.hidden_size, model.config.intermediate_size);
+        if hidden % 8 != 0 || intermediate % 8 != 0 {
+            return Some(format!("hidden_size {hidden} or intermediate_size {intermediate} is not a multiple of 8"));
+        }
         let dropout = model
             .model
             .layers

@@ -220,14 +220,14 @@ fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, out
         return Ok(());
     };
     let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
-    cx.gemm("gemm adapters", z, x, false, Mat::new(adapters.a, adapters.rank, in_features, e), true, 1.0, 0.0)?;
+    cx.gemm("gemm adapters x·Aᵀ", z, x, false, Mat::new(adapters.a, adapters.rank, in_features, e), true, 1.0, 0.0)?;
     for &(p, column, rank) in &adapters.members {
         let out = outs[group.iter().position(|&q| q == p).expect("a member")];
         let (out_features, _) = shape(d, p);
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let scaled_b = Mat::new(slot.b, out_features, rank, e);
         let out = Mat::new(out, n, out_features, e);
-        cx.gemm("gemm adapters", out, z.cols(column, rank), false, scaled_b, true, 1.0, 1.0)?;
+        cx.gemm("gemm adapters +z·Bᵀ", out, z.cols(column, rank), false, scaled_b, true, 1.0, 1.0)?;
     }
     Ok(())
 }
@@ -269,18 +269,18 @@ fn project_backward(
     for &(p, column, rank) in &adapters.members {
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let scaled_b = Mat::new(slot.b, shape(d, p).0, rank, e);
-        cx.gemm("gemm adapters", dz.cols(column, rank), member_grad(p), false, scaled_b, false, 1.0, 0.0)?;
+        cx.gemm("gemm adapters dz", dz.cols(column, rank), member_grad(p), false, scaled_b, false, 1.0, 0.0)?;
     }
-    cx.gemm("gemm adapters", dx, dz, false, Mat::new(adapters.a, adapters.rank, in_features, e), false, 1.0, 1.0)?;
+    cx.gemm("gemm adapters +dz·A", dx, dz, false, Mat::new(adapters.a, adapters.rank, in_features, e), false, 1.0, 1.0)?;
     let d_a = Mat::new(s.ptrs.d_a, adapters.rank, in_features, Elem::F32);
-    cx.gemm("gemm adapters", d_a, dz, true, Mat::new(input, n, in_features, e), false, 1.0, 0.0)?;
+    cx.gemm("gemm adapters dA", d_a, dz, true, Mat::new(input, n, in_features, e), false, 1.0, 0.0)?;
     for &(p, column, rank) in &adapters.members {
         let Some((grad_a, grad_b)) = grads[p] else { continue };
         let rows = d_a.rows(column, rank);
         cx.gpu.copy(grad_a, rows.ptr, rank * in_features * 4)?;
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let out_b = Mat::new(grad_b, shape(d, p).0, rank, Elem::F32);
-        cx.gemm("gemm adapters", out_b, member_grad(p), true, z.cols(column, rank), false, slot.scale, 0.0)?;
+        cx.gemm("gemm adapters dB", out_b, member_grad(p), true, z.cols(column, rank), false, slot.scale, 0.0)?;
     }
     Ok(())
 }

@@ -302,7 +302,7 @@ impl Cuda {
     pub fn geglu(&mut self, e: Elem, g: u64, u: u64, p: u64, n: usize, erf: bool) -> Result<()> {
         let name = pick(e, "geglu_f32", "geglu_bf16");
         let args = [Ptr(g), Ptr(u), Ptr(p), I64(n as i64), I32(erf as i32)];
-        self.launch(name, (blocks(n, 256).min(16384), 1, 1), 256, 0, &args)
+        self.launch(name, (blocks(n.div_ceil(8), 256).min(16384), 1, 1), 256, 0, &args)
     }
 
     /// `dg`, `du` from `dp`; they may be `g` and `u` themselves.
@@ -310,7 +310,7 @@ impl Cuda {
     pub fn geglu_backward(&mut self, e: Elem, dp: u64, g: u64, u: u64, dg: u64, du: u64, n: usize, erf: bool) -> Result<()> {
         let name = pick(e, "geglu_backward_f32", "geglu_backward_bf16");
         let args = [Ptr(dp), Ptr(g), Ptr(u), Ptr(dg), Ptr(du), I64(n as i64), I32(erf as i32)];
-        self.launch(name, (blocks(n, 256).min(16384), 1, 1), 256, 0, &args)
+        self.launch(name, (blocks(n.div_ceil(8), 256).min(16384), 1, 1), 256, 0, &args)
     }
 
     /// Copies of f32 tensors into `dst` (see `pack_f32` in elementwise.cu); `table` is on the device.

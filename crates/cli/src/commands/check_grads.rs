@@ -45,6 +45,10 @@ pub struct Args {
     pub tolerance: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Skip the comparison with burn's kernels (their first compile on a fresh GPU machine takes
+    /// minutes); PEFT's reference, when there is one, is still compared.
+    #[arg(long)]
+    pub skip_burn: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub kernels: KernelChoice,
     #[command(flatten)]
@@ -100,20 +104,24 @@ impl TrainTask for Check {
             kernels.name(),
             started.elapsed().as_secs_f64()
         );
-        let (loss_ref, grads_ref) = run(&BurnKernels)?;
-        let (worst_key, worst) = worst_difference(&grads, &grads_ref)?;
         let mut report = json!({
             "model": a.model,
             "dtype": dtype_name(dtype),
             "kernels": kernels.name(),
             "tokens": batch.batch * batch.seq,
             "loss": loss,
-            "loss_burn": loss_ref,
-            "loss_rel_diff": ((loss - loss_ref) / loss_ref).abs(),
             "grads": grads.len(),
-            "grad_rel_diff_max": worst,
-            "grad_rel_diff_key": worst_key,
         });
+        let mut pass = loss.is_finite();
+        if !a.skip_burn {
+            let (loss_ref, grads_ref) = run(&BurnKernels)?;
+            let (worst_key, worst) = worst_difference(&grads, &grads_ref)?;
+            report["loss_burn"] = json!(loss_ref);
+            report["loss_rel_diff"] = json!(((loss - loss_ref) / loss_ref).abs());
+            report["grad_rel_diff_max"] = json!(worst);
+            report["grad_rel_diff_key"] = json!(worst_key);
+            pass &= worst <= a.tolerance;
+        }
         // The optimizer step on these gradients: the kernels' norm against the reference's, and
         // two 8-bit AdamW steps (the second from non-zero state) fused against burn's ops.
         let norm = kernels.global_norm(&grads)?;
@@ -122,8 +130,7 @@ impl TrainTask for Check {
         report["grad_norm"] = json!(norm);
         report["grad_norm_rel_diff"] = json!(((norm - norm_ref) / norm_ref).abs());
         report["adamw8bit_bit_exact"] = json!(optimizer_equal);
-        let mut pass = worst <= a.tolerance && loss.is_finite() && optimizer_equal;
-        pass &= ((norm - norm_ref) / norm_ref).abs() <= 1e-5;
+        pass &= optimizer_equal && ((norm - norm_ref) / norm_ref).abs() <= 1e-5;
         if let Some(path) = &reference {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let peft = SafeTensors::deserialize(&bytes)?;

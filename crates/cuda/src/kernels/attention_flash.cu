@@ -11,10 +11,6 @@
 
 #define LOG2E 1.4426950408889634f
 
-struct __attribute__((aligned(16))) u32x4 {
-    u32 x, y, z, w;
-};
-
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
