@@ -237,7 +237,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
         let st = self.state.as_mut().expect("set up in new");
         let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
-        forward(&mut st.cuda, st.scratch.as_ref().expect("allocated"), &run, x_held.ptr, y_held.ptr)?;
+        forward(&mut st.cuda, st.scratch.as_ref().expect("allocated"), &run, x_held.ptr, Some(y_held.ptr))?;
         st.cuda.finish()?;
         Ok(y)
     }
