@@ -8,7 +8,7 @@
 use std::any::Any;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::Runtime;
@@ -29,7 +29,15 @@ pub struct Held {
 
 /// Holds `t`'s memory (made contiguous first if it is a strided view).
 pub fn hold<const D: usize>(t: &Tensor<CudaBackend, D>) -> Result<Held> {
-    let mut tensor = t.clone().into_primitive().tensor();
+    hold_primitive(t.clone().into_primitive().tensor())
+}
+
+/// [`hold`] for an integer tensor.
+pub fn hold_int<const D: usize>(t: &Tensor<CudaBackend, D, Int>) -> Result<Held> {
+    hold_primitive(t.clone().into_primitive())
+}
+
+fn hold_primitive(mut tensor: CubeTensor<CudaRuntime>) -> Result<Held> {
     if !tensor.is_contiguous() {
         tensor = burn_cubecl::kernel::into_contiguous(tensor);
     }
@@ -46,11 +54,19 @@ pub fn hold<const D: usize>(t: &Tensor<CudaBackend, D>) -> Result<Held> {
 
 /// A new contiguous tensor whose contents Ember's kernels will write.
 pub fn empty<const D: usize>(device: &CudaDevice, shape: [usize; D], dtype: DType) -> Tensor<CudaBackend, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(empty_primitive(device, shape, dtype)))
+}
+
+/// [`empty`] for an integer tensor.
+pub fn empty_int<const D: usize>(device: &CudaDevice, shape: [usize; D], dtype: DType) -> Tensor<CudaBackend, D, Int> {
+    Tensor::from_primitive(empty_primitive(device, shape, dtype))
+}
+
+fn empty_primitive<const D: usize>(device: &CudaDevice, shape: [usize; D], dtype: DType) -> CubeTensor<CudaRuntime> {
     let client = CudaRuntime::client(device);
     let bytes = shape.iter().product::<usize>() * dtype.size();
     let handle = client.empty(bytes.max(1));
-    let tensor = CubeTensor::new_contiguous(client, device.clone(), Shape::from(shape), handle, dtype);
-    Tensor::from_primitive(TensorPrimitive::Float(tensor))
+    CubeTensor::new_contiguous(client, device.clone(), Shape::from(shape), handle, dtype)
 }
 
 /// Waits until burn's queued work on `device` is done, so Ember's stream may read its results

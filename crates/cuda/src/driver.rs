@@ -15,6 +15,8 @@ pub struct Gpu {
     pub stream: sys::CUstream,
     /// Compute capability, e.g. (9, 0).
     pub arch: (i32, i32),
+    /// Streaming multiprocessors, for sizing grids.
+    pub sms: usize,
 }
 
 impl Gpu {
@@ -31,7 +33,8 @@ impl Gpu {
             attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
             attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         );
-        Ok(Self { ctx, stream, arch })
+        let sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+        Ok(Self { ctx, stream, arch, sms })
     }
 
     /// Makes this device's context current on the calling thread (cubecl may have switched).

@@ -7,8 +7,9 @@ use std::cell::{Cell, RefCell, RefMut};
 use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
 use ember_model::{GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
-use ember_trainer::grads::MicroBatch;
+use ember_trainer::grads::{AdapterGrads, MicroBatch};
 use ember_trainer::kernels::{BatchKernels, TrainKernels};
+use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
 
 use crate::adapters::{Adapters, GROUPS, projections};
 use crate::batch::BatchData;
@@ -38,6 +39,16 @@ impl CudaKernels {
         Self::default()
     }
 
+    /// `f` on the device, once a micro-batch has set it up.
+    fn with_cuda<T>(&self, f: impl FnOnce(&mut Cuda) -> Result<T>) -> Result<T> {
+        let mut state = self.state.borrow_mut();
+        let st = state
+            .as_mut()
+            .ok_or_else(|| CudaError::Unsupported("the CUDA kernels have not run a micro-batch yet".into()))?;
+        st.cuda.gpu.bind()?;
+        f(&mut st.cuda)
+    }
+
     /// Bytes of Ember's own device memory in use (scratch and packed adapters).
     pub fn scratch_bytes(&self) -> usize {
         self.state
@@ -60,6 +71,11 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         }
         if model.config.head_dim % 2 != 0 {
             return Some(format!("head_dim {} is odd", model.config.head_dim));
+        }
+        // The norm and GeGLU kernels read rows eight values at a time.
+        let (hidden, intermediate) = (model.config.hidden_size, model.config.intermediate_size);
+        if hidden % 8 != 0 || intermediate % 8 != 0 {
+            return Some(format!("hidden_size {hidden} or intermediate_size {intermediate} is not a multiple of 8"));
         }
         let dropout = model
             .model
@@ -89,12 +105,30 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         })
     }
 
+    fn global_norm(&self, grads: &AdapterGrads<CudaBackend>) -> ember_trainer::Result<f64> {
+        match self.with_cuda(|cuda| crate::optimizer::global_norm(cuda, grads)) {
+            Err(CudaError::Unsupported(_)) => Ok(ember_trainer::step::global_norm(grads)),
+            other => Ok(other?),
+        }
+    }
+
+    fn blockwise_adam(&self) -> Option<&dyn BlockwiseAdamKernel<CudaBackend>> {
+        Some(self)
+    }
+
     fn prepare<'a>(
         &'a self,
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
     ) -> ember_trainer::Result<Box<dyn BatchKernels<CudaBackend> + 'a>> {
         Ok(Box::new(CudaBatch::new(self.state.borrow_mut(), model, batch, self.profiling.get())?))
+    }
+}
+
+impl BlockwiseAdamKernel<CudaBackend> for CudaKernels {
+    fn step(&self, step: BlockwiseStep<'_, CudaBackend>) -> std::result::Result<BlockwiseResult<CudaBackend>, String> {
+        self.with_cuda(|cuda| crate::optimizer::adamw8bit(cuda, step))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -203,7 +237,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
         let st = self.state.as_mut().expect("set up in new");
         let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
-        forward(&mut st.cuda, st.scratch.as_ref().expect("allocated"), &run, x_held.ptr, y_held.ptr)?;
+        forward(&mut st.cuda, st.scratch.as_ref().expect("allocated"), &run, x_held.ptr, Some(y_held.ptr))?;
         st.cuda.finish()?;
         Ok(y)
     }

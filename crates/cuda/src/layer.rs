@@ -120,7 +120,11 @@ fn shape(d: &Dims, p: usize) -> (usize, usize) {
 }
 
 /// Runs layer `run` on `x` (`[tokens, hidden]`), writing `y`; activations stay in `scratch`.
-pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Result<()> {
+/// Without `y` (the backward's recompute) only what the backward reads is computed: the layer's
+/// output is not, nor, under Gemma 1's single post-attention norm, the down projection (its
+/// adapter's `x·Aᵀ` only) — a sixth of the layer's GEMM work — nor the attention when the
+/// forward kept its output ([`Scratch::saved_attention`]).
+pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: Option<u64>) -> Result<()> {
     let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
     let n = run.data.tokens();
     let w = run.weights;
@@ -130,8 +134,11 @@ pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Re
     let b = run.data;
     cx.rope(e, p.q_raw, p.q, w.norm(4), b.positions.ptr, run.inv_freq, n, a.heads, a.head_dim, run.eps)?;
     cx.rope(e, p.k_raw, p.k, w.norm(5), b.positions.ptr, run.inv_freq, n, a.kv_heads, a.head_dim, run.eps)?;
-    cx.attention_forward(e, *a, attn_io(s, run))?;
-    project(cx, s, run, 1, p.o, &[p.attn])?;
+    let io = attn_io(s, run);
+    if y.is_some() || s.saved_attention(run.index).is_none() {
+        cx.attention_forward(e, *a, io)?;
+    }
+    project(cx, s, run, 1, io.o, &[p.attn])?;
     let (post_attn, next) = if run.sandwich {
         (w.norm(1), w.norm(2))
     } else {
@@ -140,9 +147,16 @@ pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Re
     cx.residual_norm(e, x, p.attn, post_attn, next, p.h, Some(p.m), n, d.hidden, run.eps)?;
     project(cx, s, run, 2, p.m, &[p.g, p.u])?;
     cx.geglu(e, p.g, p.u, p.p, n * d.intermediate, run.erf)?;
-    project(cx, s, run, 3, p.p, &[p.d])?;
-    let post_ff = if run.sandwich { w.norm(3) } else { None };
-    cx.residual_norm(e, p.h, p.d, post_ff, None, y, None, n, d.hidden, run.eps)
+    match y {
+        Some(y) => {
+            project(cx, s, run, 3, p.p, &[p.d])?;
+            let post_ff = if run.sandwich { w.norm(3) } else { None };
+            cx.residual_norm(e, p.h, p.d, post_ff, None, y, None, n, d.hidden, run.eps)
+        }
+        // The post-feed-forward norm's backward reads the down projection's output.
+        None if run.sandwich => project(cx, s, run, 3, p.p, &[p.d]),
+        None => project_adapters(cx, s, run, 3, p.p, None),
+    }
 }
 
 /// Where the adapters' gradients of one layer go: `(dA, dB)` f32 pointers per projection.
@@ -156,8 +170,7 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
     let w = run.weights;
     let a = &run.attn;
     let b = run.data;
-    // The recompute writes y into `dd`, which the MLP's backward overwrites below.
-    forward(cx, s, run, x, p.dd)?;
+    forward(cx, s, run, x, None)?;
 
     let dd = if run.sandwich {
         let post_ff = w.norm(3).expect("Gemma 2/3 post-feed-forward norm");
@@ -180,8 +193,9 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
         cx.rms_norm_backward(e, p.h, post_attn, p.dm, Some(dy), p.dh, n, d.hidden, run.eps)?;
         p.dh
     };
-    project_backward(cx, s, run, 1, p.o, &[d_attn], p.d_o, grads)?;
-    cx.attention_backward(e, *a, attn_io(s, run), p.d_o, p.dots, p.dq, p.dk, p.dv)?;
+    let io = attn_io(s, run);
+    project_backward(cx, s, run, 1, io.o, &[d_attn], p.d_o, grads)?;
+    cx.attention_backward(e, *a, io, p.d_o, p.dots, p.dkv_part, p.dq, p.dk, p.dv)?;
     let pos = b.positions.ptr;
     cx.rope_backward(e, p.dq, p.q_raw, p.dq_raw, w.norm(4), pos, run.inv_freq, n, a.heads, a.head_dim, run.eps)?;
     cx.rope_backward(e, p.dk, p.k_raw, p.dk_raw, w.norm(5), pos, run.inv_freq, n, a.kv_heads, a.head_dim, run.eps)?;
@@ -190,14 +204,17 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
     cx.rms_norm_backward(e, x, input_norm, p.da, Some(p.dh), dx, n, d.hidden, run.eps)
 }
 
+/// The attention's tensors; its output and logsumexp where the forward keeps them for the
+/// backward, if it does.
 fn attn_io(s: &Scratch, run: &LayerRun) -> AttnIo {
     let p = &s.ptrs;
+    let (o, lse) = s.saved_attention(run.index).unwrap_or((p.o, p.lse));
     AttnIo {
         q: p.q,
         k: p.k,
         v: p.v,
-        o: p.o,
-        lse: p.lse,
+        o,
+        lse,
         segs: run.data.segments.ptr,
         stats: run.data.stats.ptr,
     }
@@ -216,18 +233,32 @@ fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, out
         let weight = Mat::new(run.weights.projections[p].ptr, out_features, in_features, e);
         cx.gemm("gemm base", Mat::new(out, n, out_features, e), x, false, weight, true, 1.0, 0.0)?;
     }
+    project_adapters(cx, s, run, g, input, Some(outs))
+}
+
+/// The adapters of group `g`: `z[g] = input·Aᵀ`, then, given the members' outputs `outs`,
+/// `z·(sB)ᵀ` added to each.
+fn project_adapters(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, outs: Option<&[u64]>) -> Result<()> {
+    let (d, e) = (&s.dims, s.dims.elem);
+    let n = run.data.tokens();
+    let group = GROUPS[g];
+    let in_features = shape(d, group[0]).1;
+    let x = Mat::new(input, n, in_features, e);
     let Some(adapters) = run.adapters.group(run.index, group) else {
         return Ok(());
     };
     let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
-    cx.gemm("gemm adapters", z, x, false, Mat::new(adapters.a, adapters.rank, in_features, e), true, 1.0, 0.0)?;
+    cx.gemm("gemm adapters x·Aᵀ", z, x, false, Mat::new(adapters.a, adapters.rank, in_features, e), true, 1.0, 0.0)?;
+    let Some(outs) = outs else {
+        return Ok(());
+    };
     for &(p, column, rank) in &adapters.members {
         let out = outs[group.iter().position(|&q| q == p).expect("a member")];
         let (out_features, _) = shape(d, p);
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let scaled_b = Mat::new(slot.b, out_features, rank, e);
         let out = Mat::new(out, n, out_features, e);
-        cx.gemm("gemm adapters", out, z.cols(column, rank), false, scaled_b, true, 1.0, 1.0)?;
+        cx.gemm("gemm adapters +z·Bᵀ", out, z.cols(column, rank), false, scaled_b, true, 1.0, 1.0)?;
     }
     Ok(())
 }
@@ -269,18 +300,18 @@ fn project_backward(
     for &(p, column, rank) in &adapters.members {
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let scaled_b = Mat::new(slot.b, shape(d, p).0, rank, e);
-        cx.gemm("gemm adapters", dz.cols(column, rank), member_grad(p), false, scaled_b, false, 1.0, 0.0)?;
+        cx.gemm("gemm adapters dz", dz.cols(column, rank), member_grad(p), false, scaled_b, false, 1.0, 0.0)?;
     }
-    cx.gemm("gemm adapters", dx, dz, false, Mat::new(adapters.a, adapters.rank, in_features, e), false, 1.0, 1.0)?;
+    cx.gemm("gemm adapters +dz·A", dx, dz, false, Mat::new(adapters.a, adapters.rank, in_features, e), false, 1.0, 1.0)?;
     let d_a = Mat::new(s.ptrs.d_a, adapters.rank, in_features, Elem::F32);
-    cx.gemm("gemm adapters", d_a, dz, true, Mat::new(input, n, in_features, e), false, 1.0, 0.0)?;
+    cx.gemm("gemm adapters dA", d_a, dz, true, Mat::new(input, n, in_features, e), false, 1.0, 0.0)?;
     for &(p, column, rank) in &adapters.members {
         let Some((grad_a, grad_b)) = grads[p] else { continue };
         let rows = d_a.rows(column, rank);
         cx.gpu.copy(grad_a, rows.ptr, rank * in_features * 4)?;
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let out_b = Mat::new(grad_b, shape(d, p).0, rank, Elem::F32);
-        cx.gemm("gemm adapters", out_b, member_grad(p), true, z.cols(column, rank), false, slot.scale, 0.0)?;
+        cx.gemm("gemm adapters dB", out_b, member_grad(p), true, z.cols(column, rank), false, slot.scale, 0.0)?;
     }
     Ok(())
 }

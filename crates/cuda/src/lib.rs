@@ -19,6 +19,7 @@ mod head;
 mod layer;
 mod module;
 mod ops;
+mod optimizer;
 mod profile;
 mod scratch;
 

@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use crate::driver::Gpu;
+use crate::driver::{Buffer, Gpu};
 use crate::error::{CudaError, Result};
 use crate::gemm::{Elem, Gemm, Mat};
 use crate::module::Module;
@@ -15,6 +15,8 @@ pub struct Cuda {
     module: Module,
     gemm: Gemm,
     pub profile: Profile,
+    /// Device memory for small per-call uploads (kernel argument tables), kept and regrown.
+    staging: Option<Buffer>,
 }
 
 /// A kernel argument, passed by value in an 8-byte slot (little-endian: a 4-byte parameter
@@ -67,6 +69,19 @@ impl AttnShape {
     }
 }
 
+/// Where an 8-bit AdamW step's data is (device pointers).
+pub struct AdamStep {
+    pub table: u64,
+    pub tensors: usize,
+    pub maps: u64,
+    pub codes: [u64; 2],
+    pub absmax: [u64; 2],
+    pub new_codes: [u64; 2],
+    pub new_absmax: [u64; 2],
+    pub scalars: ember_trainer::optim::Scalars,
+    pub grad_scale: f32,
+}
+
 /// Where an attention call's tensors are: `q`, `o` `[tokens, heads·head_dim]`, `k`, `v`
 /// `[tokens, kv_heads·head_dim]`, `lse` `[heads, tokens]` f32, `segs` and `stats` as
 /// [`crate::batch`] makes them.
@@ -97,6 +112,7 @@ fn category(kernel: &str) -> &'static str {
         "rope" => "rope",
         "geglu" => "geglu",
         "cross" => "loss",
+        "sum" | "adamw8bit" => "optimizer",
         "pack" => "adapter packing",
         _ if kernel.contains("forward") => "attention forward",
         _ => "attention backward",
@@ -117,6 +133,7 @@ impl Cuda {
             module,
             gemm,
             profile: Profile::default(),
+            staging: None,
         })
     }
 
@@ -285,7 +302,7 @@ impl Cuda {
     pub fn geglu(&mut self, e: Elem, g: u64, u: u64, p: u64, n: usize, erf: bool) -> Result<()> {
         let name = pick(e, "geglu_f32", "geglu_bf16");
         let args = [Ptr(g), Ptr(u), Ptr(p), I64(n as i64), I32(erf as i32)];
-        self.launch(name, (blocks(n, 256).min(16384), 1, 1), 256, 0, &args)
+        self.launch(name, (blocks(n.div_ceil(8), 256).min(16384), 1, 1), 256, 0, &args)
     }
 
     /// `dg`, `du` from `dp`; they may be `g` and `u` themselves.
@@ -293,7 +310,7 @@ impl Cuda {
     pub fn geglu_backward(&mut self, e: Elem, dp: u64, g: u64, u: u64, dg: u64, du: u64, n: usize, erf: bool) -> Result<()> {
         let name = pick(e, "geglu_backward_f32", "geglu_backward_bf16");
         let args = [Ptr(dp), Ptr(g), Ptr(u), Ptr(dg), Ptr(du), I64(n as i64), I32(erf as i32)];
-        self.launch(name, (blocks(n, 256).min(16384), 1, 1), 256, 0, &args)
+        self.launch(name, (blocks(n.div_ceil(8), 256).min(16384), 1, 1), 256, 0, &args)
     }
 
     /// Copies of f32 tensors into `dst` (see `pack_f32` in elementwise.cu); `table` is on the device.
@@ -320,6 +337,47 @@ impl Cuda {
         self.launch(name, (rows as u32, 1, 1), 1024, 0, &args)
     }
 
+    /// `bytes` of device memory for uploads, valid until the next call.
+    pub fn staging(&mut self, bytes: usize) -> Result<u64> {
+        if self.staging.as_ref().is_none_or(|b| b.bytes < bytes) {
+            self.staging = None;
+            self.staging = Some(Buffer::new(bytes.next_power_of_two())?);
+        }
+        Ok(self.staging.as_ref().expect("allocated above").ptr)
+    }
+
+    /// `sums[i] = Σ x²` of each f32 tensor of `table` (`{pointer, length}` pairs).
+    pub fn sum_squares(&mut self, table: u64, tensors: usize, sums: u64) -> Result<()> {
+        self.launch("sum_squares_f32", (tensors as u32, 1, 1), 256, 0, &[Ptr(table), Ptr(sums)])
+    }
+
+    /// bnb's block-wise 8-bit AdamW over `blocks` blocks of 256 (see optimizer.cu for `table`).
+    pub fn adamw8bit(&mut self, blocks: usize, step: &AdamStep) -> Result<()> {
+        let s = &step.scalars;
+        let args = [
+            Ptr(step.table),
+            I32(step.tensors as i32),
+            Ptr(step.maps),
+            Ptr(step.codes[0]),
+            Ptr(step.codes[1]),
+            Ptr(step.absmax[0]),
+            Ptr(step.absmax[1]),
+            Ptr(step.new_codes[0]),
+            Ptr(step.new_codes[1]),
+            Ptr(step.new_absmax[0]),
+            Ptr(step.new_absmax[1]),
+            F32(s.beta1),
+            F32(s.beta2),
+            F32(s.one_minus_beta1),
+            F32(s.one_minus_beta2),
+            F32(s.eps),
+            F32(s.step_size),
+            F32(s.decay.unwrap_or(1.0)),
+            F32(step.grad_scale),
+        ];
+        self.launch("adamw8bit_blockwise", (blocks as u32, 1, 1), 256, 0, &args)
+    }
+
     /// Attention forward: writes `io.o` and `io.lse`.
     pub fn attention_forward(&mut self, e: Elem, s: AttnShape, io: AttnIo) -> Result<()> {
         let grid = (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32);
@@ -340,7 +398,20 @@ impl Cuda {
         }
     }
 
-    /// Attention backward: `dq`, `dk`, `dv` from `d_o`; `dots` is `[heads, tokens]` f32 scratch.
+    /// Into how many shares the dK/dV kernel splits each group of query heads: the fewest that
+    /// give about four blocks per multiprocessor (one block runs per multiprocessor), so grouped
+    /// heads (Gemma 2B has 8 query heads on one key head) don't leave the card idle.
+    fn dkdv_splits(&self, s: AttnShape, tiles: usize) -> usize {
+        let group = s.heads / s.kv_heads;
+        let blocks = tiles * s.kv_heads * s.batch;
+        (1..=group)
+            .filter(|d| group % d == 0)
+            .find(|d| blocks * d >= 4 * self.gpu.sms)
+            .unwrap_or(group)
+    }
+
+    /// Attention backward: `dq`, `dk`, `dv` from `d_o`; `dots` is `[heads, tokens]` f32 scratch,
+    /// `part` f32 scratch of `2 · tokens · heads · head_dim` when heads are grouped.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &mut self,
@@ -349,6 +420,7 @@ impl Cuda {
         io: AttnIo,
         d_o: u64,
         dots: u64,
+        part: u64,
         dq: u64,
         dk: u64,
         dv: u64,
@@ -372,17 +444,24 @@ impl Cuda {
                 128 => ("attention_flash_backward_dkdv_128", "attention_flash_backward_dq_128", 64),
                 _ => ("attention_flash_backward_dkdv_256", "attention_flash_backward_dq_256", 32),
             };
-            let tiles = s.seq.div_ceil(64) as u32;
+            let tiles = s.seq.div_ceil(64);
+            let splits = self.dkdv_splits(s, tiles);
             let mut args = common.to_vec();
-            args.extend([Ptr(dk), Ptr(dv), Ptr(io.segs), Ptr(io.stats)]);
+            args.extend([Ptr(dk), Ptr(dv), Ptr(part), I32(splits as i32), Ptr(io.segs), Ptr(io.stats)]);
             args.extend(s.args());
-            let shared = 4 * 64 * hd * 2 + 2 * 64 * 64 * 2 + 4 * 64 * 4;
-            self.launch(dkdv, (tiles, s.kv_heads as u32, s.batch as u32), 256, shared, &args)?;
+            let shared = 6 * 64 * hd * 2 + 2 * 64 * 64 * 2 + 4 * 64 * 4;
+            let grid = (tiles as u32, (s.kv_heads * splits) as u32, s.batch as u32);
+            self.launch(dkdv, grid, 256, shared, &args)?;
+            if splits > 1 {
+                let n = tokens * s.kv_heads * hd;
+                let args = [Ptr(part), Ptr(dk), Ptr(dv), I64(n as i64), I32(splits as i32)];
+                self.launch("attention_flash_sum_splits", (blocks(n, 256).min(4096), 1, 1), 256, 0, &args)?;
+            }
             let mut args = common.to_vec();
             args.extend([Ptr(dq), Ptr(io.segs), Ptr(io.stats)]);
             args.extend(s.args());
-            let shared = 2 * 64 * hd * 2 + 2 * bn * hd * 2 + (64 + bn) * 4;
-            self.launch(dq_name, (tiles, s.heads as u32, s.batch as u32), 128, shared, &args)
+            let shared = 2 * 64 * hd * 2 + 3 * bn * hd * 2 + (64 + bn) * 4;
+            self.launch(dq_name, (tiles as u32, s.heads as u32, s.batch as u32), 128, shared, &args)
         } else {
             let group = s.heads / s.kv_heads;
             let mut args = common.to_vec();

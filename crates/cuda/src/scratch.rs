@@ -18,6 +18,7 @@ pub struct Dims {
     pub kv: usize,
     pub intermediate: usize,
     pub heads: usize,
+    pub layers: usize,
     /// Largest total adapter rank of each projection group over the layers.
     pub ranks: [usize; 4],
     /// Rows of one LM-head chunk, and the vocabulary.
@@ -37,6 +38,7 @@ impl Dims {
             kv: config.num_key_value_heads * config.head_dim,
             intermediate: config.intermediate_size,
             heads: config.num_attention_heads,
+            layers: config.num_hidden_layers(),
             ranks,
             head_rows,
             vocab: config.vocab_size,
@@ -49,8 +51,8 @@ impl Dims {
     /// Whether a scratch laid out for `self` serves `other`: the same model, at least as
     /// many tokens and adapter ranks.
     pub fn covers(&self, other: &Dims) -> bool {
-        let same_model = (self.hidden, self.q, self.kv, self.intermediate, self.heads, self.vocab, self.elem)
-            == (other.hidden, other.q, other.kv, other.intermediate, other.heads, other.vocab, other.elem);
+        let same_model = (self.hidden, self.q, self.kv, self.intermediate, self.heads, self.layers, self.vocab, self.elem)
+            == (other.hidden, other.q, other.kv, other.intermediate, other.heads, other.layers, other.vocab, other.elem);
         same_model && self.tokens >= other.tokens && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
     }
 }
@@ -86,6 +88,8 @@ pub struct Ptrs {
     pub dq: u64,
     pub dk: u64,
     pub dv: u64,
+    /// f32 partial dK, dV of the attention backward's head shares (grouped heads only).
+    pub dkv_part: u64,
     pub dq_raw: u64,
     pub dk_raw: u64,
     pub da: u64,
@@ -97,7 +101,16 @@ pub struct Ptrs {
     pub logits: u64,
     pub head_grad: u64,
     pub losses: u64,
+    /// Every layer's attention output and logsumexp from the forward, `saved_stride` bytes
+    /// apart, for the backward (stride 0: none; the backward's recompute runs the attention).
+    pub saved_attn: u64,
+    pub saved_stride: u64,
 }
+
+/// Keeping each layer's attention output between its forward and backward saves the
+/// recompute's attention forward (~5% of a step at the 2B shape); above this many bytes (long
+/// contexts) memory matters more and the recompute runs it.
+const SAVED_ATTENTION_LIMIT: usize = 2 << 30;
 
 pub struct Scratch {
     pub dims: Dims,
@@ -114,6 +127,7 @@ impl Scratch {
             kv,
             intermediate: i,
             heads,
+            layers,
             ranks,
             head_rows,
             vocab,
@@ -153,6 +167,7 @@ impl Scratch {
             dq: take(n * q * t),
             dk: take(n * kv * t),
             dv: take(n * kv * t),
+            dkv_part: take(if q > kv { n * q * 8 } else { 0 }),
             dq_raw: take(n * q * t),
             dk_raw: take(n * kv * t),
             da: take(n * h * t),
@@ -162,7 +177,14 @@ impl Scratch {
             logits: take(head_rows * vocab * t),
             head_grad: take(head_rows * h * t),
             losses: take(n * 4),
+            saved_attn: 0,
+            saved_stride: 0,
         };
+        let stride = (n * q * t).next_multiple_of(256) + (heads * n * 4).next_multiple_of(256);
+        if layers * stride <= SAVED_ATTENTION_LIMIT {
+            p.saved_attn = take(layers * stride);
+            p.saved_stride = stride as u64;
+        }
         let arena = Buffer::new(end)?;
         let base = arena.ptr;
         let shift = |x: &mut u64| *x += base;
@@ -192,6 +214,7 @@ impl Scratch {
             &mut p.dq,
             &mut p.dk,
             &mut p.dv,
+            &mut p.dkv_part,
             &mut p.dq_raw,
             &mut p.dk_raw,
             &mut p.da,
@@ -200,6 +223,7 @@ impl Scratch {
             &mut p.logits,
             &mut p.head_grad,
             &mut p.losses,
+            &mut p.saved_attn,
         ] {
             shift(x);
         }
@@ -210,6 +234,16 @@ impl Scratch {
             dims,
             ptrs: p,
             arena,
+        })
+    }
+
+    /// Where layer `layer`'s attention output `[tokens, heads·head_dim]` and logsumexp
+    /// `[heads, tokens]` are kept from its forward to its backward, if they are.
+    pub fn saved_attention(&self, layer: usize) -> Option<(u64, u64)> {
+        let p = &self.ptrs;
+        (p.saved_stride > 0).then(|| {
+            let o = p.saved_attn + layer as u64 * p.saved_stride;
+            (o, o + (self.dims.tokens * self.dims.q * self.dims.elem.size()).next_multiple_of(256) as u64)
         })
     }
 

@@ -12,7 +12,8 @@ use burn::tensor::Bool;
 use ember_model::{GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
 
 use crate::error::Result;
-use crate::grads::MicroBatch;
+use crate::grads::{AdapterGrads, MicroBatch};
+use crate::optim::BlockwiseAdamKernel;
 
 /// The kernels of a training step, chosen at run time.
 pub trait TrainKernels<B: Backend> {
@@ -29,6 +30,16 @@ pub trait TrainKernels<B: Backend> {
     /// `(category, seconds, FLOPs)` of the kernels' own work since profiling started.
     fn kernel_times(&self) -> Vec<(String, f64, f64)> {
         Vec::new()
+    }
+
+    /// `sqrt(Σ ‖g‖²)` over every adapter gradient (the step's clipping norm).
+    fn global_norm(&self, grads: &AdapterGrads<B>) -> Result<f64> {
+        Ok(crate::step::global_norm(grads))
+    }
+
+    /// A fused form of 8-bit AdamW's packed update, where these kernels have one.
+    fn blockwise_adam(&self) -> Option<&dyn BlockwiseAdamKernel<B>> {
+        None
     }
 
     /// The kernels for one micro-batch: its positions, masks and targets set up once for all

@@ -70,7 +70,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
     let mut optimizer_phases = Phases::default();
     let mut clock = Clock::<B::InnerBackend>::start(settings.profile.then_some(&mut optimizer_phases), &device);
     let loss = loss_sum / normaliser;
-    let grad_norm = global_norm(&grads);
+    let grad_norm = kernels.global_norm(&grads)?;
     let skipped = !loss.is_finite() || !grad_norm.is_finite();
     let mut outcome = StepOutcome {
         loss,
@@ -82,6 +82,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
     if skipped {
         return Ok((model, outcome));
     }
+    // Applied to the gradients by the optimizer (in its packed or fused form: one operation).
     let clip = match settings.max_grad_norm {
         Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
         None => 1.0,
@@ -94,14 +95,15 @@ pub fn optimizer_step<B: AutodiffBackend>(
             for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
                 let key = peft_key(&path, matrix);
                 let Some(grad) = grads.remove(&key) else { continue };
-                let grad = if clip < 1.0 { grad * clip } else { grad };
                 items.push((key, param.val().inner().flatten(0, 1), grad.flatten(0, 1)));
             }
         }
     }
     let keys: Vec<String> = items.iter().map(|(key, _, _)| key.clone()).collect();
     let mut updated: HashMap<String, Tensor<B::InnerBackend, 1>> =
-        keys.into_iter().zip(optimizer.update_many(items, lr)).collect();
+        keys.into_iter()
+            .zip(optimizer.update_many(items, lr, clip, kernels.blockwise_adam()))
+            .collect();
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (path, linear) in projections_mut(i, layer) {
             let Some(lora) = linear.lora.as_mut() else { continue };
@@ -123,7 +125,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
 
 /// `sqrt(Σ ‖g‖²)` over every adapter gradient: per-tensor sums on the device, read back in
 /// one transfer (each read waits for the device) and added in f64.
-fn global_norm<B: burn::tensor::backend::Backend>(grads: &AdapterGrads<B>) -> f64 {
+pub fn global_norm<B: burn::tensor::backend::Backend>(grads: &AdapterGrads<B>) -> f64 {
     if grads.is_empty() {
         return 0.0;
     }

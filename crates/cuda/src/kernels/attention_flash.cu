@@ -1,6 +1,8 @@
 // Fused attention for bf16 training, FlashAttention-2 style: forward (saving the logsumexp),
-// then a dK/dV kernel (one block per key tile, looping over the query heads of its group, so
-// grouped keys and values get their gradient summed without atomics) and a dQ kernel. Tensor
+// then a dK/dV kernel (one block per key tile and share of the query heads of its group; with
+// several shares, each writes f32 partial sums that `attention_flash_sum_splits` adds in a fixed
+// order, so the result is deterministic without atomics) and a dQ kernel. Tiles are loaded with
+// `cp.async` while the previous stage computes; blocks with the most causal work start first. Tensor
 // cores through `mma.sync.m16n8k16` (bf16 in, f32 accumulate), tiles in shared memory swizzled
 // by 16-byte chunk (`chunk ^ (row & 7)`) so `ldmatrix` reads are free of bank conflicts.
 // Causal, sliding-window and segment masks; key/query tiles that the masks empty entirely are
@@ -8,10 +10,6 @@
 // head_dim ∈ {64, 128, 256}; `AttnShape` is in attention_naive.cu.
 
 #define LOG2E 1.4426950408889634f
-
-struct __attribute__((aligned(16))) u32x4 {
-    u32 x, y, z, w;
-};
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
@@ -56,6 +54,27 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int ld, in
         u32x4 v = {0u, 0u, 0u, 0u};
         if (r0 + r < seq) v = *(const u32x4*)(src + (long)(r0 + r) * ld + c * 8);
         *(u32x4*)(dst + swz<WIDTH>(r, c)) = v;
+    }
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+    // src-size 0 zero-fills the 16 bytes without reading `src`.
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(pred ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// `load_tile` through cp.async: the copy lands once this thread's `cp_async_wait_all` returns
+// (and, for the other threads' rows, after the barrier that follows it).
+template <int WIDTH, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int ld, int r0, int seq) {
+    constexpr int CHUNKS = WIDTH / 8;
+    for (int i = threadIdx.x; i < ROWS * CHUNKS; i += THREADS) {
+        const int r = i / CHUNKS, c = i % CHUNKS;
+        const bool in = r0 + r < seq;
+        cp_async16(dst + swz<WIDTH>(r, c), src + (long)(in ? r0 + r : 0) * ld + c * 8, in);
     }
 }
 
@@ -111,15 +130,16 @@ __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16*
     bf16* Vs = Ks + BN * HD;
     int* seg_q = (int*)(Vs + BN * HD);
     int* seg_k = seg_q + BM;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const int hk = h / (a.heads / a.kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long tokens = (long)gridDim.z * a.seq;
     const int qw = a.heads * HD, kw = a.kv_heads * HD;
     const long first = (long)b * a.seq;
     const int q_last = min(q0 + BM, a.seq) - 1;
+    const bf16* k_head = k + first * kw + hk * HD;
+    const bf16* v_head = v + first * kw + hk * HD;
 
-    load_tile<HD, BM, THREADS>(Qs, q + first * qw + h * HD, qw, q0, a.seq);
     for (int i = threadIdx.x; i < BM; i += THREADS) seg_q[i] = q0 + i < a.seq ? segs[first + q0 + i] : 0;
     const Span sq = span_stats(stats, b, a.seq, q0, BM);
 
@@ -128,19 +148,30 @@ __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16*
     for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     float m[2] = {-EMBER_INF, -EMBER_INF}, l[2] = {0.0f, 0.0f};
 
-    const int kt_lo = a.window ? max(0, q0 - a.window + 1) / BN : 0;
+    // The key tiles the masks leave something of, in order.
     const int kt_hi = q_last / BN;
-    for (int kt = kt_lo; kt <= kt_hi; ++kt) {
+    auto next_live = [&](int kt) {
+        for (; kt <= kt_hi; ++kt) {
+            const int k_last = min(kt * BN + BN, a.seq) - 1;
+            if (a.window && q0 - k_last >= a.window) continue;
+            if (!spans_disjoint(sq, span_stats(stats, b, a.seq, kt * BN, BN))) break;
+        }
+        return kt;
+    };
+    // K of the next tile loads while P·V of this one computes, V while its scores do.
+    load_tile_async<HD, BM, THREADS>(Qs, q + first * qw + h * HD, qw, q0, a.seq);
+    int kt = next_live(a.window ? max(0, q0 - a.window + 1) / BN : 0);
+    if (kt <= kt_hi) load_tile_async<HD, BN, THREADS>(Ks, k_head, kw, kt * BN, a.seq);
+    cp_async_commit();
+    while (kt <= kt_hi) {
         const int k0 = kt * BN, k_last = min(k0 + BN, a.seq) - 1;
         const Span sk = span_stats(stats, b, a.seq, k0, BN);
-        if (spans_disjoint(sq, sk)) continue;
-        if (a.window && q0 - k_last >= a.window) continue;
         const bool masked = !tile_unmasked(sq, sk, q0, q_last, k0, k_last, a.window);
-        __syncthreads();
-        load_tile<HD, BN, THREADS>(Ks, k + first * kw + hk * HD, kw, k0, a.seq);
-        load_tile<HD, BN, THREADS>(Vs, v + first * kw + hk * HD, kw, k0, a.seq);
         for (int i = threadIdx.x; i < BN; i += THREADS) seg_k[i] = k0 + i < a.seq ? segs[first + k0 + i] : 0;
+        cp_async_wait_all();
         __syncthreads();
+        load_tile_async<HD, BN, THREADS>(Vs, v_head, kw, k0, a.seq);
+        cp_async_commit();
 
         float s[BN / 8][4];
 #pragma unroll
@@ -200,6 +231,11 @@ __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16*
                 l[e >> 1] += s[n][e];
             }
         }
+        cp_async_wait_all();
+        __syncthreads();
+        const int next = next_live(kt + 1);
+        if (next <= kt_hi) load_tile_async<HD, BN, THREADS>(Ks, k_head, kw, next * BN, a.seq);
+        cp_async_commit();
 #pragma unroll
         for (int kb = 0; kb < BN / 16; ++kb) {
             const u32 pa[4] = {pack_bf16x2(s[2 * kb][0], s[2 * kb][1]), pack_bf16x2(s[2 * kb][2], s[2 * kb][3]),
@@ -213,7 +249,9 @@ __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16*
                 mma(acc[2 * dp + 1], pa, bv[2], bv[3]);
             }
         }
+        kt = next;
     }
+    cp_async_wait_all();
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
@@ -233,27 +271,31 @@ __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16*
     }
 }
 
-// ---- dK, dV: grid (key tiles of 64, kv heads, batch), 8 warps ----
-// Warp w owns keys 16·(w % 4) of the tile; for the scores it takes queries 32·(w / 4) of the
-// query tile, for the gradients dimensions (HD/2)·(w / 4). P and dS pass through shared memory.
+// ---- dK, dV: grid (key tiles of 64, kv heads × splits, batch), 8 warps ----
+// Block (x, y) takes key tile x of kv head y / splits and the query heads of share y % splits of
+// its group. Warp w owns keys 16·(w % 4) of the tile; for the scores it takes queries 32·(w / 4)
+// of the query tile, for the gradients dimensions (HD/2)·(w / 4). P and dS pass through shared
+// memory; Q and dO are double-buffered, the next (head, query tile)'s loading during this one.
+// With one share the block writes bf16 dK, dV; with several, f32 partial sums into `part`
+// (`[2][splits][tokens, kv_heads·HD]`, dK then dV).
 template <int HD>
 __device__ void flash_backward_dkdv(const bf16* q, const bf16* k, const bf16* v, const bf16* d_o, const float* lse,
-                                    const float* dots, bf16* dk, bf16* dv, const int* segs, const int* stats,
-                                    AttnShape a) {
+                                    const float* dots, bf16* dk, bf16* dv, float* part, int splits,
+                                    const int* segs, const int* stats, AttnShape a) {
     constexpr int BM = 64, BN = 64, THREADS = 256;
     extern __shared__ __attribute__((aligned(16))) unsigned char smem[];
     bf16* Ks = (bf16*)smem;
     bf16* Vs = Ks + BN * HD;
-    bf16* Qs = Vs + BN * HD;
-    bf16* dOs = Qs + BM * HD;
-    bf16* Ps = dOs + BM * HD;   // [BN keys][BM queries]
+    bf16* Qbuf = Vs + BN * HD;       // two tiles
+    bf16* dObuf = Qbuf + 2 * BM * HD;  // two tiles
+    bf16* Ps = dObuf + 2 * BM * HD;    // [BN keys][BM queries]
     bf16* dSs = Ps + BN * BM;
     float* lse_s = (float*)(dSs + BN * BM);
     float* dot_s = lse_s + BM;
     int* seg_q = (int*)(dot_s + BM);
     int* seg_k = seg_q + BM;
-    const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * BN;
-    const int group = a.heads / a.kv_heads;
+    const int b = blockIdx.z, hk = blockIdx.y / splits, share = blockIdx.y % splits, k0 = blockIdx.x * BN;
+    const int group = a.heads / a.kv_heads, per_share = group / splits;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kg = warp & 3, half = warp >> 2;
     const long tokens = (long)gridDim.z * a.seq;
@@ -261,8 +303,8 @@ __device__ void flash_backward_dkdv(const bf16* q, const bf16* k, const bf16* v,
     const long first = (long)b * a.seq;
     const int k_last = min(k0 + BN, a.seq) - 1;
 
-    load_tile<HD, BN, THREADS>(Ks, k + first * kw + hk * HD, kw, k0, a.seq);
-    load_tile<HD, BN, THREADS>(Vs, v + first * kw + hk * HD, kw, k0, a.seq);
+    load_tile_async<HD, BN, THREADS>(Ks, k + first * kw + hk * HD, kw, k0, a.seq);
+    load_tile_async<HD, BN, THREADS>(Vs, v + first * kw + hk * HD, kw, k0, a.seq);
     for (int i = threadIdx.x; i < BN; i += THREADS) seg_k[i] = k0 + i < a.seq ? segs[first + k0 + i] : 0;
     const Span sk = span_stats(stats, b, a.seq, k0, BN);
 
@@ -272,98 +314,118 @@ __device__ void flash_backward_dkdv(const bf16* q, const bf16* k, const bf16* v,
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc_dk[n][e] = acc_dv[n][e] = 0.0f;
 
+    // Work items: (head of the share, query tile), the tiles the masks leave something of.
     const int q_tiles = (a.seq + BM - 1) / BM;
+    const int qt_lo = k0 / BM;
     const int qt_hi = a.window ? min(q_tiles - 1, (k_last + a.window - 1) / BM) : q_tiles - 1;
-    for (int hq = 0; hq < group; ++hq) {
-        const int h = hk * group + hq;
-        for (int qt = k0 / BM; qt <= qt_hi; ++qt) {
-            const int q0 = qt * BM, q_last = min(q0 + BM, a.seq) - 1;
-            const Span sq = span_stats(stats, b, a.seq, q0, BM);
-            if (spans_disjoint(sq, sk)) continue;
-            const bool masked = !tile_unmasked(sq, sk, q0, q_last, k0, k_last, a.window);
-            __syncthreads();
-            load_tile<HD, BM, THREADS>(Qs, q + first * qw + h * HD, qw, q0, a.seq);
-            load_tile<HD, BM, THREADS>(dOs, d_o + first * qw + h * HD, qw, q0, a.seq);
-            for (int i = threadIdx.x; i < BM; i += THREADS) {
-                const bool in = q0 + i < a.seq;
-                seg_q[i] = in ? segs[first + q0 + i] : 0;
-                lse_s[i] = in ? lse[h * tokens + first + q0 + i] : EMBER_INF;
-                dot_s[i] = in ? dots[h * tokens + first + q0 + i] : 0.0f;
-            }
-            __syncthreads();
+    const int per_head = qt_hi - qt_lo + 1, items = per_share * per_head;
+    auto next_live = [&](int j) {
+        for (; j < items; ++j)
+            if (!spans_disjoint(span_stats(stats, b, a.seq, (qt_lo + j % per_head) * BM, BM), sk)) break;
+        return j;
+    };
+    auto load_item = [&](int j, int slot) {
+        const int h = hk * group + share * per_share + j / per_head, q0 = (qt_lo + j % per_head) * BM;
+        load_tile_async<HD, BM, THREADS>(Qbuf + slot * BM * HD, q + first * qw + h * HD, qw, q0, a.seq);
+        load_tile_async<HD, BM, THREADS>(dObuf + slot * BM * HD, d_o + first * qw + h * HD, qw, q0, a.seq);
+    };
+    int j = next_live(0), buf = 0;
+    if (j < items) load_item(j, 0);
+    cp_async_commit();
+    while (j < items) {
+        const int h = hk * group + share * per_share + j / per_head;
+        const int q0 = (qt_lo + j % per_head) * BM, q_last = min(q0 + BM, a.seq) - 1;
+        const Span sq = span_stats(stats, b, a.seq, q0, BM);
+        const bool masked = !tile_unmasked(sq, sk, q0, q_last, k0, k_last, a.window);
+        for (int i = threadIdx.x; i < BM; i += THREADS) {
+            const bool in = q0 + i < a.seq;
+            seg_q[i] = in ? segs[first + q0 + i] : 0;
+            lse_s[i] = in ? lse[h * tokens + first + q0 + i] : EMBER_INF;
+            dot_s[i] = in ? dots[h * tokens + first + q0 + i] : 0.0f;
+        }
+        cp_async_wait_all();
+        __syncthreads();
+        const int next = next_live(j + 1);
+        if (next < items) load_item(next, buf ^ 1);
+        cp_async_commit();
+        const bf16* Qs = Qbuf + buf * BM * HD;
+        const bf16* dOs = dObuf + buf * BM * HD;
 
-            // Sᵀ and dPᵀ for keys 16·kg.., queries 32·half..
-            float st[4][4], dpt[4][4];
+        // Sᵀ and dPᵀ for keys 16·kg.., queries 32·half..
+        float st[4][4], dpt[4][4];
 #pragma unroll
-            for (int n = 0; n < 4; ++n)
+        for (int n = 0; n < 4; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk) {
-                u32 ak[4], av[4];
-                ldmatrix_x4(ak, Ks + swz<HD>(kg * 16 + (lane & 15), kk * 2 + (lane >> 4)));
-                ldmatrix_x4(av, Vs + swz<HD>(kg * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            u32 ak[4], av[4];
+            ldmatrix_x4(ak, Ks + swz<HD>(kg * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+            ldmatrix_x4(av, Vs + swz<HD>(kg * 16 + (lane & 15), kk * 2 + (lane >> 4)));
 #pragma unroll
-                for (int np = 0; np < 2; ++np) {
-                    const int row = half * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3);
-                    const int chunk = kk * 2 + ((lane >> 3) & 1);
-                    u32 bq[4], bo[4];
-                    ldmatrix_x4(bq, Qs + swz<HD>(row, chunk));
-                    ldmatrix_x4(bo, dOs + swz<HD>(row, chunk));
-                    mma(st[2 * np], ak, bq[0], bq[1]);
-                    mma(st[2 * np + 1], ak, bq[2], bq[3]);
-                    mma(dpt[2 * np], av, bo[0], bo[1]);
-                    mma(dpt[2 * np + 1], av, bo[2], bo[3]);
-                }
-            }
-#pragma unroll
-            for (int n = 0; n < 4; ++n) {
-#pragma unroll
-                for (int e = 0; e < 4; e += 2) {
-                    const int rk = kg * 16 + (lane >> 2) + (e >> 1) * 8;
-                    float p2[2], ds2[2];
-#pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        const int cq = half * 32 + n * 8 + 2 * (lane & 3) + j;
-                        float dcap;
-                        const float sc = flash_score(st[n][e + j], a.scale, a.cap, &dcap);
-                        bool ok = true;
-                        if (masked)
-                            ok = q0 + cq < a.seq && k0 + rk < a.seq &&
-                                 attend_allowed(q0 + cq, k0 + rk, seg_q[cq], seg_k[rk], a.window);
-                        const float p = ok ? exp2f((sc - lse_s[cq]) * LOG2E) : 0.0f;
-                        p2[j] = p;
-                        ds2[j] = p * (dpt[n][e + j] - dot_s[cq]) * dcap * a.scale;
-                    }
-                    const int cq0 = half * 32 + n * 8 + 2 * (lane & 3);
-                    const int off = swz<BM>(rk, cq0 >> 3) + (cq0 & 7);
-                    *(u32*)(Ps + off) = pack_bf16x2(p2[0], p2[1]);
-                    *(u32*)(dSs + off) = pack_bf16x2(ds2[0], ds2[1]);
-                }
-            }
-            __syncthreads();
-
-            // dV += Pᵀ·dO and dK += dSᵀ·Q for keys 16·kg.., dimensions (HD/2)·half..
-#pragma unroll
-            for (int kq = 0; kq < BM / 16; ++kq) {
-                u32 ap[4], ads[4];
-                ldmatrix_x4(ap, Ps + swz<BM>(kg * 16 + (lane & 15), kq * 2 + (lane >> 4)));
-                ldmatrix_x4(ads, dSs + swz<BM>(kg * 16 + (lane & 15), kq * 2 + (lane >> 4)));
-#pragma unroll
-                for (int dp = 0; dp < HD / 32; ++dp) {
-                    const int row = kq * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-                    const int chunk = half * (HD / 16) + dp * 2 + (lane >> 4);
-                    u32 bo[4], bq[4];
-                    ldmatrix_x4_trans(bo, dOs + swz<HD>(row, chunk));
-                    ldmatrix_x4_trans(bq, Qs + swz<HD>(row, chunk));
-                    mma(acc_dv[2 * dp], ap, bo[0], bo[1]);
-                    mma(acc_dv[2 * dp + 1], ap, bo[2], bo[3]);
-                    mma(acc_dk[2 * dp], ads, bq[0], bq[1]);
-                    mma(acc_dk[2 * dp + 1], ads, bq[2], bq[3]);
-                }
+            for (int np = 0; np < 2; ++np) {
+                const int row = half * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3);
+                const int chunk = kk * 2 + ((lane >> 3) & 1);
+                u32 bq[4], bo[4];
+                ldmatrix_x4(bq, Qs + swz<HD>(row, chunk));
+                ldmatrix_x4(bo, dOs + swz<HD>(row, chunk));
+                mma(st[2 * np], ak, bq[0], bq[1]);
+                mma(st[2 * np + 1], ak, bq[2], bq[3]);
+                mma(dpt[2 * np], av, bo[0], bo[1]);
+                mma(dpt[2 * np + 1], av, bo[2], bo[3]);
             }
         }
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int rk = kg * 16 + (lane >> 2) + (e >> 1) * 8;
+                float p2[2], ds2[2];
+#pragma unroll
+                for (int t = 0; t < 2; ++t) {
+                    const int cq = half * 32 + n * 8 + 2 * (lane & 3) + t;
+                    float dcap;
+                    const float sc = flash_score(st[n][e + t], a.scale, a.cap, &dcap);
+                    bool ok = true;
+                    if (masked)
+                        ok = q0 + cq < a.seq && k0 + rk < a.seq &&
+                             attend_allowed(q0 + cq, k0 + rk, seg_q[cq], seg_k[rk], a.window);
+                    const float p = ok ? exp2f((sc - lse_s[cq]) * LOG2E) : 0.0f;
+                    p2[t] = p;
+                    ds2[t] = p * (dpt[n][e + t] - dot_s[cq]) * dcap * a.scale;
+                }
+                const int cq0 = half * 32 + n * 8 + 2 * (lane & 3);
+                const int off = swz<BM>(rk, cq0 >> 3) + (cq0 & 7);
+                *(u32*)(Ps + off) = pack_bf16x2(p2[0], p2[1]);
+                *(u32*)(dSs + off) = pack_bf16x2(ds2[0], ds2[1]);
+            }
+        }
+        __syncthreads();
+
+        // dV += Pᵀ·dO and dK += dSᵀ·Q for keys 16·kg.., dimensions (HD/2)·half..
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; ++kq) {
+            u32 ap[4], ads[4];
+            ldmatrix_x4(ap, Ps + swz<BM>(kg * 16 + (lane & 15), kq * 2 + (lane >> 4)));
+            ldmatrix_x4(ads, dSs + swz<BM>(kg * 16 + (lane & 15), kq * 2 + (lane >> 4)));
+#pragma unroll
+            for (int dp = 0; dp < HD / 32; ++dp) {
+                const int row = kq * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                const int chunk = half * (HD / 16) + dp * 2 + (lane >> 4);
+                u32 bo[4], bq[4];
+                ldmatrix_x4_trans(bo, dOs + swz<HD>(row, chunk));
+                ldmatrix_x4_trans(bq, Qs + swz<HD>(row, chunk));
+                mma(acc_dv[2 * dp], ap, bo[0], bo[1]);
+                mma(acc_dv[2 * dp + 1], ap, bo[2], bo[3]);
+                mma(acc_dk[2 * dp], ads, bq[0], bq[1]);
+                mma(acc_dk[2 * dp + 1], ads, bq[2], bq[3]);
+            }
+        }
+        j = next;
+        buf ^= 1;
     }
+    cp_async_wait_all();
+    const long n_part = tokens * kw;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int rk = kg * 16 + (lane >> 2) + i * 8;
@@ -371,13 +433,34 @@ __device__ void flash_backward_dkdv(const bf16* q, const bf16* k, const bf16* v,
         const long off = (first + k0 + rk) * kw + hk * HD + half * (HD / 2) + 2 * (lane & 3);
 #pragma unroll
         for (int n = 0; n < HD / 16; ++n) {
-            *(u32*)(dk + off + n * 8) = pack_bf16x2(acc_dk[n][2 * i], acc_dk[n][2 * i + 1]);
-            *(u32*)(dv + off + n * 8) = pack_bf16x2(acc_dv[n][2 * i], acc_dv[n][2 * i + 1]);
+            if (splits == 1) {
+                *(u32*)(dk + off + n * 8) = pack_bf16x2(acc_dk[n][2 * i], acc_dk[n][2 * i + 1]);
+                *(u32*)(dv + off + n * 8) = pack_bf16x2(acc_dv[n][2 * i], acc_dv[n][2 * i + 1]);
+            } else {
+                float* pk = part + share * n_part + off + n * 8;
+                float* pv = part + (splits + share) * n_part + off + n * 8;
+                *(float2*)pk = make_float2(acc_dk[n][2 * i], acc_dk[n][2 * i + 1]);
+                *(float2*)pv = make_float2(acc_dv[n][2 * i], acc_dv[n][2 * i + 1]);
+            }
         }
     }
 }
 
+// dK, dV (bf16) as the sums over the shares of `part` (see `flash_backward_dkdv`), in order.
+extern "C" __global__ void attention_flash_sum_splits(const float* part, bf16* dk, bf16* dv, long n, int splits) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float sk = 0.0f, sv = 0.0f;
+        for (int s = 0; s < splits; ++s) {
+            sk += part[s * n + i];
+            sv += part[(splits + s) * n + i];
+        }
+        dk[i] = from_f32<bf16>(sk);
+        dv[i] = from_f32<bf16>(sv);
+    }
+}
+
 // ---- dQ: grid (query tiles of 64, heads, batch), 4 warps of 16 query rows, BN keys a step ----
+// K is double-buffered (the next tile's loads during this one's whole step), V loads during dQ.
 template <int HD, int BN>
 __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* d_o, const float* lse,
                                   const float* dots, bf16* dq, const int* segs, const int* stats, AttnShape a) {
@@ -385,20 +468,20 @@ __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, c
     extern __shared__ __attribute__((aligned(16))) unsigned char smem[];
     bf16* Qs = (bf16*)smem;
     bf16* dOs = Qs + BM * HD;
-    bf16* Ks = dOs + BM * HD;
-    bf16* Vs = Ks + BN * HD;
+    bf16* Kbuf = dOs + BM * HD;  // two tiles
+    bf16* Vs = Kbuf + 2 * BN * HD;
     int* seg_q = (int*)(Vs + BN * HD);
     int* seg_k = seg_q + BM;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const int hk = h / (a.heads / a.kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long tokens = (long)gridDim.z * a.seq;
     const int qw = a.heads * HD, kw = a.kv_heads * HD;
     const long first = (long)b * a.seq;
     const int q_last = min(q0 + BM, a.seq) - 1;
+    const bf16* k_head = k + first * kw + hk * HD;
+    const bf16* v_head = v + first * kw + hk * HD;
 
-    load_tile<HD, BM, THREADS>(Qs, q + first * qw + h * HD, qw, q0, a.seq);
-    load_tile<HD, BM, THREADS>(dOs, d_o + first * qw + h * HD, qw, q0, a.seq);
     for (int i = threadIdx.x; i < BM; i += THREADS) seg_q[i] = q0 + i < a.seq ? segs[first + q0 + i] : 0;
     float row_lse[2], row_dot[2];
 #pragma unroll
@@ -413,19 +496,35 @@ __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, c
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
-    const int kt_lo = a.window ? max(0, q0 - a.window + 1) / BN : 0;
     const int kt_hi = q_last / BN;
-    for (int kt = kt_lo; kt <= kt_hi; ++kt) {
+    auto next_live = [&](int kt) {
+        for (; kt <= kt_hi; ++kt) {
+            const int k_last = min(kt * BN + BN, a.seq) - 1;
+            if (a.window && q0 - k_last >= a.window) continue;
+            if (!spans_disjoint(sq, span_stats(stats, b, a.seq, kt * BN, BN))) break;
+        }
+        return kt;
+    };
+    load_tile_async<HD, BM, THREADS>(Qs, q + first * qw + h * HD, qw, q0, a.seq);
+    load_tile_async<HD, BM, THREADS>(dOs, d_o + first * qw + h * HD, qw, q0, a.seq);
+    int kt = next_live(a.window ? max(0, q0 - a.window + 1) / BN : 0);
+    if (kt <= kt_hi) {
+        load_tile_async<HD, BN, THREADS>(Kbuf, k_head, kw, kt * BN, a.seq);
+        load_tile_async<HD, BN, THREADS>(Vs, v_head, kw, kt * BN, a.seq);
+    }
+    cp_async_commit();
+    int buf = 0;
+    while (kt <= kt_hi) {
         const int k0 = kt * BN, k_last = min(k0 + BN, a.seq) - 1;
         const Span sk = span_stats(stats, b, a.seq, k0, BN);
-        if (spans_disjoint(sq, sk)) continue;
-        if (a.window && q0 - k_last >= a.window) continue;
         const bool masked = !tile_unmasked(sq, sk, q0, q_last, k0, k_last, a.window);
-        __syncthreads();
-        load_tile<HD, BN, THREADS>(Ks, k + first * kw + hk * HD, kw, k0, a.seq);
-        load_tile<HD, BN, THREADS>(Vs, v + first * kw + hk * HD, kw, k0, a.seq);
         for (int i = threadIdx.x; i < BN; i += THREADS) seg_k[i] = k0 + i < a.seq ? segs[first + k0 + i] : 0;
+        cp_async_wait_all();
         __syncthreads();
+        const int next = next_live(kt + 1);
+        if (next <= kt_hi) load_tile_async<HD, BN, THREADS>(Kbuf + (buf ^ 1) * BN * HD, k_head, kw, next * BN, a.seq);
+        cp_async_commit();
+        const bf16* Ks = Kbuf + buf * BN * HD;
 
         float s[BN / 8][4], dp[BN / 8][4];
 #pragma unroll
@@ -465,6 +564,9 @@ __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, c
                 s[n][e] = p * (dp[n][e] - row_dot[e >> 1]) * dcap * a.scale;
             }
         }
+        __syncthreads();  // V and seg_k are free
+        if (next <= kt_hi) load_tile_async<HD, BN, THREADS>(Vs, v_head, kw, next * BN, a.seq);
+        cp_async_commit();
 #pragma unroll
         for (int kb = 0; kb < BN / 16; ++kb) {
             const u32 ads[4] = {pack_bf16x2(s[2 * kb][0], s[2 * kb][1]), pack_bf16x2(s[2 * kb][2], s[2 * kb][3]),
@@ -478,7 +580,10 @@ __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, c
                 mma(acc[2 * d + 1], ads, bk[2], bk[3]);
             }
         }
+        kt = next;
+        buf ^= 1;
     }
+    cp_async_wait_all();
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int r = warp * 16 + (lane >> 2) + i * 8;
@@ -497,8 +602,8 @@ __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, c
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) attention_flash_backward_dkdv_##HD(                        \
         const bf16* q, const bf16* k, const bf16* v, const bf16* d_o, const float* lse, const float* dots,     \
-        bf16* dk, bf16* dv, const int* segs, const int* stats, ATTN_PARAMS) {                                   \
-        flash_backward_dkdv<HD>(q, k, v, d_o, lse, dots, dk, dv, segs, stats, ATTN_SHAPE);                      \
+        bf16* dk, bf16* dv, float* part, int splits, const int* segs, const int* stats, ATTN_PARAMS) {          \
+        flash_backward_dkdv<HD>(q, k, v, d_o, lse, dots, dk, dv, part, splits, segs, stats, ATTN_SHAPE);        \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) attention_flash_backward_dq_##HD(                          \
         const bf16* q, const bf16* k, const bf16* v, const bf16* d_o, const float* lse, const float* dots,     \

@@ -27,6 +27,38 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     return r;
 }
 
+struct __attribute__((aligned(16))) u32x4 {
+    u32 x, y, z, w;
+};
+
+// Eight consecutive values as f32, in one 16-byte access for bf16 (two for f32): memory-bound
+// kernels need wide accesses to reach the card's bandwidth. `p` is 16-byte aligned.
+__device__ __forceinline__ void load8(const bf16* p, float* out) {
+    const u32x4 v = *(const u32x4*)p;
+    const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        out[2 * j] = __uint_as_float(w[j] << 16);
+        out[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ void load8(const float* p, float* out) {
+    const u32x4 a = ((const u32x4*)p)[0], b = ((const u32x4*)p)[1];
+    const u32 w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = __uint_as_float(w[j]);
+}
+
+__device__ __forceinline__ void store8(bf16* p, const float* v) {
+    *(u32x4*)p = {pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7])};
+}
+
+__device__ __forceinline__ void store8(float* p, const float* v) {
+    ((u32x4*)p)[0] = {__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])};
+    ((u32x4*)p)[1] = {__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]), __float_as_uint(v[7])};
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -12,28 +12,67 @@ __device__ __forceinline__ float capped(float l, float cap, float* t_out) {
     return round_to<T>(t * cap);
 }
 
+// `f(i, value)` for each element of a row of `n`, eight at a time with 16-byte loads when `n`
+// is a multiple of 8 (rows then stay 16-byte aligned), else one at a time.
+template <typename T, typename F>
+__device__ __forceinline__ void for_row(const T* row, int n, F f) {
+    if (n % 8 == 0) {
+        for (int c = 8 * threadIdx.x; c < n; c += 8 * blockDim.x) {
+            float v[8];
+            load8(row + c, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) f(c + j, v[j]);
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) f(i, to_f32(row[i]));
+    }
+}
+
+// Two passes over the row: max and sum of exponentials together (online, rescaling the sum when
+// the max grows), then the gradient written over the logits.
 template <typename T>
 __device__ void cross_entropy(T* logits, const int* targets, float* losses, int vocab, float cap, float inv_norm) {
     __shared__ float scratch[32];
     const long row = blockIdx.x;
     T* l = logits + row * (long)vocab;
     const int target = targets[row];
-    float t;
-    float mx = -EMBER_INF;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, capped<T>(to_f32(l[i]), cap, &t));
-    mx = block_max(mx, scratch);
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(capped<T>(to_f32(l[i]), cap, &t) - mx);
-    const float lse = mx + logf(block_sum(sum, scratch));
-    if (threadIdx.x == 0)
+    float mx = -EMBER_INF, sum = 0.0f;
+    for_row(l, vocab, [&](int, float v) {
+        float t;
+        const float z = capped<T>(v, cap, &t);
+        if (z > mx) {
+            sum = sum * expf(mx - z) + 1.0f;
+            mx = z;
+        } else {
+            sum += expf(z - mx);
+        }
+    });
+    const float row_max = block_max(mx, scratch);
+    sum = mx == -EMBER_INF ? 0.0f : sum * expf(mx - row_max);
+    const float lse = row_max + logf(block_sum(sum, scratch));
+    if (threadIdx.x == 0) {
+        float t;
         losses[row] = target < 0 ? 0.0f : lse - capped<T>(to_f32(l[target]), cap, &t);
+    }
     __syncthreads();  // the target's logit is read above before any thread overwrites it
     const float scale = target < 0 ? 0.0f : inv_norm;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float z = capped<T>(to_f32(l[i]), cap, &t);
+    auto grad = [&](int i, float v) {
+        float t;
+        const float z = capped<T>(v, cap, &t);
         float g = round_to<T>((expf(z - lse) - (i == target ? 1.0f : 0.0f)) * scale);
         if (cap != 0.0f) g = g * round_to<T>(1.0f - round_to<T>(t * t));
-        l[i] = from_f32<T>(g);
+        return g;
+    };
+    if (vocab % 8 == 0) {
+        for (int c = 8 * threadIdx.x; c < vocab; c += 8 * blockDim.x) {
+            float v[8];
+            load8(l + c, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = grad(c + j, v[j]);
+            store8(l + c, v);
+        }
+    } else {
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) l[i] = from_f32<T>(grad(i, to_f32(l[i])));
     }
 }
 

@@ -4,7 +4,7 @@ use burn::tensor::{Bool, DType, Int, IntDType, Tensor, TensorData, backend::Back
 
 use super::packing::Layout;
 use super::quant::{BLOCK, DynamicMap};
-use super::{AdamWConfig, Optimizer, StateMap, StateTensors};
+use super::{AdamWConfig, Optimizer, StateMap, StateTensors, scaled};
 
 /// Tensors with fewer elements keep f32 moments (bnb's `min_8bit_size`).
 pub const MIN_8BIT_SIZE: usize = 4096;
@@ -73,17 +73,43 @@ enum Moments<B: Backend> {
 }
 
 /// The kernel's scalars for one step, in f32 as the kernel computes them.
-struct Scalars {
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
+#[derive(Debug, Clone, Copy)]
+pub struct Scalars {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
     /// `c2 · eps`
-    eps: f32,
+    pub eps: f32,
     /// `-lr · c2 / c1`
-    step_size: f32,
+    pub step_size: f32,
     /// `1 - lr·wd`, when `wd > 0`
-    decay: Option<f32>,
+    pub decay: Option<f32>,
+}
+
+/// One step of bnb's block-wise kernel over packed tensors, for a [`BlockwiseAdamKernel`].
+pub struct BlockwiseStep<'a, B: Backend> {
+    pub scalars: Scalars,
+    /// The tensors (f32, flattened) and where each starts in the packed state (multiples of
+    /// [`super::BLOCK`]); the state's slots past a tensor's end load gradient 0 and codes 128
+    /// (first moment) and 0 (second) and hold those codes again after the step.
+    pub params: &'a [Tensor<B, 1>],
+    pub grads: &'a [Tensor<B, 1>],
+    pub offsets: &'a [usize],
+    /// Gradients are multiplied by this first when it is below 1.
+    pub grad_scale: f32,
+    /// `u8` codes `[total]` and f32 absmax `[total / 256]` of the first and second moment.
+    pub codes: [Tensor<B, 1, Int>; 2],
+    pub absmax: [Tensor<B, 1>; 2],
+}
+
+/// New parameters packed `[total]`, codes and absmax.
+pub type BlockwiseResult<B> = (Tensor<B, 1>, [Tensor<B, 1, Int>; 2], [Tensor<B, 1>; 2]);
+
+/// A backend's fused form of [`AdamW8bit`]'s packed step (one kernel instead of dozens of
+/// tensor ops, and no packing copies), bit for bit what the burn ops compute.
+pub trait BlockwiseAdamKernel<B: Backend> {
+    fn step(&self, step: BlockwiseStep<'_, B>) -> Result<BlockwiseResult<B>, String>;
 }
 
 impl Scalars {
@@ -341,7 +367,13 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
         }
     }
 
-    fn update_many(&mut self, items: Vec<(String, Tensor<B, 1>, Tensor<B, 1>)>, lr: f64) -> Vec<Tensor<B, 1>> {
+    fn update_many(
+        &mut self,
+        items: Vec<(String, Tensor<B, 1>, Tensor<B, 1>)>,
+        lr: f64,
+        grad_scale: f64,
+        kernel: Option<&dyn BlockwiseAdamKernel<B>>,
+    ) -> Vec<Tensor<B, 1>> {
         let Some(device) = items.first().map(|(_, param, _)| param.device()) else {
             return Vec::new();
         };
@@ -355,7 +387,7 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
         if layout.names.len() < 2 || !self.pack(&layout, &device) {
             return items
                 .into_iter()
-                .map(|(name, param, grad)| self.update(&name, param, grad, lr))
+                .map(|(name, param, grad)| self.update(&name, param, scaled(grad, grad_scale), lr))
                 .collect();
         }
         let mut packed_params = Vec::new();
@@ -367,30 +399,55 @@ impl<B: Backend> Optimizer<B> for AdamW8bit<B> {
                 packed_grads.push(grad);
                 out.push(None);
             } else {
-                out.push(Some(self.update(&name, param, grad, lr)));
+                out.push(Some(self.update(&name, param, scaled(grad, grad_scale), lr)));
             }
         }
         let maps = self
             .maps
             .get_or_insert_with(|| (DynamicMap::new(true, &device), DynamicMap::new(false, &device)));
         let p = self.packed.as_mut().expect("packed above");
+        let s = Scalars::new(&self.config, p.step + 1, lr);
+        let fused = kernel.and_then(|kernel| {
+            let step = BlockwiseStep {
+                scalars: s,
+                params: &packed_params,
+                grads: &packed_grads,
+                offsets: &layout.offsets,
+                grad_scale: grad_scale as f32,
+                codes: [p.codes1.clone(), p.codes2.clone()],
+                absmax: [p.absmax1.clone(), p.absmax2.clone()],
+            };
+            kernel
+                .step(step)
+                .map_err(|e| tracing::warn!("the fused 8-bit AdamW step failed ({e}); using tensor ops"))
+                .ok()
+        });
         p.step += 1;
-        let s = Scalars::new(&self.config, p.step, lr);
-        let blocks = layout.total / BLOCK;
-        let dtype = p.codes1.dtype();
-        let (new, c1, c2, a1, a2) = blockwise_step(
-            maps,
-            &s,
-            layout.pack(packed_grads, 0.0, &device).reshape([blocks, BLOCK]),
-            layout.pack(packed_params, 0.0, &device).reshape([blocks, BLOCK]),
-            [compute_codes(p.codes1.clone()), compute_codes(p.codes2.clone())],
-            [p.absmax1.clone(), p.absmax2.clone()],
-        );
-        p.codes1 = c1.mask_fill(p.padding.clone(), 128).cast(dtype);
-        p.codes2 = c2.mask_fill(p.padding.clone(), 0).cast(dtype);
-        p.absmax1 = a1;
-        p.absmax2 = a2;
-        let mut updated = layout.unpack(new.reshape([layout.total])).into_iter();
+        let new = match fused {
+            Some((new, [c1, c2], [a1, a2])) => {
+                (p.codes1, p.codes2, p.absmax1, p.absmax2) = (c1, c2, a1, a2);
+                new
+            }
+            None => {
+                let blocks = layout.total / BLOCK;
+                let dtype = p.codes1.dtype();
+                let grads = scaled(layout.pack(packed_grads, 0.0, &device), grad_scale);
+                let (new, c1, c2, a1, a2) = blockwise_step(
+                    maps,
+                    &s,
+                    grads.reshape([blocks, BLOCK]),
+                    layout.pack(packed_params, 0.0, &device).reshape([blocks, BLOCK]),
+                    [compute_codes(p.codes1.clone()), compute_codes(p.codes2.clone())],
+                    [p.absmax1.clone(), p.absmax2.clone()],
+                );
+                p.codes1 = c1.mask_fill(p.padding.clone(), 128).cast(dtype);
+                p.codes2 = c2.mask_fill(p.padding.clone(), 0).cast(dtype);
+                p.absmax1 = a1;
+                p.absmax2 = a2;
+                new.reshape([layout.total])
+            }
+        };
+        let mut updated = layout.unpack(new).into_iter();
         out.into_iter()
             .map(|slot| slot.unwrap_or_else(|| updated.next().expect("one update per packed tensor")))
             .collect()

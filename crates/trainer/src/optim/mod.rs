@@ -10,7 +10,8 @@ mod packing;
 mod quant;
 
 pub use adamw::AdamW;
-pub use adamw8bit::{AdamW8bit, MIN_8BIT_SIZE};
+pub use adamw8bit::{AdamW8bit, BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep, MIN_8BIT_SIZE, Scalars};
+pub use quant::{BLOCK, dynamic_map};
 
 use std::collections::BTreeMap;
 
@@ -46,13 +47,20 @@ pub trait Optimizer<B: Backend> {
     /// at learning rate `lr`. `name` identifies the tensor's state across steps and checkpoints.
     fn update(&mut self, name: &str, param: Tensor<B, 1>, grad: Tensor<B, 1>, lr: f64) -> Tensor<B, 1>;
 
-    /// [`Optimizer::update`] on each `(name, param, grad)`, with the same results. GPU backends
-    /// pay per kernel launch and an adapter has hundreds of tensors, so implementations may
-    /// update them packed together.
-    fn update_many(&mut self, items: Vec<(String, Tensor<B, 1>, Tensor<B, 1>)>, lr: f64) -> Vec<Tensor<B, 1>> {
+    /// [`Optimizer::update`] on each `(name, param, grad · grad_scale)` (the gradient is
+    /// scaled when `grad_scale < 1`: clipping), with the same results. GPU backends pay per
+    /// kernel launch and an adapter has hundreds of tensors, so implementations may update them
+    /// packed together, or in one fused `kernel` where they have one.
+    fn update_many(
+        &mut self,
+        items: Vec<(String, Tensor<B, 1>, Tensor<B, 1>)>,
+        lr: f64,
+        grad_scale: f64,
+        _kernel: Option<&dyn BlockwiseAdamKernel<B>>,
+    ) -> Vec<Tensor<B, 1>> {
         items
             .into_iter()
-            .map(|(name, param, grad)| self.update(&name, param, grad, lr))
+            .map(|(name, param, grad)| self.update(&name, param, scaled(grad, grad_scale), lr))
             .collect()
     }
 
@@ -68,6 +76,11 @@ pub trait Optimizer<B: Backend> {
 
     /// Bytes of optimizer state held on the device.
     fn state_bytes(&self) -> usize;
+}
+
+/// `grad · grad_scale`, or `grad` itself when nothing is to be scaled.
+pub(crate) fn scaled<B: Backend>(grad: Tensor<B, 1>, grad_scale: f64) -> Tensor<B, 1> {
+    if grad_scale < 1.0 { grad * grad_scale } else { grad }
 }
 
 /// Optimizer state being restored: entries grouped per tensor by its `{name}.step` entry,
