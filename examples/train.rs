@@ -20,8 +20,8 @@ use clap::Parser;
 use ember_data::DataConfig;
 use ember_lora::{CONFIG_FILE, LoraConfig, WEIGHTS_FILE};
 use ember_trainer::config::{OptimKind, RunConfig, TrainingArgs};
-use ember_trainer::schedule::ScheduleKind;
 use ember_trainer::kernels::BurnKernels;
+use ember_trainer::schedule::ScheduleKind;
 use ember_trainer::trainer::{Start, train};
 
 #[derive(Parser)]

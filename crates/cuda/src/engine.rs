@@ -75,7 +75,9 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         // The norm and GeGLU kernels read rows eight values at a time.
         let (hidden, intermediate) = (model.config.hidden_size, model.config.intermediate_size);
         if hidden % 8 != 0 || intermediate % 8 != 0 {
-            return Some(format!("hidden_size {hidden} or intermediate_size {intermediate} is not a multiple of 8"));
+            return Some(format!(
+                "hidden_size {hidden} or intermediate_size {intermediate} is not a multiple of 8"
+            ));
         }
         let dropout = model
             .model
@@ -121,7 +123,12 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
     ) -> ember_trainer::Result<Box<dyn BatchKernels<CudaBackend> + 'a>> {
-        Ok(Box::new(CudaBatch::new(self.state.borrow_mut(), model, batch, self.profiling.get())?))
+        Ok(Box::new(CudaBatch::new(
+            self.state.borrow_mut(),
+            model,
+            batch,
+            self.profiling.get(),
+        )?))
     }
 }
 
@@ -213,7 +220,9 @@ impl<'a> CudaBatch<'a> {
     fn check_keep(keep: &LayerKeep<CudaBackend>) -> Result<()> {
         match keep.iter().all(Option::is_none) {
             true => Ok(()),
-            false => Err(CudaError::Unsupported("LoRA dropout masks reached the CUDA kernels".into())),
+            false => Err(CudaError::Unsupported(
+                "LoRA dropout masks reached the CUDA kernels".into(),
+            )),
         }
     }
 
@@ -236,8 +245,22 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let layer = &self.model.model.layers[index];
         let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
         let st = self.state.as_mut().expect("set up in new");
-        let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
-        forward(&mut st.cuda, st.scratch.as_ref().expect("allocated"), &run, x_held.ptr, Some(y_held.ptr))?;
+        let run = LayerRun::new(
+            index,
+            layer,
+            weights,
+            &st.adapters,
+            data,
+            config.sliding_window,
+            config.rms_norm_eps,
+        );
+        forward(
+            &mut st.cuda,
+            st.scratch.as_ref().expect("allocated"),
+            &run,
+            x_held.ptr,
+            Some(y_held.ptr),
+        )?;
         st.cuda.finish()?;
         Ok(y)
     }
@@ -269,7 +292,15 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         wait_for_burn(&self.device)?;
         let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
         let st = self.state.as_mut().expect("set up in new");
-        let run = LayerRun::new(index, layer, weights, &st.adapters, data, config.sliding_window, config.rms_norm_eps);
+        let run = LayerRun::new(
+            index,
+            layer,
+            weights,
+            &st.adapters,
+            data,
+            config.sliding_window,
+            config.rms_norm_eps,
+        );
         let scratch = st.scratch.as_ref().expect("allocated");
         backward(&mut st.cuda, scratch, &run, x_held.ptr, dy_held.ptr, dx_held.ptr, &out)?;
         st.cuda.finish()?;
@@ -277,7 +308,11 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         Ok((dx, grads))
     }
 
-    fn head(&mut self, x: Tensor<CudaBackend, 3>, normaliser: f64) -> ember_trainer::Result<(Tensor<CudaBackend, 1>, Tensor<CudaBackend, 3>)> {
+    fn head(
+        &mut self,
+        x: Tensor<CudaBackend, 3>,
+        normaliser: f64,
+    ) -> ember_trainer::Result<(Tensor<CudaBackend, 1>, Tensor<CudaBackend, 3>)> {
         let dx = empty(&self.device, self.hidden_shape(), self.dtype);
         let (x_held, dx_held) = (hold(&x)?, hold(&dx)?);
         wait_for_burn(&self.device)?;

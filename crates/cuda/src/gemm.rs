@@ -114,7 +114,17 @@ impl Gemm {
     /// `out = alpha · op(a) · op(b) + beta · out`, where `op(a)` is `a` (`[m, k]`) or, with
     /// `a_t`, `aᵀ` of a stored `[k, m]`; likewise `b` (`[k, n]`, or `[n, k]` stored with `b_t`).
     #[allow(clippy::too_many_arguments)]
-    pub fn run(&mut self, gpu: &Gpu, out: Mat, a: Mat, a_t: bool, b: Mat, b_t: bool, alpha: f32, beta: f32) -> Result<()> {
+    pub fn run(
+        &mut self,
+        gpu: &Gpu,
+        out: Mat,
+        a: Mat,
+        a_t: bool,
+        b: Mat,
+        b_t: bool,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
         let (m, k) = if a_t { (a.cols, a.rows) } else { (a.rows, a.cols) };
         let n = if b_t { b.rows } else { b.cols };
         debug_assert_eq!(if b_t { b.cols } else { b.rows }, k, "inner dimensions");
@@ -182,8 +192,14 @@ impl Gemm {
         let set = |attr, value: &i32| unsafe {
             lt::set_matmul_desc_attribute(desc, attr, (value as *const i32).cast(), size_of_val(value))
         };
-        set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &op(b_t))?;
-        set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &op(a_t))?;
+        set(
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+            &op(b_t),
+        )?;
+        set(
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+            &op(a_t),
+        )?;
         // Stored shapes, column-major: row-major [r, c] with row stride ld is column-major [c, r].
         let first = if b_t { (k, n) } else { (n, k) };
         let second = if a_t { (m, k) } else { (k, m) };

@@ -36,7 +36,16 @@ pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: u64) -> 
         let losses = p.losses + 4 * start as u64;
         let inv = (1.0 / run.normaliser) as f32;
         cx.cross_entropy(e, p.logits, targets, losses, len, d.vocab, run.cap, inv)?;
-        cx.gemm("gemm head", Mat::new(p.head_grad, len, d.hidden, e), logits, false, head, false, 1.0, 0.0)?;
+        cx.gemm(
+            "gemm head",
+            Mat::new(p.head_grad, len, d.hidden, e),
+            logits,
+            false,
+            head,
+            false,
+            1.0,
+            0.0,
+        )?;
         let dx_rows = dx + start as u64 * row_bytes;
         cx.rms_norm_backward(e, x_rows, run.norm, p.head_grad, None, dx_rows, len, d.hidden, run.eps)?;
     }

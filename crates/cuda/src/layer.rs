@@ -132,8 +132,30 @@ pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: Option<u64
     cx.rms_norm(e, x, w.norm(0).expect("input norm"), p.a, n, d.hidden, run.eps)?;
     project(cx, s, run, 0, p.a, &[p.q_raw, p.k_raw, p.v])?;
     let b = run.data;
-    cx.rope(e, p.q_raw, p.q, w.norm(4), b.positions.ptr, run.inv_freq, n, a.heads, a.head_dim, run.eps)?;
-    cx.rope(e, p.k_raw, p.k, w.norm(5), b.positions.ptr, run.inv_freq, n, a.kv_heads, a.head_dim, run.eps)?;
+    cx.rope(
+        e,
+        p.q_raw,
+        p.q,
+        w.norm(4),
+        b.positions.ptr,
+        run.inv_freq,
+        n,
+        a.heads,
+        a.head_dim,
+        run.eps,
+    )?;
+    cx.rope(
+        e,
+        p.k_raw,
+        p.k,
+        w.norm(5),
+        b.positions.ptr,
+        run.inv_freq,
+        n,
+        a.kv_heads,
+        a.head_dim,
+        run.eps,
+    )?;
     let io = attn_io(s, run);
     if y.is_some() || s.saved_attention(run.index).is_none() {
         cx.attention_forward(e, *a, io)?;
@@ -197,8 +219,32 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
     project_backward(cx, s, run, 1, io.o, &[d_attn], p.d_o, grads)?;
     cx.attention_backward(e, *a, io, p.d_o, p.dots, p.dkv_part, p.dq, p.dk, p.dv)?;
     let pos = b.positions.ptr;
-    cx.rope_backward(e, p.dq, p.q_raw, p.dq_raw, w.norm(4), pos, run.inv_freq, n, a.heads, a.head_dim, run.eps)?;
-    cx.rope_backward(e, p.dk, p.k_raw, p.dk_raw, w.norm(5), pos, run.inv_freq, n, a.kv_heads, a.head_dim, run.eps)?;
+    cx.rope_backward(
+        e,
+        p.dq,
+        p.q_raw,
+        p.dq_raw,
+        w.norm(4),
+        pos,
+        run.inv_freq,
+        n,
+        a.heads,
+        a.head_dim,
+        run.eps,
+    )?;
+    cx.rope_backward(
+        e,
+        p.dk,
+        p.k_raw,
+        p.dk_raw,
+        w.norm(5),
+        pos,
+        run.inv_freq,
+        n,
+        a.kv_heads,
+        a.head_dim,
+        run.eps,
+    )?;
     project_backward(cx, s, run, 0, p.a, &[p.dq_raw, p.dk_raw, p.dv], p.da, grads)?;
     let input_norm = w.norm(0).expect("input norm");
     cx.rms_norm_backward(e, x, input_norm, p.da, Some(p.dh), dx, n, d.hidden, run.eps)
@@ -231,14 +277,30 @@ fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, out
     for (&p, &out) in group.iter().zip(outs) {
         let (out_features, _) = shape(d, p);
         let weight = Mat::new(run.weights.projections[p].ptr, out_features, in_features, e);
-        cx.gemm("gemm base", Mat::new(out, n, out_features, e), x, false, weight, true, 1.0, 0.0)?;
+        cx.gemm(
+            "gemm base",
+            Mat::new(out, n, out_features, e),
+            x,
+            false,
+            weight,
+            true,
+            1.0,
+            0.0,
+        )?;
     }
     project_adapters(cx, s, run, g, input, Some(outs))
 }
 
 /// The adapters of group `g`: `z[g] = input·Aᵀ`, then, given the members' outputs `outs`,
 /// `z·(sB)ᵀ` added to each.
-fn project_adapters(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, outs: Option<&[u64]>) -> Result<()> {
+fn project_adapters(
+    cx: &mut Cuda,
+    s: &Scratch,
+    run: &LayerRun,
+    g: usize,
+    input: u64,
+    outs: Option<&[u64]>,
+) -> Result<()> {
     let (d, e) = (&s.dims, s.dims.elem);
     let n = run.data.tokens();
     let group = GROUPS[g];
@@ -248,7 +310,16 @@ fn project_adapters(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input:
         return Ok(());
     };
     let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
-    cx.gemm("gemm adapters x·Aᵀ", z, x, false, Mat::new(adapters.a, adapters.rank, in_features, e), true, 1.0, 0.0)?;
+    cx.gemm(
+        "gemm adapters x·Aᵀ",
+        z,
+        x,
+        false,
+        Mat::new(adapters.a, adapters.rank, in_features, e),
+        true,
+        1.0,
+        0.0,
+    )?;
     let Some(outs) = outs else {
         return Ok(());
     };
@@ -258,7 +329,16 @@ fn project_adapters(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input:
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let scaled_b = Mat::new(slot.b, out_features, rank, e);
         let out = Mat::new(out, n, out_features, e);
-        cx.gemm("gemm adapters +z·Bᵀ", out, z.cols(column, rank), false, scaled_b, true, 1.0, 1.0)?;
+        cx.gemm(
+            "gemm adapters +z·Bᵀ",
+            out,
+            z.cols(column, rank),
+            false,
+            scaled_b,
+            true,
+            1.0,
+            1.0,
+        )?;
     }
     Ok(())
 }
@@ -285,7 +365,16 @@ fn project_backward(
         let (out_features, _) = shape(d, p);
         let weight = Mat::new(run.weights.projections[p].ptr, out_features, in_features, e);
         let beta = if i == 0 { 0.0 } else { 1.0 };
-        cx.gemm("gemm base", dx, Mat::new(grad, n, out_features, e), false, weight, false, 1.0, beta)?;
+        cx.gemm(
+            "gemm base",
+            dx,
+            Mat::new(grad, n, out_features, e),
+            false,
+            weight,
+            false,
+            1.0,
+            beta,
+        )?;
     }
     let Some(adapters) = run.adapters.group(run.index, group) else {
         return Ok(());
@@ -300,18 +389,54 @@ fn project_backward(
     for &(p, column, rank) in &adapters.members {
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let scaled_b = Mat::new(slot.b, shape(d, p).0, rank, e);
-        cx.gemm("gemm adapters dz", dz.cols(column, rank), member_grad(p), false, scaled_b, false, 1.0, 0.0)?;
+        cx.gemm(
+            "gemm adapters dz",
+            dz.cols(column, rank),
+            member_grad(p),
+            false,
+            scaled_b,
+            false,
+            1.0,
+            0.0,
+        )?;
     }
-    cx.gemm("gemm adapters +dz·A", dx, dz, false, Mat::new(adapters.a, adapters.rank, in_features, e), false, 1.0, 1.0)?;
+    cx.gemm(
+        "gemm adapters +dz·A",
+        dx,
+        dz,
+        false,
+        Mat::new(adapters.a, adapters.rank, in_features, e),
+        false,
+        1.0,
+        1.0,
+    )?;
     let d_a = Mat::new(s.ptrs.d_a, adapters.rank, in_features, Elem::F32);
-    cx.gemm("gemm adapters dA", d_a, dz, true, Mat::new(input, n, in_features, e), false, 1.0, 0.0)?;
+    cx.gemm(
+        "gemm adapters dA",
+        d_a,
+        dz,
+        true,
+        Mat::new(input, n, in_features, e),
+        false,
+        1.0,
+        0.0,
+    )?;
     for &(p, column, rank) in &adapters.members {
         let Some((grad_a, grad_b)) = grads[p] else { continue };
         let rows = d_a.rows(column, rank);
         cx.gpu.copy(grad_a, rows.ptr, rank * in_features * 4)?;
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let out_b = Mat::new(grad_b, shape(d, p).0, rank, Elem::F32);
-        cx.gemm("gemm adapters dB", out_b, member_grad(p), true, z.cols(column, rank), false, slot.scale, 0.0)?;
+        cx.gemm(
+            "gemm adapters dB",
+            out_b,
+            member_grad(p),
+            true,
+            z.cols(column, rank),
+            false,
+            slot.scale,
+            0.0,
+        )?;
     }
     Ok(())
 }

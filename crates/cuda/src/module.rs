@@ -138,7 +138,9 @@ fn cubin(program: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>> {
 
 fn nvrtc_version() -> Option<(i32, i32)> {
     let (mut major, mut minor) = (0, 0);
-    unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }.result().ok()?;
+    unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .ok()?;
     Some((major, minor))
 }
 
@@ -151,7 +153,7 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// FNV-1a: a stable hash for the cache key (std's hasher may change between Rust versions).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

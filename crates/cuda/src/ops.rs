@@ -146,7 +146,14 @@ impl Cuda {
         Ok(())
     }
 
-    fn launch(&mut self, name: &'static str, grid: (u32, u32, u32), block: u32, shared: usize, args: &[Arg]) -> Result<()> {
+    fn launch(
+        &mut self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: usize,
+        args: &[Arg],
+    ) -> Result<()> {
         if shared > MAX_SHARED {
             return Err(CudaError::Unsupported(format!(
                 "{name} needs {shared} bytes of shared memory, more than the device's {MAX_SHARED}"
@@ -189,13 +196,20 @@ impl Cuda {
         self.gemm.run(&self.gpu, out, a, a_t, b, b_t, alpha, beta)?;
         let end = self.profile.mark(self.gpu.stream)?;
         let k = if a_t { a.rows } else { a.cols };
-        self.profile.file(start, end, category, 2.0 * (out.rows * out.cols * k) as f64);
+        self.profile
+            .file(start, end, category, 2.0 * (out.rows * out.cols * k) as f64);
         Ok(())
     }
 
     pub fn rms_norm(&mut self, e: Elem, x: u64, w: u64, y: u64, rows: usize, cols: usize, eps: f32) -> Result<()> {
         let name = pick(e, "rms_norm_f32", "rms_norm_bf16");
-        self.launch(name, (rows as u32, 1, 1), 256, 0, &[Ptr(x), Ptr(w), Ptr(y), I32(cols as i32), F32(eps)])
+        self.launch(
+            name,
+            (rows as u32, 1, 1),
+            256,
+            0,
+            &[Ptr(x), Ptr(w), Ptr(y), I32(cols as i32), F32(eps)],
+        )
     }
 
     /// `h = x + (w_post ? norm(z) : z)`, then `m = norm(h, w_next)` when `w_next` is given.
@@ -214,7 +228,16 @@ impl Cuda {
         eps: f32,
     ) -> Result<()> {
         let name = pick(e, "residual_norm_f32", "residual_norm_bf16");
-        let args = [Ptr(x), Ptr(z), opt(w_post), opt(w_next), Ptr(h), opt(m), I32(cols as i32), F32(eps)];
+        let args = [
+            Ptr(x),
+            Ptr(z),
+            opt(w_post),
+            opt(w_next),
+            Ptr(h),
+            opt(m),
+            I32(cols as i32),
+            F32(eps),
+        ];
         self.launch(name, (rows as u32, 1, 1), 256, cols * 4, &args)
     }
 
@@ -233,7 +256,15 @@ impl Cuda {
         eps: f32,
     ) -> Result<()> {
         let name = pick(e, "rms_norm_backward_f32", "rms_norm_backward_bf16");
-        let args = [Ptr(x), Ptr(w), Ptr(grad), opt(residual), Ptr(dx), I32(cols as i32), F32(eps)];
+        let args = [
+            Ptr(x),
+            Ptr(w),
+            Ptr(grad),
+            opt(residual),
+            Ptr(dx),
+            I32(cols as i32),
+            F32(eps),
+        ];
         self.launch(name, (rows as u32, 1, 1), 256, 0, &args)
     }
 
@@ -307,16 +338,40 @@ impl Cuda {
 
     /// `dg`, `du` from `dp`; they may be `g` and `u` themselves.
     #[allow(clippy::too_many_arguments)]
-    pub fn geglu_backward(&mut self, e: Elem, dp: u64, g: u64, u: u64, dg: u64, du: u64, n: usize, erf: bool) -> Result<()> {
+    pub fn geglu_backward(
+        &mut self,
+        e: Elem,
+        dp: u64,
+        g: u64,
+        u: u64,
+        dg: u64,
+        du: u64,
+        n: usize,
+        erf: bool,
+    ) -> Result<()> {
         let name = pick(e, "geglu_backward_f32", "geglu_backward_bf16");
-        let args = [Ptr(dp), Ptr(g), Ptr(u), Ptr(dg), Ptr(du), I64(n as i64), I32(erf as i32)];
+        let args = [
+            Ptr(dp),
+            Ptr(g),
+            Ptr(u),
+            Ptr(dg),
+            Ptr(du),
+            I64(n as i64),
+            I32(erf as i32),
+        ];
         self.launch(name, (blocks(n.div_ceil(8), 256).min(16384), 1, 1), 256, 0, &args)
     }
 
     /// Copies of f32 tensors into `dst` (see `pack_f32` in elementwise.cu); `table` is on the device.
     pub fn pack(&mut self, e: Elem, table: u64, copies: usize, dst: u64) -> Result<()> {
         let name = pick(e, "pack_f32_f32", "pack_f32_bf16");
-        self.launch(name, (64, copies.min(65535) as u32, 1), 256, 0, &[Ptr(table), I32(copies as i32), Ptr(dst)])
+        self.launch(
+            name,
+            (64, copies.min(65535) as u32, 1),
+            256,
+            0,
+            &[Ptr(table), I32(copies as i32), Ptr(dst)],
+        )
     }
 
     /// Cross-entropy of `rows` logits rows (overwritten by their gradient); `losses` f32 per row.
@@ -333,7 +388,14 @@ impl Cuda {
         inv_norm: f32,
     ) -> Result<()> {
         let name = pick(e, "cross_entropy_f32", "cross_entropy_bf16");
-        let args = [Ptr(logits), Ptr(targets), Ptr(losses), I32(vocab as i32), F32(cap), F32(inv_norm)];
+        let args = [
+            Ptr(logits),
+            Ptr(targets),
+            Ptr(losses),
+            I32(vocab as i32),
+            F32(cap),
+            F32(inv_norm),
+        ];
         self.launch(name, (rows as u32, 1, 1), 1024, 0, &args)
     }
 
@@ -348,7 +410,13 @@ impl Cuda {
 
     /// `sums[i] = Σ x²` of each f32 tensor of `table` (`{pointer, length}` pairs).
     pub fn sum_squares(&mut self, table: u64, tensors: usize, sums: u64) -> Result<()> {
-        self.launch("sum_squares_f32", (tensors as u32, 1, 1), 256, 0, &[Ptr(table), Ptr(sums)])
+        self.launch(
+            "sum_squares_f32",
+            (tensors as u32, 1, 1),
+            256,
+            0,
+            &[Ptr(table), Ptr(sums)],
+        )
     }
 
     /// bnb's block-wise 8-bit AdamW over `blocks` blocks of 256 (see optimizer.cu for `table`).
@@ -394,7 +462,13 @@ impl Cuda {
         } else {
             args.extend(s.args());
             let name = pick(e, "attention_naive_forward_f32", "attention_naive_forward_bf16");
-            self.launch(name, (s.seq as u32, s.heads as u32, s.batch as u32), 128, s.seq * 4, &args)
+            self.launch(
+                name,
+                (s.seq as u32, s.heads as u32, s.batch as u32),
+                128,
+                s.seq * 4,
+                &args,
+            )
         }
     }
 
@@ -441,13 +515,28 @@ impl Cuda {
             let hd = s.head_dim;
             let (dkdv, dq_name, bn) = match hd {
                 64 => ("attention_flash_backward_dkdv_64", "attention_flash_backward_dq_64", 64),
-                128 => ("attention_flash_backward_dkdv_128", "attention_flash_backward_dq_128", 64),
-                _ => ("attention_flash_backward_dkdv_256", "attention_flash_backward_dq_256", 32),
+                128 => (
+                    "attention_flash_backward_dkdv_128",
+                    "attention_flash_backward_dq_128",
+                    64,
+                ),
+                _ => (
+                    "attention_flash_backward_dkdv_256",
+                    "attention_flash_backward_dq_256",
+                    32,
+                ),
             };
             let tiles = s.seq.div_ceil(64);
             let splits = self.dkdv_splits(s, tiles);
             let mut args = common.to_vec();
-            args.extend([Ptr(dk), Ptr(dv), Ptr(part), I32(splits as i32), Ptr(io.segs), Ptr(io.stats)]);
+            args.extend([
+                Ptr(dk),
+                Ptr(dv),
+                Ptr(part),
+                I32(splits as i32),
+                Ptr(io.segs),
+                Ptr(io.stats),
+            ]);
             args.extend(s.args());
             let shared = 6 * 64 * hd * 2 + 2 * 64 * 64 * 2 + 4 * 64 * 4;
             let grid = (tiles as u32, (s.kv_heads * splits) as u32, s.batch as u32);
@@ -455,26 +544,54 @@ impl Cuda {
             if splits > 1 {
                 let n = tokens * s.kv_heads * hd;
                 let args = [Ptr(part), Ptr(dk), Ptr(dv), I64(n as i64), I32(splits as i32)];
-                self.launch("attention_flash_sum_splits", (blocks(n, 256).min(4096), 1, 1), 256, 0, &args)?;
+                self.launch(
+                    "attention_flash_sum_splits",
+                    (blocks(n, 256).min(4096), 1, 1),
+                    256,
+                    0,
+                    &args,
+                )?;
             }
             let mut args = common.to_vec();
             args.extend([Ptr(dq), Ptr(io.segs), Ptr(io.stats)]);
             args.extend(s.args());
             let shared = 2 * 64 * hd * 2 + 3 * bn * hd * 2 + (64 + bn) * 4;
-            self.launch(dq_name, (tiles as u32, s.heads as u32, s.batch as u32), 128, shared, &args)
+            self.launch(
+                dq_name,
+                (tiles as u32, s.heads as u32, s.batch as u32),
+                128,
+                shared,
+                &args,
+            )
         } else {
             let group = s.heads / s.kv_heads;
             let mut args = common.to_vec();
             args.extend([Ptr(dq), Ptr(io.segs)]);
             args.extend(s.args());
             let name = pick(e, "attention_naive_backward_dq_f32", "attention_naive_backward_dq_bf16");
-            self.launch(name, (s.seq as u32, s.heads as u32, s.batch as u32), 128, s.seq * 4, &args)?;
+            self.launch(
+                name,
+                (s.seq as u32, s.heads as u32, s.batch as u32),
+                128,
+                s.seq * 4,
+                &args,
+            )?;
             let mut args = common.to_vec();
             args.extend([Ptr(dk), Ptr(dv), Ptr(io.segs)]);
             args.extend(s.args());
-            let name = pick(e, "attention_naive_backward_dkdv_f32", "attention_naive_backward_dkdv_bf16");
+            let name = pick(
+                e,
+                "attention_naive_backward_dkdv_f32",
+                "attention_naive_backward_dkdv_bf16",
+            );
             let shared = 2 * group * s.seq * 4;
-            self.launch(name, (s.seq as u32, s.kv_heads as u32, s.batch as u32), 128, shared, &args)
+            self.launch(
+                name,
+                (s.seq as u32, s.kv_heads as u32, s.batch as u32),
+                128,
+                shared,
+                &args,
+            )
         }
     }
 }

@@ -45,7 +45,10 @@ pub fn adamw8bit(cuda: &mut Cuda, step: BlockwiseStep<'_, CudaBackend>) -> Resul
     let total = codes1.dims()[0];
     let blocks = total / BLOCK;
     if codes1.dtype() != DType::U8 || codes2.dtype() != DType::U8 {
-        return Err(CudaError::Unsupported(format!("8-bit codes held as {:?}", codes1.dtype())));
+        return Err(CudaError::Unsupported(format!(
+            "8-bit codes held as {:?}",
+            codes1.dtype()
+        )));
     }
     let device = codes1.device();
     let new = empty(&device, [total], DType::F32);
@@ -104,6 +107,8 @@ pub fn adamw8bit(cuda: &mut Cuda, step: BlockwiseStep<'_, CudaBackend>) -> Resul
 fn f32_only(dtype: DType) -> Result<()> {
     match dtype {
         DType::F32 => Ok(()),
-        other => Err(CudaError::Unsupported(format!("the fused optimizer takes f32 tensors, not {other:?}"))),
+        other => Err(CudaError::Unsupported(format!(
+            "the fused optimizer takes f32 tensors, not {other:?}"
+        ))),
     }
 }

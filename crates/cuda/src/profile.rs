@@ -68,7 +68,11 @@ impl Profile {
 
 impl Drop for Profile {
     fn drop(&mut self) {
-        for event in self.spare.drain(..).chain(self.pending.drain(..).flat_map(|(s, e, _, _)| [s, e])) {
+        for event in self
+            .spare
+            .drain(..)
+            .chain(self.pending.drain(..).flat_map(|(s, e, _, _)| [s, e]))
+        {
             unsafe {
                 let _ = result::event::destroy(event);
             }

@@ -51,8 +51,25 @@ impl Dims {
     /// Whether a scratch laid out for `self` serves `other`: the same model, at least as
     /// many tokens and adapter ranks.
     pub fn covers(&self, other: &Dims) -> bool {
-        let same_model = (self.hidden, self.q, self.kv, self.intermediate, self.heads, self.layers, self.vocab, self.elem)
-            == (other.hidden, other.q, other.kv, other.intermediate, other.heads, other.layers, other.vocab, other.elem);
+        let same_model = (
+            self.hidden,
+            self.q,
+            self.kv,
+            self.intermediate,
+            self.heads,
+            self.layers,
+            self.vocab,
+            self.elem,
+        ) == (
+            other.hidden,
+            other.q,
+            other.kv,
+            other.intermediate,
+            other.heads,
+            other.layers,
+            other.vocab,
+            other.elem,
+        );
         same_model && self.tokens >= other.tokens && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
     }
 }
@@ -230,11 +247,7 @@ impl Scratch {
         for x in p.z.iter_mut().chain(p.dz.iter_mut()) {
             shift(x);
         }
-        Ok(Self {
-            dims,
-            ptrs: p,
-            arena,
-        })
+        Ok(Self { dims, ptrs: p, arena })
     }
 
     /// Where layer `layer`'s attention output `[tokens, heads·head_dim]` and logsumexp
@@ -243,7 +256,10 @@ impl Scratch {
         let p = &self.ptrs;
         (p.saved_stride > 0).then(|| {
             let o = p.saved_attn + layer as u64 * p.saved_stride;
-            (o, o + (self.dims.tokens * self.dims.q * self.dims.elem.size()).next_multiple_of(256) as u64)
+            (
+                o,
+                o + (self.dims.tokens * self.dims.q * self.dims.elem.size()).next_multiple_of(256) as u64,
+            )
         })
     }
 

@@ -215,7 +215,10 @@ pub fn attend_saving<B: Backend>(
     let mask = mask.expand([batch, heads, seq, kv_len]);
     let probs = burn::tensor::activation::softmax(scores.mask_fill(mask.clone(), f32::MIN), 3);
     let out = matmul(
-        probs.clone().cast(dtype).reshape([batch, kv_heads, groups * seq, kv_len]),
+        probs
+            .clone()
+            .cast(dtype)
+            .reshape([batch, kv_heads, groups * seq, kv_len]),
         v.clone(),
     )
     .reshape([batch, heads, seq, head_dim]);
@@ -233,7 +236,10 @@ pub fn attend_saving<B: Backend>(
 
 /// The gradients of [`attend`]'s `q`, `k` and `v` given its output's, `[batch, heads, seq,
 /// head_dim]`. Keys and values used by a group of query heads get the group's sum.
-pub fn attend_backward<B: Backend>(saved: AttendSaved<B>, grad: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+pub fn attend_backward<B: Backend>(
+    saved: AttendSaved<B>,
+    grad: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let AttendSaved {
         q,
         k,

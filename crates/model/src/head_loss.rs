@@ -18,7 +18,12 @@ impl<B: Backend> GemmaForCausalLM<B> {
     /// against `targets` `[n]` ([`IGNORE_INDEX`] counts for nothing), and the gradient of
     /// `sum / normaliser` with respect to `x`. Computes what [`Self::final_norm`],
     /// [`Self::logits`] and [`crate::cross_entropy_sum`] compute, in the same dtypes.
-    pub fn head_loss(&self, x: Tensor<B, 2>, targets: Tensor<B, 1, Int>, normaliser: f64) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    pub fn head_loss(
+        &self,
+        x: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+        normaliser: f64,
+    ) -> (Tensor<B, 1>, Tensor<B, 2>) {
         let [n, _] = x.dims();
         let mut losses = Vec::new();
         let mut grads = Vec::new();
@@ -43,10 +48,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
                 let (logits, saved) = head.forward_saving(normed, None);
                 (logits, Some(saved))
             }
-            None => (
-                matmul(normed, self.model.embed_tokens.weight.val().transpose()),
-                None,
-            ),
+            None => (matmul(normed, self.model.embed_tokens.weight.val().transpose()), None),
         };
         let dtype = logits.dtype();
         // Soft-capped in the model dtype, as `logits` does; `tanh` is kept for the backward.

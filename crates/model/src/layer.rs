@@ -114,7 +114,12 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// The gradient of the layer's input and its adapters' gradients, given the output's
     /// gradient `grad` `[batch, seq, hidden]`. The base weights and norms are frozen.
-    pub fn backward(&self, saved: LayerSaved<B>, rope: &RopeTables<B>, grad: Tensor<B, 3>) -> (Tensor<B, 3>, LayerGrads<B>) {
+    pub fn backward(
+        &self,
+        saved: LayerSaved<B>,
+        rope: &RopeTables<B>,
+        grad: Tensor<B, 3>,
+    ) -> (Tensor<B, 3>, LayerGrads<B>) {
         let [batch, seq, hidden] = grad.dims();
         let dy = grad.reshape([batch * seq, hidden]);
         let LayerSaved {

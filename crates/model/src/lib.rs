@@ -13,8 +13,8 @@ pub mod config;
 mod embedding;
 mod error;
 mod generate;
-mod head_loss;
 pub mod gguf;
+mod head_loss;
 mod layer;
 mod linear;
 mod load;
@@ -33,7 +33,7 @@ mod shards;
 mod source;
 mod weights;
 
-pub use attention::{Attention, AttentionKeep, AttentionSaved, AttendSaved, attend, attend_backward, attend_saving};
+pub use attention::{AttendSaved, Attention, AttentionKeep, AttentionSaved, attend, attend_backward, attend_saving};
 pub use cache::KvCache;
 pub use checkpoint::Checkpoint;
 pub use config::{Activation, Family, GemmaConfig, LayerType, Rope};

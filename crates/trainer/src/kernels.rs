@@ -6,9 +6,9 @@
 //! backward in burn ops, on any backend. A backend may bring faster kernels for the same
 //! functions (`ember-cuda`), checked against it.
 
+use burn::tensor::Bool;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use burn::tensor::Bool;
 use ember_model::{GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
 
 use crate::error::Result;
@@ -44,7 +44,11 @@ pub trait TrainKernels<B: Backend> {
 
     /// The kernels for one micro-batch: its positions, masks and targets set up once for all
     /// layers.
-    fn prepare<'a>(&'a self, model: &'a GemmaForCausalLM<B>, batch: &MicroBatch) -> Result<Box<dyn BatchKernels<B> + 'a>>;
+    fn prepare<'a>(
+        &'a self,
+        model: &'a GemmaForCausalLM<B>,
+        batch: &MicroBatch,
+    ) -> Result<Box<dyn BatchKernels<B> + 'a>>;
 }
 
 /// One micro-batch's layer forward, layer backward and loss.
@@ -80,7 +84,11 @@ impl<B: Backend> TrainKernels<B> for BurnKernels {
         None
     }
 
-    fn prepare<'a>(&'a self, model: &'a GemmaForCausalLM<B>, batch: &MicroBatch) -> Result<Box<dyn BatchKernels<B> + 'a>> {
+    fn prepare<'a>(
+        &'a self,
+        model: &'a GemmaForCausalLM<B>,
+        batch: &MicroBatch,
+    ) -> Result<Box<dyn BatchKernels<B> + 'a>> {
         let device = model.model.embed_tokens.weight.device();
         let input = batch.input::<B>(&device);
         Ok(Box::new(BurnBatch {

@@ -100,10 +100,10 @@ pub fn optimizer_step<B: AutodiffBackend>(
         }
     }
     let keys: Vec<String> = items.iter().map(|(key, _, _)| key.clone()).collect();
-    let mut updated: HashMap<String, Tensor<B::InnerBackend, 1>> =
-        keys.into_iter()
-            .zip(optimizer.update_many(items, lr, clip, kernels.blockwise_adam()))
-            .collect();
+    let mut updated: HashMap<String, Tensor<B::InnerBackend, 1>> = keys
+        .into_iter()
+        .zip(optimizer.update_many(items, lr, clip, kernels.blockwise_adam()))
+        .collect();
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (path, linear) in projections_mut(i, layer) {
             let Some(lora) = linear.lora.as_mut() else { continue };

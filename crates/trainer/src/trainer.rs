@@ -82,7 +82,10 @@ pub fn train<B: AutodiffBackend>(
         Prepared::Ready(run) => {
             let kernels: &dyn TrainKernels<B::InnerBackend> = match kernels.unsupported(&run.model.valid()) {
                 Some(why) => {
-                    tracing::warn!("the {} kernels cannot train this run ({why}); using burn's", kernels.name());
+                    tracing::warn!(
+                        "the {} kernels cannot train this run ({why}); using burn's",
+                        kernels.name()
+                    );
                     &BurnKernels
                 }
                 None => kernels,

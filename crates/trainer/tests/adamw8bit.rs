@@ -196,7 +196,14 @@ fn tracks_bitsandbytes_within_its_fast_math_error() {
             worst = worst.max((ours[i] - bnb[i]).abs() / budget[i]);
         }
         let dev = max_abs_diff(ours, &bnb);
-        let quant = max_abs_diff(&f32_params[&(t, name.to_string())], &bnb);
+        // Where a gradient was not finite, f32 AdamW's parameter is NaN (bnb's 8-bit kernel skips
+        // the element): the quantization error is measured on the other elements.
+        let quant = f32_params[&(t, name.to_string())]
+            .iter()
+            .zip(&bnb)
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         eprintln!(
             "step {t} {name:6}: max |ember - bnb| {dev:.2e} ({worst:.2} of the budget), max |f32 AdamW - bnb| {quant:.2e}"
         );

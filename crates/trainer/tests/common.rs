@@ -76,6 +76,9 @@ pub fn run(config: &RunConfig, start: Start) -> Vec<f64> {
 pub fn run_on<B: AutodiffBackend>(config: &RunConfig, start: Start, device: &B::Device) -> Vec<StepLog> {
     let mut logs = Vec::new();
     let stop = AtomicBool::new(false);
-    train::<B>(config, start, device, DType::F32, &BurnKernels, &stop, |log| logs.push(log.clone())).unwrap();
+    train::<B>(config, start, device, DType::F32, &BurnKernels, &stop, |log| {
+        logs.push(log.clone())
+    })
+    .unwrap();
     logs
 }

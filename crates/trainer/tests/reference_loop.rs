@@ -9,9 +9,9 @@ use burn::tensor::DType;
 use ember_lora::{adapter_tensors, load_adapter};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
 use ember_trainer::grads::MicroBatch;
+use ember_trainer::kernels::BurnKernels;
 use ember_trainer::optim::{AdamW, AdamWConfig};
 use ember_trainer::schedule::{Schedule, ScheduleKind};
-use ember_trainer::kernels::BurnKernels;
 use ember_trainer::step::{StepSettings, optimizer_step};
 use safetensors::SafeTensors;
 

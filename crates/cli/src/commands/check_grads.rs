@@ -84,7 +84,11 @@ impl TrainTask for Check {
         } else {
             GemmaForCausalLM::random(shapes::resolve(&a.model)?, dtype, &device)
         };
-        let reference = a.adapter.as_ref().map(|d| d.join("reference.safetensors")).filter(|p| p.exists());
+        let reference = a
+            .adapter
+            .as_ref()
+            .map(|d| d.join("reference.safetensors"))
+            .filter(|p| p.exists());
         let model = match &a.adapter {
             Some(adapter) => load_adapter(base, adapter)?.0,
             None => random_adapter(add_lora(base, &LoraConfig::seed_recipe(), a.seed)?, &device),
@@ -174,7 +178,10 @@ fn adamw8bit_equal<B: Backend>(
             }
         }
     }
-    let (mut fused, mut reference) = (AdamW8bit::<B>::new(AdamWConfig::default()), AdamW8bit::<B>::new(AdamWConfig::default()));
+    let (mut fused, mut reference) = (
+        AdamW8bit::<B>::new(AdamWConfig::default()),
+        AdamW8bit::<B>::new(AdamWConfig::default()),
+    );
     let (mut a, mut b) = (params.clone(), params);
     let mut equal = true;
     for _ in 0..2 {
@@ -197,7 +204,10 @@ fn adamw8bit_equal<B: Backend>(
 }
 
 /// The adapter PEFT initialises, with B drawn too: with B = 0 every A gradient is zero.
-fn random_adapter<B: Backend>(mut model: GemmaForCausalLM<Autodiff<B>>, device: &B::Device) -> GemmaForCausalLM<Autodiff<B>> {
+fn random_adapter<B: Backend>(
+    mut model: GemmaForCausalLM<Autodiff<B>>,
+    device: &B::Device,
+) -> GemmaForCausalLM<Autodiff<B>> {
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (_, linear) in projections_mut(i, layer) {
             if let Some(lora) = linear.lora.as_mut() {
@@ -226,7 +236,11 @@ fn random_batch(vocab: usize, batch: usize, seq: usize, layout: &str, seed: u64)
                     let sample = 1 + (t >= cuts[0]) as i64 + (t >= cuts[1]) as i64;
                     let start = [0, cuts[0], cuts[1]][sample as usize - 1];
                     segments[row * seq + t] = if layout == "padded" && sample == 3 { 0 } else { sample };
-                    positions[row * seq + t] = if segments[row * seq + t] == 0 { 0 } else { (t - start) as i64 };
+                    positions[row * seq + t] = if segments[row * seq + t] == 0 {
+                        0
+                    } else {
+                        (t - start) as i64
+                    };
                 }
             }
         }
@@ -300,7 +314,11 @@ fn f32s(st: &SafeTensors, name: &str) -> Result<Vec<f32>> {
 }
 
 fn values<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
-    t.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default()
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
 }
 
 /// `‖a − b‖ / ‖b‖`; NaN anywhere is infinitely wrong.
@@ -308,7 +326,12 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() || a.iter().chain(b).any(|v| !v.is_finite()) {
         return f64::INFINITY;
     }
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     diff / norm.max(1e-30)
 }
@@ -319,7 +342,9 @@ fn worst_difference<B: Backend>(grads: &AdapterGrads<B>, reference: &AdapterGrad
     }
     let mut worst = (String::new(), 0.0);
     for (key, g) in grads {
-        let r = reference.get(key).with_context(|| format!("the reference has no gradient for {key}"))?;
+        let r = reference
+            .get(key)
+            .with_context(|| format!("the reference has no gradient for {key}"))?;
         let err = relative_error(&values(g), &values(r));
         if !(err <= worst.1) {
             worst = (key.clone(), err);

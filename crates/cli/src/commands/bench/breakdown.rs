@@ -8,8 +8,8 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
-use ember_model::{AttentionMask, GemmaConfig, attend};
 use ember_model::HEAD_CHUNK_ROWS;
+use ember_model::{AttentionMask, GemmaConfig, attend};
 use serde_json::{Value, json};
 
 /// Seconds of one step spent in the base model's matmuls and in attention, summed over

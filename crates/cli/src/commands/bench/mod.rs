@@ -245,7 +245,11 @@ impl TrainTask for Bench {
                 let per_step: serde_json::Map<String, Value> = times
                     .into_iter()
                     .map(|(category, seconds, flops)| {
-                        let tflops = if flops > 0.0 { json!(flops / seconds / 1e12) } else { Value::Null };
+                        let tflops = if flops > 0.0 {
+                            json!(flops / seconds / 1e12)
+                        } else {
+                            Value::Null
+                        };
                         (category, json!({"s": seconds / 2.0, "tflops": tflops}))
                     })
                     .collect();
@@ -253,7 +257,8 @@ impl TrainTask for Bench {
             }
             // burn's matmuls and attention timed alone: what its kernels spend inside the layers.
             if kernels.name() == "burn" {
-                let e = breakdown::estimate::<B>(&config, a.batch, a.seq, settings.gradient_checkpointing, dtype, &device);
+                let e =
+                    breakdown::estimate::<B>(&config, a.batch, a.seq, settings.gradient_checkpointing, dtype, &device);
                 let layers = phases.forward.as_secs_f64() + phases.backward.as_secs_f64();
                 report["breakdown"]["alone"] = e.to_json();
                 report["breakdown"]["layers_other_s"] = json!(layers - e.layer_gemm_s - e.attention_s);

@@ -66,7 +66,11 @@ mod tests {
         assert!((billions("gemma-2b") - 2.51).abs() < 0.01, "{}", billions("gemma-2b"));
         assert!((billions("gemma2-2b") - 2.61).abs() < 0.01, "{}", billions("gemma2-2b"));
         assert!((billions("gemma-7b") - 8.54).abs() < 0.01, "{}", billions("gemma-7b"));
-        assert!((billions("gemma3-270m") - 0.268).abs() < 0.002, "{}", billions("gemma3-270m"));
+        assert!(
+            (billions("gemma3-270m") - 0.268).abs() < 0.002,
+            "{}",
+            billions("gemma3-270m")
+        );
         assert!(resolve("gemma-99b").is_err());
     }
 }
