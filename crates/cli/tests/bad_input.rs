@@ -1,6 +1,6 @@
 //! Input that used to panic, be misread or refused ends in a clear message or does what its
-//! name says: bench sizes, absurd generation lengths, a resume with nothing left to train,
-//! `ember eval --config`, and `ember export --merge` from a GGUF base.
+//! name says: bench and check-grads sizes, absurd generation lengths, a resume with nothing
+//! left to train, `ember eval --config`, and `ember export --merge` from a GGUF base.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -39,6 +39,20 @@ fn bench_refuses_an_empty_sequence() {
         "0",
     ]);
     assert_refused(&out, "--seq 0: must be at least 2");
+}
+
+#[test]
+fn check_grads_refuses_a_sequence_without_a_target() {
+    let out = ember(&[
+        "check-grads",
+        "--model",
+        "fixtures/models/gemma3",
+        "--device",
+        "cpu",
+        "--seq",
+        "1",
+    ]);
+    assert_refused(&out, "--seq 1: must be at least 2");
 }
 
 #[test]

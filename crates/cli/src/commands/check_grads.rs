@@ -58,6 +58,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // A random batch needs a token to predict from and one to predict in every row.
+    for (flag, value, least) in [("--batch", args.batch, 1), ("--seq", args.seq, 2)] {
+        if value < least {
+            bail!("{flag} {value}: must be at least {least}");
+        }
+    }
     let device = args.device.clone();
     let kernels = args.kernels;
     let report = run_training_on(&device, kernels, Check { args })?;
