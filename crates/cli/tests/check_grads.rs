@@ -55,3 +55,31 @@ fn without_an_adapter_the_seed_recipes_adapter_is_checked_on_every_projection() 
     assert_eq!(report["grads"], LAYERS * 7 * 2, "{report}");
     assert!(report["loss"].as_f64().unwrap().is_finite(), "{report}");
 }
+
+#[test]
+fn with_lora_dropout_peft_is_not_compared_and_a_bad_rate_is_refused() {
+    let model = repo().join("fixtures/models/gemma3");
+    let adapter = repo().join("fixtures/lora/plain");
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+    ];
+    let report = check_grads(&[&args[..], &["--lora-dropout", "0.1"]].concat());
+    assert_eq!(report["pass"], Value::Bool(true), "{report}");
+    assert_eq!(report["lora_dropout"], 0.1, "{report}");
+    // PEFT's gradients were taken without dropout: comparing them would fail or mean nothing.
+    assert!(report.get("loss_peft").is_none(), "{report}");
+    let no_dropout = check_grads(&args);
+    assert_ne!(report["loss"], no_dropout["loss"], "dropout changed nothing: {report}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["check-grads", "--device", "cpu", "--lora-dropout", "1.5"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--lora-dropout 1.5"), "{stderr}");
+}

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use ember_model::{DecoderLayer, GemmaForCausalLM, Linear};
 
-use crate::bridge::{CudaBackend, Held, hold, wait_for_burn};
+use crate::bridge::{CudaBackend, Holds, wait_for_burn};
 use crate::driver::Buffer;
 use crate::error::Result;
 use crate::gemm::Elem;
@@ -85,7 +85,7 @@ impl Adapters {
                 for &p in group {
                     if let Some(lora) = &linears[p].lora {
                         // Members of a group follow each other without a gap.
-                        let a = copies.push(&lora.a.val(), 1.0)?;
+                        let a = copies.push(&lora.a.val(), 1.0);
                         place[p] = Some((lora.rank(), a, 0, lora.scale as f32));
                     }
                 }
@@ -93,7 +93,7 @@ impl Adapters {
             for (p, linear) in linears.iter().enumerate() {
                 if let (Some(lora), Some(place)) = (&linear.lora, place[p].as_mut()) {
                     copies.end = copies.end.next_multiple_of(128);
-                    place.2 = copies.push(&lora.b.val(), lora.scale as f32)?;
+                    place.2 = copies.push(&lora.b.val(), lora.scale as f32);
                 }
             }
             places.push(place);
@@ -122,6 +122,10 @@ impl Adapters {
             })
             .collect();
         if !copies.table.is_empty() {
+            let held = copies.sources.hold()?;
+            for (row, source) in copies.table.iter_mut().zip(&held) {
+                row[0] = source.ptr;
+            }
             let table = Buffer::new(copies.table.len() * 32)?;
             cuda.gpu.upload(table.ptr, &copies.table)?;
             cuda.pack(elem, table.ptr, copies.table.len(), base)?;
@@ -147,25 +151,25 @@ impl Adapters {
     }
 }
 
-/// The copy table of `pack_f32` (elementwise.cu), with the sources held until the copies ran.
+/// The copy table of `pack_f32` (elementwise.cu), its sources' pointers filled in once they
+/// are held, all together.
 #[derive(Default)]
 struct Copies {
     table: Vec<[u64; 4]>,
-    held: Vec<Held>,
+    sources: Holds,
     /// Elements placed so far.
     end: usize,
 }
 
 impl Copies {
     /// Places `tensor` (f32) at the end, times `scale`; returns its offset in elements.
-    fn push(&mut self, tensor: &Tensor<CudaBackend, 2>, scale: f32) -> Result<usize> {
+    fn push(&mut self, tensor: &Tensor<CudaBackend, 2>, scale: f32) -> usize {
         let offset = self.end;
         let count = tensor.shape().num_elements();
-        let source = hold(tensor)?;
+        self.sources.add(tensor);
         self.table
-            .push([source.ptr, offset as u64, count as u64, (scale as f64).to_bits()]);
-        self.held.push(source);
+            .push([0, offset as u64, count as u64, (scale as f64).to_bits()]);
         self.end += count;
-        Ok(offset)
+        offset
     }
 }

@@ -6,6 +6,8 @@
 //! here stay valid that whole time because the tensors they come from are held.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
@@ -27,29 +29,70 @@ pub struct Held {
     _tensor: CubeTensor<CudaRuntime>,
 }
 
-/// Holds `t`'s memory (made contiguous first if it is a strided view).
-pub fn hold<const D: usize>(t: &Tensor<CudaBackend, D>) -> Result<Held> {
-    hold_primitive(t.clone().into_primitive().tensor())
-}
+/// Tensors whose memory to hold, made contiguous first where they are strided views. Taking a
+/// buffer asks burn's device thread and waits for its answer, so all of them go in one trip:
+/// a step holds thousands of tensors.
+#[derive(Default)]
+pub struct Holds(Vec<CubeTensor<CudaRuntime>>);
 
-/// [`hold`] for an integer tensor.
-pub fn hold_int<const D: usize>(t: &Tensor<CudaBackend, D, Int>) -> Result<Held> {
-    hold_primitive(t.clone().into_primitive())
-}
-
-fn hold_primitive(mut tensor: CubeTensor<CudaRuntime>) -> Result<Held> {
-    if !tensor.is_contiguous() {
-        tensor = burn_cubecl::kernel::into_contiguous(tensor);
+impl Holds {
+    /// Adds `t`; its [`Held`] will be at the returned index.
+    pub fn add<const D: usize>(&mut self, t: &Tensor<CudaBackend, D>) -> usize {
+        self.push(t.clone().into_primitive().tensor())
     }
-    let resource = tensor
-        .client
-        .get_resource(tensor.handle.clone())
-        .map_err(|e| CudaError::Backend(format!("{e:?}")))?;
-    Ok(Held {
-        ptr: resource.resource().ptr,
-        _resource: Box::new(resource),
-        _tensor: tensor,
-    })
+
+    /// [`Holds::add`] for an integer tensor.
+    pub fn add_int<const D: usize>(&mut self, t: &Tensor<CudaBackend, D, Int>) -> usize {
+        self.push(t.clone().into_primitive())
+    }
+
+    fn push(&mut self, mut tensor: CubeTensor<CudaRuntime>) -> usize {
+        if !tensor.is_contiguous() {
+            tensor = burn_cubecl::kernel::into_contiguous(tensor);
+        }
+        self.0.push(tensor);
+        self.0.len() - 1
+    }
+
+    /// Every added tensor's memory, in the order added, in one trip to burn's device thread.
+    pub fn hold(self) -> Result<Vec<Held>> {
+        let Some(client) = self.0.first().map(|t| t.client.clone()) else {
+            return Ok(Vec::new());
+        };
+        let started = Instant::now();
+        let handles: Vec<_> = self.0.iter().map(|t| t.handle.clone()).collect();
+        let inner = client.clone();
+        let resources = client
+            .exclusive(move || handles.into_iter().map(|h| inner.get_resource(h)).collect::<Vec<_>>())
+            .map_err(|e| CudaError::Backend(format!("{e:?}")))?;
+        HOLD_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        HOLDS.fetch_add(1, Ordering::Relaxed);
+        resources
+            .into_iter()
+            .zip(self.0)
+            .map(|(resource, tensor)| {
+                let resource = resource.map_err(|e| CudaError::Backend(format!("{e:?}")))?;
+                Ok(Held {
+                    ptr: resource.resource().ptr,
+                    _resource: Box::new(resource),
+                    _tensor: tensor,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Host time spent waiting for burn's device thread in [`Holds::hold`] since the process
+/// started, in nanoseconds, and the trips: `ember bench --breakdown` reports them.
+static HOLD_NANOS: AtomicU64 = AtomicU64::new(0);
+static HOLDS: AtomicU64 = AtomicU64::new(0);
+
+/// `(seconds, trips)` of [`Holds::hold`] so far.
+pub fn hold_time() -> (f64, u64) {
+    (
+        HOLD_NANOS.load(Ordering::Relaxed) as f64 * 1e-9,
+        HOLDS.load(Ordering::Relaxed),
+    )
 }
 
 /// A new contiguous tensor whose contents Ember's kernels will write.

@@ -13,7 +13,7 @@ use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
 
 use crate::adapters::{Adapters, GROUPS, projections};
 use crate::batch::BatchData;
-use crate::bridge::{CudaBackend, Held, elem, empty, hold, wait_for_burn};
+use crate::bridge::{CudaBackend, Held, Holds, elem, empty, wait_for_burn};
 use crate::error::{CudaError, Result};
 use crate::head::{HeadRun, head_loss};
 use crate::layer::{GradOut, LayerRun, LayerWeights, backward, forward};
@@ -26,6 +26,8 @@ pub struct CudaKernels {
     state: RefCell<Option<State>>,
     /// Whether profiling was asked for (also before the device was set up).
     profiling: Cell<bool>,
+    /// [`crate::bridge::hold_time`] when profiling started.
+    holds_before: Cell<(f64, u64)>,
 }
 
 struct State {
@@ -79,13 +81,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
                 "hidden_size {hidden} or intermediate_size {intermediate} is not a multiple of 8"
             ));
         }
-        let dropout = model
-            .model
-            .layers
-            .iter()
-            .flat_map(|layer| projections(layer))
-            .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
-        dropout.then(|| "LoRA dropout is not implemented in them yet".to_string())
+        None
     }
 
     fn set_profiling(&self, on: bool) {
@@ -93,18 +89,23 @@ impl TrainKernels<CudaBackend> for CudaKernels {
             state.cuda.profile.set(on);
         }
         self.profiling.set(on);
+        self.holds_before.set(crate::bridge::hold_time());
     }
 
     fn kernel_times(&self) -> Vec<(String, f64, f64)> {
-        self.state.borrow().as_ref().map_or_else(Vec::new, |state| {
+        let mut times = self.state.borrow().as_ref().map_or_else(Vec::new, |state| {
             state
                 .cuda
                 .profile
                 .totals()
                 .into_iter()
                 .map(|(category, ms, flops)| (category.to_string(), ms / 1e3, flops))
-                .collect()
-        })
+                .collect::<Vec<_>>()
+        });
+        // Host time, not the GPU's: what holding burn's tensors for the kernels costs.
+        let ((s0, n0), (s1, n1)) = (self.holds_before.get(), crate::bridge::hold_time());
+        times.push((format!("host: holding burn tensors ({} trips)", n1 - n0), s1 - s0, 0.0));
+        times
     }
 
     fn global_norm(&self, grads: &AdapterGrads<CudaBackend>) -> ember_trainer::Result<f64> {
@@ -146,8 +147,10 @@ struct CudaBatch<'a> {
     dtype: DType,
     data: BatchData,
     weights: Vec<LayerWeights>,
-    final_norm: Held,
-    head: Held,
+    final_norm: u64,
+    head: u64,
+    /// What `weights`, `final_norm` and `head` point into.
+    _held: Vec<Held>,
 }
 
 impl<'a> CudaBatch<'a> {
@@ -181,24 +184,30 @@ impl<'a> CudaBatch<'a> {
                 }
             }
         }
-        let dims = Dims::new(&model.config, data.tokens(), ranks, e);
+        let dropout = model
+            .model
+            .layers
+            .iter()
+            .flat_map(|layer| projections(layer))
+            .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
+        let dims = Dims::new(&model.config, data.tokens(), ranks, e, dropout);
         if !st.scratch.as_ref().is_some_and(|s| s.dims.covers(&dims)) {
             st.scratch = None;
             st.scratch = Some(Scratch::new(dims)?);
         }
-        let weights = model
-            .model
-            .layers
-            .iter()
-            .map(LayerWeights::hold)
-            .collect::<Result<Vec<_>>>()?;
-        let head = match &model.lm_head {
-            Some(head) => hold(&head.weight.val())?,
-            None => hold(&model.model.embed_tokens.weight.val())?,
-        };
+        let (weights, mut held) = LayerWeights::hold_all(&model.model.layers)?;
+        let mut holds = Holds::default();
+        holds.add(&model.model.norm.weight.val());
+        holds.add(&match &model.lm_head {
+            Some(head) => head.weight.val(),
+            None => model.model.embed_tokens.weight.val(),
+        });
+        held.extend(holds.hold()?);
+        let n = held.len();
         Ok(Self {
-            final_norm: hold(&model.model.norm.weight.val())?,
-            head,
+            final_norm: held[n - 2].ptr,
+            head: held[n - 1].ptr,
+            _held: held,
             state,
             model,
             device,
@@ -217,13 +226,29 @@ impl<'a> CudaBatch<'a> {
         )
     }
 
-    fn check_keep(keep: &LayerKeep<CudaBackend>) -> Result<()> {
-        match keep.iter().all(Option::is_none) {
-            true => Ok(()),
-            false => Err(CudaError::Unsupported(
-                "LoRA dropout masks reached the CUDA kernels".into(),
-            )),
+    /// Adds the layer's dropout masks to `holds`: their indices there, with each adapter's
+    /// keep probability.
+    fn add_keep(
+        &self,
+        index: usize,
+        keep: &LayerKeep<CudaBackend>,
+        holds: &mut Holds,
+    ) -> Result<[Option<(usize, f32)>; 7]> {
+        let linears = projections(&self.model.model.layers[index]);
+        let mut masks = [None; 7];
+        for (p, mask) in keep.iter().enumerate() {
+            let (Some(mask), Some(lora)) = (mask, &linears[p].lora) else {
+                continue;
+            };
+            if mask.dtype() != DType::F32 {
+                return Err(CudaError::Unsupported(format!(
+                    "dropout masks held as {:?}",
+                    mask.dtype()
+                )));
+            }
+            masks[p] = Some((holds.add(mask), (1.0 - lora.dropout) as f32));
         }
+        Ok(masks)
     }
 
     fn hidden_shape(&self) -> [usize; 3] {
@@ -238,9 +263,12 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         x: Tensor<CudaBackend, 3>,
         keep: LayerKeep<CudaBackend>,
     ) -> ember_trainer::Result<Tensor<CudaBackend, 3>> {
-        Self::check_keep(&keep)?;
         let y = empty(&self.device, self.hidden_shape(), self.dtype);
-        let (x_held, y_held) = (hold(&x)?, hold(&y)?);
+        let mut holds = Holds::default();
+        let (x_at, y_at) = (holds.add(&x), holds.add(&y));
+        let masks = self.add_keep(index, &keep, &mut holds)?;
+        let held = holds.hold()?;
+        let masks = masks.map(|m| m.map(|(i, keep_prob)| (held[i].ptr, keep_prob)));
         wait_for_burn(&self.device)?;
         let layer = &self.model.model.layers[index];
         let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
@@ -253,13 +281,14 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
             data,
             config.sliding_window,
             config.rms_norm_eps,
+            masks,
         );
         forward(
             &mut st.cuda,
             st.scratch.as_ref().expect("allocated"),
             &run,
-            x_held.ptr,
-            Some(y_held.ptr),
+            held[x_at].ptr,
+            Some(held[y_at].ptr),
         )?;
         st.cuda.finish()?;
         Ok(y)
@@ -272,23 +301,24 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         grad: Tensor<CudaBackend, 3>,
         keep: LayerKeep<CudaBackend>,
     ) -> ember_trainer::Result<(Tensor<CudaBackend, 3>, LayerGrads<CudaBackend>)> {
-        Self::check_keep(&keep)?;
         let dx = empty(&self.device, self.hidden_shape(), self.dtype);
         let layer = &self.model.model.layers[index];
         let mut grads: LayerGrads<CudaBackend> = Default::default();
-        let mut held = Vec::new();
-        let mut out: GradOut = [None; 7];
+        let mut holds = Holds::default();
+        let mut grad_at = [None; 7];
         for (p, linear) in projections(layer).iter().enumerate() {
             if let Some(lora) = &linear.lora {
                 let a = empty(&self.device, lora.a.val().dims(), DType::F32);
                 let b = empty(&self.device, lora.b.val().dims(), DType::F32);
-                let (ha, hb) = (hold(&a)?, hold(&b)?);
-                out[p] = Some((ha.ptr, hb.ptr));
-                held.extend([ha, hb]);
+                grad_at[p] = Some((holds.add(&a), holds.add(&b)));
                 grads[p] = Some(LoraGrads { a, b });
             }
         }
-        let (x_held, dy_held, dx_held) = (hold(&x)?, hold(&grad)?, hold(&dx)?);
+        let (x_at, dy_at, dx_at) = (holds.add(&x), holds.add(&grad), holds.add(&dx));
+        let masks = self.add_keep(index, &keep, &mut holds)?;
+        let held = holds.hold()?;
+        let masks = masks.map(|m| m.map(|(i, keep_prob)| (held[i].ptr, keep_prob)));
+        let out: GradOut = grad_at.map(|g| g.map(|(a, b)| (held[a].ptr, held[b].ptr)));
         wait_for_burn(&self.device)?;
         let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
         let st = self.state.as_mut().expect("set up in new");
@@ -300,9 +330,11 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
             data,
             config.sliding_window,
             config.rms_norm_eps,
+            masks,
         );
         let scratch = st.scratch.as_ref().expect("allocated");
-        backward(&mut st.cuda, scratch, &run, x_held.ptr, dy_held.ptr, dx_held.ptr, &out)?;
+        let (x, dy, dx_ptr) = (held[x_at].ptr, held[dy_at].ptr, held[dx_at].ptr);
+        backward(&mut st.cuda, scratch, &run, x, dy, dx_ptr, &out)?;
         st.cuda.finish()?;
         drop(held);
         Ok((dx, grads))
@@ -314,12 +346,15 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         normaliser: f64,
     ) -> ember_trainer::Result<(Tensor<CudaBackend, 1>, Tensor<CudaBackend, 3>)> {
         let dx = empty(&self.device, self.hidden_shape(), self.dtype);
-        let (x_held, dx_held) = (hold(&x)?, hold(&dx)?);
+        let mut holds = Holds::default();
+        holds.add(&x);
+        holds.add(&dx);
+        let held = holds.hold()?;
         wait_for_burn(&self.device)?;
         let config = &self.model.config;
         let run = HeadRun {
-            norm: self.final_norm.ptr,
-            head: self.head.ptr,
+            norm: self.final_norm,
+            head: self.head,
             targets: self.data.targets.ptr,
             tokens: self.data.tokens(),
             cap: config.final_logit_softcapping.unwrap_or(0.0) as f32,
@@ -327,7 +362,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
             normaliser,
         };
         let (cuda, scratch, _) = self.parts();
-        let loss = head_loss(cuda, scratch, &run, x_held.ptr, dx_held.ptr)?;
+        let loss = head_loss(cuda, scratch, &run, held[0].ptr, held[1].ptr)?;
         cuda.finish()?;
         let loss = Tensor::from_data([loss as f32], &self.device);
         Ok((loss, dx))

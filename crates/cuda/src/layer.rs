@@ -9,49 +9,54 @@
 
 use ember_model::{Activation, DecoderLayer, LayerType};
 
-use crate::adapters::{Adapters, DOWN, GATE, GROUPS, K, O, Q, UP, V, projections};
+use crate::adapters::{Adapters, GATE, GROUPS, K, O, Q, UP, V, projections};
 use crate::batch::BatchData;
-use crate::bridge::{CudaBackend, Held, hold};
+use crate::bridge::{CudaBackend, Held, Holds};
 use crate::error::Result;
 use crate::gemm::{Elem, Mat};
 use crate::ops::{AttnIo, AttnShape, Cuda};
 use crate::scratch::{Dims, Scratch};
 
-/// A layer's frozen tensors, held for a micro-batch.
+/// A layer's frozen tensors' pointers, valid while the micro-batch holds them.
 pub struct LayerWeights {
     /// input, post-attention, pre- and post-feed-forward (Gemma 2/3), q and k norms (Gemma 3).
-    norms: [Option<Held>; 6],
-    projections: [Held; 7],
+    norms: [Option<u64>; 6],
+    projections: [u64; 7],
 }
 
 impl LayerWeights {
-    pub fn hold(layer: &DecoderLayer<CudaBackend>) -> Result<Self> {
-        let norm = |n: Option<&ember_model::RmsNorm<CudaBackend>>| n.map(|n| hold(&n.weight.val())).transpose();
-        let attn = &layer.self_attn;
-        let linears = projections(layer);
-        Ok(Self {
-            norms: [
-                norm(Some(&layer.input_layernorm))?,
-                norm(Some(&layer.post_attention_layernorm))?,
-                norm(layer.pre_feedforward_layernorm.as_ref())?,
-                norm(layer.post_feedforward_layernorm.as_ref())?,
-                norm(attn.q_norm.as_ref())?,
-                norm(attn.k_norm.as_ref())?,
-            ],
-            projections: [
-                hold(&linears[Q].weight.val())?,
-                hold(&linears[K].weight.val())?,
-                hold(&linears[V].weight.val())?,
-                hold(&linears[O].weight.val())?,
-                hold(&linears[GATE].weight.val())?,
-                hold(&linears[UP].weight.val())?,
-                hold(&linears[DOWN].weight.val())?,
-            ],
-        })
+    /// Every layer's weights, held in one trip (see [`Holds`]); the pointers are valid while
+    /// the returned [`Held`]s live.
+    pub fn hold_all(layers: &[DecoderLayer<CudaBackend>]) -> Result<(Vec<Self>, Vec<Held>)> {
+        let mut holds = Holds::default();
+        let mut slots = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let mut norm = |n: Option<&ember_model::RmsNorm<CudaBackend>>| n.map(|n| holds.add(&n.weight.val()));
+            let attn = &layer.self_attn;
+            let norms = [
+                norm(Some(&layer.input_layernorm)),
+                norm(Some(&layer.post_attention_layernorm)),
+                norm(layer.pre_feedforward_layernorm.as_ref()),
+                norm(layer.post_feedforward_layernorm.as_ref()),
+                norm(attn.q_norm.as_ref()),
+                norm(attn.k_norm.as_ref()),
+            ];
+            let projections = projections(layer).map(|linear| holds.add(&linear.weight.val()));
+            slots.push((norms, projections));
+        }
+        let held = holds.hold()?;
+        let weights = slots
+            .into_iter()
+            .map(|(norms, projections)| Self {
+                norms: norms.map(|i| i.map(|i| held[i].ptr)),
+                projections: projections.map(|i| held[i].ptr),
+            })
+            .collect();
+        Ok((weights, held))
     }
 
     fn norm(&self, i: usize) -> Option<u64> {
-        self.norms[i].as_ref().map(|h| h.ptr)
+        self.norms[i]
     }
 }
 
@@ -67,6 +72,8 @@ pub struct LayerRun<'a> {
     pub sandwich: bool,
     pub erf: bool,
     pub eps: f32,
+    /// Each projection's LoRA dropout mask (f32 `[tokens, in]` of 0/1) and keep probability.
+    pub keep: [Option<(u64, f32)>; 7],
 }
 
 impl<'a> LayerRun<'a> {
@@ -78,6 +85,7 @@ impl<'a> LayerRun<'a> {
         data: &'a BatchData,
         sliding_window: Option<usize>,
         eps: f64,
+        keep: [Option<(u64, f32)>; 7],
     ) -> Self {
         let attn = &layer.self_attn;
         let sliding = layer.layer_type == LayerType::Sliding;
@@ -104,6 +112,7 @@ impl<'a> LayerRun<'a> {
             sandwich: layer.pre_feedforward_layernorm.is_some(),
             erf: layer.mlp.activation == Activation::GeluErf,
             eps: eps as f32,
+            keep,
         }
     }
 }
@@ -177,7 +186,7 @@ pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: Option<u64
         }
         // The post-feed-forward norm's backward reads the down projection's output.
         None if run.sandwich => project(cx, s, run, 3, p.p, &[p.d]),
-        None => project_adapters(cx, s, run, 3, p.p, None),
+        None => project_adapters(cx, s, run, 3, p.p, None).map(drop),
     }
 }
 
@@ -267,16 +276,20 @@ fn attn_io(s: &Scratch, run: &LayerRun) -> AttnIo {
 }
 
 /// The projections of group `g` of `input` into `outs` (one per member), adapters included;
-/// the group's `x·Aᵀ` stays in `z[g]` for the backward.
+/// the group's `x·Aᵀ` stays in `z[g]` for the backward. Each member's `z·(sB)ᵀ` is written
+/// first and the base GEMM accumulates onto it: the thin GEMM then only writes the output
+/// (it would read and write it after), and the base GEMM's extra read hides under its math.
 fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, outs: &[u64]) -> Result<()> {
     let (d, e) = (&s.dims, s.dims.elem);
     let n = run.data.tokens();
     let group = GROUPS[g];
     let in_features = shape(d, group[0]).1;
     let x = Mat::new(input, n, in_features, e);
+    let adapted = project_adapters(cx, s, run, g, input, Some(outs))?;
     for (&p, &out) in group.iter().zip(outs) {
         let (out_features, _) = shape(d, p);
-        let weight = Mat::new(run.weights.projections[p].ptr, out_features, in_features, e);
+        let weight = Mat::new(run.weights.projections[p], out_features, in_features, e);
+        let beta = if adapted.contains(&p) { 1.0 } else { 0.0 };
         cx.gemm(
             "gemm base",
             Mat::new(out, n, out_features, e),
@@ -285,14 +298,16 @@ fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, out
             weight,
             true,
             1.0,
-            0.0,
+            beta,
         )?;
     }
-    project_adapters(cx, s, run, g, input, Some(outs))
+    Ok(())
 }
 
 /// The adapters of group `g`: `z[g] = input·Aᵀ`, then, given the members' outputs `outs`,
-/// `z·(sB)ᵀ` added to each.
+/// `z·(sB)ᵀ` written into each. Returns the members whose output it wrote. A member with
+/// dropout reads its own dropped-out copy of the input (PEFT draws a mask per adapter), so
+/// the group's `x·Aᵀ` is then one GEMM per member.
 fn project_adapters(
     cx: &mut Cuda,
     s: &Scratch,
@@ -300,29 +315,38 @@ fn project_adapters(
     g: usize,
     input: u64,
     outs: Option<&[u64]>,
-) -> Result<()> {
+) -> Result<Vec<usize>> {
     let (d, e) = (&s.dims, s.dims.elem);
     let n = run.data.tokens();
     let group = GROUPS[g];
     let in_features = shape(d, group[0]).1;
     let x = Mat::new(input, n, in_features, e);
     let Some(adapters) = run.adapters.group(run.index, group) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
-    cx.gemm(
-        "gemm adapters x·Aᵀ",
-        z,
-        x,
-        false,
-        Mat::new(adapters.a, adapters.rank, in_features, e),
-        true,
-        1.0,
-        0.0,
-    )?;
+    let a = Mat::new(adapters.a, adapters.rank, in_features, e);
+    if adapters.members.iter().any(|&(p, _, _)| run.keep[p].is_some()) {
+        for &(p, column, rank) in &adapters.members {
+            let x = dropped_input(cx, s, run, p, x)?;
+            cx.gemm(
+                "gemm adapters x·Aᵀ",
+                z.cols(column, rank),
+                x,
+                false,
+                a.rows(column, rank),
+                true,
+                1.0,
+                0.0,
+            )?;
+        }
+    } else {
+        cx.gemm("gemm adapters x·Aᵀ", z, x, false, a, true, 1.0, 0.0)?;
+    }
     let Some(outs) = outs else {
-        return Ok(());
+        return Ok(Vec::new());
     };
+    let mut written = Vec::new();
     for &(p, column, rank) in &adapters.members {
         let out = outs[group.iter().position(|&q| q == p).expect("a member")];
         let (out_features, _) = shape(d, p);
@@ -330,21 +354,35 @@ fn project_adapters(
         let scaled_b = Mat::new(slot.b, out_features, rank, e);
         let out = Mat::new(out, n, out_features, e);
         cx.gemm(
-            "gemm adapters +z·Bᵀ",
+            "gemm adapters z·Bᵀ",
             out,
             z.cols(column, rank),
             false,
             scaled_b,
             true,
             1.0,
-            1.0,
+            0.0,
         )?;
+        written.push(p);
     }
-    Ok(())
+    Ok(written)
+}
+
+/// Projection `p`'s adapter input: `x` itself, or with dropout `x · keep / keep_prob` in the
+/// scratch's `dropped` buffer.
+fn dropped_input(cx: &mut Cuda, s: &Scratch, run: &LayerRun, p: usize, x: Mat) -> Result<Mat> {
+    let Some((keep, keep_prob)) = run.keep[p] else {
+        return Ok(x);
+    };
+    let count = x.rows * x.cols;
+    cx.dropout(x.elem, x.ptr, keep, s.ptrs.dropped, count, keep_prob, false)?;
+    Ok(Mat::new(s.ptrs.dropped, x.rows, x.cols, x.elem))
 }
 
 /// The backward of [`project`]: `dx` from the members' output gradients `grads_out`, and each
-/// adapter's `dA`, `dB` into `grads`.
+/// adapter's `dA`, `dB` into `grads`. Without dropout the adapters' `dz·A` is written first
+/// and the base GEMMs accumulate onto it (see [`project`]); with dropout each member's `dz·A`
+/// goes through its mask onto the base GEMMs' `dx`.
 #[allow(clippy::too_many_arguments)]
 fn project_backward(
     cx: &mut Cuda,
@@ -361,10 +399,43 @@ fn project_backward(
     let group = GROUPS[g];
     let in_features = shape(d, group[0]).1;
     let dx = Mat::new(dx, n, in_features, e);
+    let x = Mat::new(input, n, in_features, e);
+    let member_grad = |p: usize| {
+        let (out_features, _) = shape(d, p);
+        let grad = grads_out[group.iter().position(|&q| q == p).expect("a member")];
+        Mat::new(grad, n, out_features, e)
+    };
+    let adapters = run.adapters.group(run.index, group);
+    let dropout = adapters
+        .as_ref()
+        .is_some_and(|a| a.members.iter().any(|&(p, _, _)| run.keep[p].is_some()));
+    let mut dx_written = false;
+    if let Some(adapters) = &adapters {
+        let dz = Mat::new(s.ptrs.dz[g], n, adapters.rank, e);
+        for &(p, column, rank) in &adapters.members {
+            let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
+            let scaled_b = Mat::new(slot.b, shape(d, p).0, rank, e);
+            cx.gemm(
+                "gemm adapters dz",
+                dz.cols(column, rank),
+                member_grad(p),
+                false,
+                scaled_b,
+                false,
+                1.0,
+                0.0,
+            )?;
+        }
+        if !dropout {
+            let a = Mat::new(adapters.a, adapters.rank, in_features, e);
+            cx.gemm("gemm adapters dz·A", dx, dz, false, a, false, 1.0, 0.0)?;
+            dx_written = true;
+        }
+    }
     for (i, (&p, &grad)) in group.iter().zip(grads_out).enumerate() {
         let (out_features, _) = shape(d, p);
-        let weight = Mat::new(run.weights.projections[p].ptr, out_features, in_features, e);
-        let beta = if i == 0 { 0.0 } else { 1.0 };
+        let weight = Mat::new(run.weights.projections[p], out_features, in_features, e);
+        let beta = if dx_written || i > 0 { 1.0 } else { 0.0 };
         cx.gemm(
             "gemm base",
             dx,
@@ -376,51 +447,30 @@ fn project_backward(
             beta,
         )?;
     }
-    let Some(adapters) = run.adapters.group(run.index, group) else {
+    let Some(adapters) = adapters else {
         return Ok(());
     };
     let dz = Mat::new(s.ptrs.dz[g], n, adapters.rank, e);
     let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
-    let member_grad = |p: usize| {
-        let (out_features, _) = shape(d, p);
-        let grad = grads_out[group.iter().position(|&q| q == p).expect("a member")];
-        Mat::new(grad, n, out_features, e)
-    };
-    for &(p, column, rank) in &adapters.members {
-        let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
-        let scaled_b = Mat::new(slot.b, shape(d, p).0, rank, e);
-        cx.gemm(
-            "gemm adapters dz",
-            dz.cols(column, rank),
-            member_grad(p),
-            false,
-            scaled_b,
-            false,
-            1.0,
-            0.0,
-        )?;
-    }
-    cx.gemm(
-        "gemm adapters +dz·A",
-        dx,
-        dz,
-        false,
-        Mat::new(adapters.a, adapters.rank, in_features, e),
-        false,
-        1.0,
-        1.0,
-    )?;
+    let a = Mat::new(adapters.a, adapters.rank, in_features, e);
     let d_a = Mat::new(s.ptrs.d_a, adapters.rank, in_features, Elem::F32);
-    cx.gemm(
-        "gemm adapters dA",
-        d_a,
-        dz,
-        true,
-        Mat::new(input, n, in_features, e),
-        false,
-        1.0,
-        0.0,
-    )?;
+    if dropout {
+        for &(p, column, rank) in &adapters.members {
+            let (dz, a) = (dz.cols(column, rank), a.rows(column, rank));
+            match run.keep[p] {
+                Some((keep, keep_prob)) => {
+                    let t = Mat::new(s.ptrs.dropped_grad, n, in_features, e);
+                    cx.gemm("gemm adapters dz·A", t, dz, false, a, false, 1.0, 0.0)?;
+                    cx.dropout(e, t.ptr, keep, dx.ptr, n * in_features, keep_prob, true)?;
+                }
+                None => cx.gemm("gemm adapters dz·A", dx, dz, false, a, false, 1.0, 1.0)?,
+            }
+            let x = dropped_input(cx, s, run, p, x)?;
+            cx.gemm("gemm adapters dA", d_a.rows(column, rank), dz, true, x, false, 1.0, 0.0)?;
+        }
+    } else {
+        cx.gemm("gemm adapters dA", d_a, dz, true, x, false, 1.0, 0.0)?;
+    }
     for &(p, column, rank) in &adapters.members {
         let Some((grad_a, grad_b)) = grads[p] else { continue };
         let rows = d_a.rows(column, rank);

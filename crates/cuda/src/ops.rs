@@ -114,6 +114,7 @@ fn category(kernel: &str) -> &'static str {
         "cross" => "loss",
         "sum" | "adamw8bit" => "optimizer",
         "pack" => "adapter packing",
+        "dropout" => "lora dropout",
         _ if kernel.contains("forward") => "attention forward",
         _ => "attention backward",
     }
@@ -334,6 +335,31 @@ impl Cuda {
         let name = pick(e, "geglu_f32", "geglu_bf16");
         let args = [Ptr(g), Ptr(u), Ptr(p), I64(n as i64), I32(erf as i32)];
         self.launch(name, (blocks(n.div_ceil(8), 256).min(16384), 1, 1), 256, 0, &args)
+    }
+
+    /// LoRA dropout of `count` elements: `out = x · keep / keep_prob`, or `out += …` with
+    /// `accumulate`; `keep` is the f32 mask of 0/1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout(
+        &mut self,
+        e: Elem,
+        x: u64,
+        keep: u64,
+        out: u64,
+        count: usize,
+        keep_prob: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let name = pick(e, "dropout_f32", "dropout_bf16");
+        let args = [
+            Ptr(x),
+            Ptr(keep),
+            Ptr(out),
+            I64(count as i64),
+            F32(keep_prob),
+            I32(accumulate as i32),
+        ];
+        self.launch(name, (blocks(count.div_ceil(8), 256).min(16384), 1, 1), 256, 0, &args)
     }
 
     /// `dg`, `du` from `dp`; they may be `g` and `u` themselves.

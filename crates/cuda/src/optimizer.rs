@@ -7,7 +7,7 @@ use burn::tensor::DType;
 use ember_trainer::grads::AdapterGrads;
 use ember_trainer::optim::{BLOCK, BlockwiseResult, BlockwiseStep, dynamic_map};
 
-use crate::bridge::{CudaBackend, Held, empty, empty_int, hold, hold_int, wait_for_burn};
+use crate::bridge::{CudaBackend, Holds, empty, empty_int, wait_for_burn};
 use crate::error::{CudaError, Result};
 use crate::ops::{AdamStep, Cuda};
 
@@ -17,14 +17,17 @@ pub fn global_norm(cuda: &mut Cuda, grads: &AdapterGrads<CudaBackend>) -> Result
     let Some(first) = grads.values().next() else {
         return Ok(0.0);
     };
-    let mut held = Vec::with_capacity(grads.len());
-    let mut table = Vec::with_capacity(2 * grads.len());
+    let mut holds = Holds::default();
     for grad in grads.values() {
         f32_only(grad.dtype())?;
-        let h = hold(grad)?;
-        table.extend([h.ptr, grad.shape().num_elements() as u64]);
-        held.push(h);
+        holds.add(grad);
     }
+    let held = holds.hold()?;
+    let table: Vec<u64> = grads
+        .values()
+        .zip(&held)
+        .flat_map(|(grad, h)| [h.ptr, grad.shape().num_elements() as u64])
+        .collect();
     let n = grads.len();
     let base = cuda.staging(table.len() * 8 + n * 4)?;
     let sums_ptr = base + (table.len() * 8) as u64;
@@ -55,31 +58,30 @@ pub fn adamw8bit(cuda: &mut Cuda, step: BlockwiseStep<'_, CudaBackend>) -> Resul
     let new_codes = [0, 1].map(|_| empty_int(&device, [total], DType::U8));
     let new_absmax = [0, 1].map(|_| empty(&device, [blocks], DType::F32));
 
-    let mut held: Vec<Held> = Vec::new();
-    let new_ptr = {
-        let h = hold(&new)?;
-        let ptr = h.ptr;
-        held.push(h);
-        ptr
-    };
-    let mut table: Vec<u64> = Vec::with_capacity(5 * step.params.len());
-    for ((param, grad), &offset) in step.params.iter().zip(step.grads).zip(step.offsets) {
+    let mut holds = Holds::default();
+    let new_at = holds.add(&new);
+    let mut tensors = Vec::with_capacity(step.params.len());
+    for (param, grad) in step.params.iter().zip(step.grads) {
         f32_only(param.dtype())?;
         f32_only(grad.dtype())?;
-        let len = param.dims()[0];
-        let (p, g) = (hold(param)?, hold(grad)?);
-        table.extend([p.ptr, g.ptr, new_ptr + (offset * 4) as u64, len as u64, offset as u64]);
-        held.extend([p, g]);
+        tensors.push((holds.add(param), holds.add(grad), param.dims()[0]));
     }
-    let mut ptr = |h: Held| {
-        let p = h.ptr;
-        held.push(h);
-        p
-    };
-    let codes = [ptr(hold_int(codes1)?), ptr(hold_int(codes2)?)];
-    let absmax = [ptr(hold(absmax1)?), ptr(hold(absmax2)?)];
-    let new_codes_ptr = [ptr(hold_int(&new_codes[0])?), ptr(hold_int(&new_codes[1])?)];
-    let new_absmax_ptr = [ptr(hold(&new_absmax[0])?), ptr(hold(&new_absmax[1])?)];
+    let codes_at = [holds.add_int(codes1), holds.add_int(codes2)];
+    let absmax_at = [holds.add(absmax1), holds.add(absmax2)];
+    let new_codes_at = [holds.add_int(&new_codes[0]), holds.add_int(&new_codes[1])];
+    let new_absmax_at = [holds.add(&new_absmax[0]), holds.add(&new_absmax[1])];
+    let held = holds.hold()?;
+    let ptr = |i: usize| held[i].ptr;
+    let new_ptr = ptr(new_at);
+    let table: Vec<u64> = tensors
+        .iter()
+        .zip(step.offsets)
+        .flat_map(|(&(p, g, len), &offset)| [ptr(p), ptr(g), new_ptr + (offset * 4) as u64, len as u64, offset as u64])
+        .collect();
+    let codes = codes_at.map(ptr);
+    let absmax = absmax_at.map(ptr);
+    let new_codes_ptr = new_codes_at.map(ptr);
+    let new_absmax_ptr = new_absmax_at.map(ptr);
 
     let maps: Vec<f32> = dynamic_map(true).into_iter().chain(dynamic_map(false)).collect();
     let base = cuda.staging(maps.len() * 4 + table.len() * 8)?;

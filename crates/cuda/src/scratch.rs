@@ -25,10 +25,12 @@ pub struct Dims {
     pub head_rows: usize,
     pub vocab: usize,
     pub elem: Elem,
+    /// Some adapter has LoRA dropout: the `dropped` buffers exist.
+    pub dropout: bool,
 }
 
 impl Dims {
-    pub fn new(config: &GemmaConfig, tokens: usize, ranks: [usize; 4], elem: Elem) -> Self {
+    pub fn new(config: &GemmaConfig, tokens: usize, ranks: [usize; 4], elem: Elem, dropout: bool) -> Self {
         // A chunk of logits takes at most ~1 GiB (Gemma's vocabulary is 256k).
         let head_rows = ((1usize << 30) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
         Self {
@@ -43,6 +45,7 @@ impl Dims {
             head_rows,
             vocab: config.vocab_size,
             elem,
+            dropout,
         }
     }
 }
@@ -70,7 +73,10 @@ impl Dims {
             other.vocab,
             other.elem,
         );
-        same_model && self.tokens >= other.tokens && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
+        same_model
+            && self.tokens >= other.tokens
+            && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
+            && self.dropout >= other.dropout
     }
 }
 
@@ -113,6 +119,9 @@ pub struct Ptrs {
     pub dz: [u64; 4],
     /// f32 gradient of a group's concatenated A.
     pub d_a: u64,
+    /// With LoRA dropout: one adapter's dropped-out input, and its `dz·A` before the mask.
+    pub dropped: u64,
+    pub dropped_grad: u64,
     // LM head.
     pub head_normed: u64,
     pub logits: u64,
@@ -149,6 +158,7 @@ impl Scratch {
             head_rows,
             vocab,
             elem,
+            dropout,
         } = dims;
         let t = elem.size();
         let mut end = 0usize;
@@ -190,6 +200,8 @@ impl Scratch {
             da: take(n * h * t),
             dz: ranks.map(|r| take(n * r * t)),
             d_a: take(ranks.iter().max().copied().unwrap_or(0) * h.max(i).max(q) * 4),
+            dropped: take(if dropout { n * h.max(i).max(q) * t } else { 0 }),
+            dropped_grad: take(if dropout { n * h.max(i).max(q) * t } else { 0 }),
             head_normed: take(head_rows * h * t),
             logits: take(head_rows * vocab * t),
             head_grad: take(head_rows * h * t),
@@ -236,6 +248,8 @@ impl Scratch {
             &mut p.dk_raw,
             &mut p.da,
             &mut p.d_a,
+            &mut p.dropped,
+            &mut p.dropped_grad,
             &mut p.head_normed,
             &mut p.logits,
             &mut p.head_grad,

@@ -47,6 +47,10 @@ pub struct Args {
     pub tolerance: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Sets every adapter's LoRA dropout: both kernel sets then draw the same masks (the
+    /// trainer seeds each layer's), which PEFT cannot, so PEFT's reference is not compared.
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
     /// Skip the comparison with burn's kernels (their first compile on a fresh GPU machine takes
     /// minutes); PEFT's reference, when there is one, is still compared.
     #[arg(long)]
@@ -63,6 +67,11 @@ pub fn run(args: Args) -> Result<()> {
         if value < least {
             bail!("{flag} {value}: must be at least {least}");
         }
+    }
+    if let Some(p) = args.lora_dropout
+        && !(0.0..1.0).contains(&p)
+    {
+        bail!("--lora-dropout {p}: must be in [0, 1)");
     }
     let device = args.device.clone();
     let kernels = args.kernels;
@@ -95,10 +104,19 @@ impl TrainTask for Check {
             .as_ref()
             .map(|d| d.join("reference.safetensors"))
             .filter(|p| p.exists());
-        let model = match &a.adapter {
+        let mut model = match &a.adapter {
             Some(adapter) => load_adapter(base, adapter)?.0,
             None => random_adapter(add_lora(base, &LoraConfig::seed_recipe(), a.seed)?, &device),
         };
+        if let Some(p) = a.lora_dropout {
+            for (i, layer) in model.model.layers.iter_mut().enumerate() {
+                for (_, linear) in projections_mut(i, layer) {
+                    if let Some(lora) = linear.lora.as_mut() {
+                        lora.dropout = p;
+                    }
+                }
+            }
+        }
         let batch = match &reference {
             Some(_) => reference_batch(&dir.join("reference.safetensors"))?,
             None => random_batch(model.config.vocab_size, a.batch, a.seq, &a.layout, a.seed)?,
@@ -119,6 +137,7 @@ impl TrainTask for Check {
         let mut report = json!({
             "model": a.model,
             "dtype": dtype_name(dtype),
+            "lora_dropout": a.lora_dropout.unwrap_or(0.0),
             "kernels": kernels.name(),
             "tokens": batch.batch * batch.seq,
             "loss": loss,
@@ -143,7 +162,8 @@ impl TrainTask for Check {
         report["grad_norm_rel_diff"] = json!(((norm - norm_ref) / norm_ref).abs());
         report["adamw8bit_bit_exact"] = json!(optimizer_equal);
         pass &= optimizer_equal && ((norm - norm_ref) / norm_ref).abs() <= 1e-5;
-        if let Some(path) = &reference {
+        let dropout = a.lora_dropout.is_some_and(|p| p > 0.0);
+        if let Some(path) = reference.as_ref().filter(|_| !dropout) {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let peft = SafeTensors::deserialize(&bytes)?;
             let peft_loss = f32s(&peft, "loss")?[0] as f64;

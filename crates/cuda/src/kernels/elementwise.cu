@@ -1,4 +1,4 @@
-// Element-wise kernels: the gated GELU of the MLP and its backward, and casts.
+// Element-wise kernels: the gated GELU of the MLP and its backward, LoRA dropout, and casts.
 
 // Grid-stride over `n` elements: `eight(i)` for elements i..i+8 (16-byte accesses; buffers are
 // 16-byte aligned), then `one(i)` for the last `n % 8`.
@@ -57,6 +57,26 @@ __device__ void geglu_backward(const T* dp, const T* g, const T* u, T* dg, T* du
     });
 }
 
+// LoRA dropout: out = x · keep / keep_prob (or out + that, with `accumulate`), `keep` the
+// drawn mask of 0/1 in f32. The reference computes in f32 and rounds once to T.
+__device__ __forceinline__ float dropped(float x, float keep, float keep_prob) { return x * keep / keep_prob; }
+
+template <typename T>
+__device__ void dropout(const T* x, const float* keep, T* out, long n, float keep_prob, int accumulate) {
+    for_each_8(n, [&](long i) {
+        float xv[8], kv[8], ov[8];
+        load8(x + i, xv);
+        load8(keep + i, kv);
+        if (accumulate) load8(out + i, ov);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) xv[j] = (accumulate ? ov[j] : 0.0f) + dropped(xv[j], kv[j], keep_prob);
+        store8(out + i, xv);
+    }, [&](long i) {
+        const float v = dropped(to_f32(x[i]), keep[i], keep_prob);
+        out[i] = from_f32<T>(accumulate ? to_f32(out[i]) + v : v);
+    });
+}
+
 #define EMBER_ELEMENTWISE_KERNELS(T, S)                                                                    \
     extern "C" __global__ void geglu_##S(const T* g, const T* u, T* p, long n, int erf_gelu) {             \
         geglu<T>(g, u, p, n, erf_gelu);                                                                    \
@@ -64,6 +84,10 @@ __device__ void geglu_backward(const T* dp, const T* g, const T* u, T* dg, T* du
     extern "C" __global__ void geglu_backward_##S(const T* dp, const T* g, const T* u, T* dg, T* du,      \
                                                   long n, int erf_gelu) {                                  \
         geglu_backward<T>(dp, g, u, dg, du, n, erf_gelu);                                                  \
+    }                                                                                                      \
+    extern "C" __global__ void dropout_##S(const T* x, const float* keep, T* out, long n, float keep_prob, \
+                                           int accumulate) {                                               \
+        dropout<T>(x, keep, out, n, keep_prob, accumulate);                                                \
     }
 EMBER_ELEMENTWISE_KERNELS(float, f32)
 EMBER_ELEMENTWISE_KERNELS(bf16, bf16)
