@@ -72,6 +72,11 @@ impl Adapters {
         }
     }
 
+    /// Bytes of the packed copies.
+    pub fn bytes(&self) -> usize {
+        self.buffer.as_ref().map_or(0, |b| b.bytes)
+    }
+
     /// Packs `model`'s adapters in `elem`, reusing the buffer when it is large enough.
     pub fn pack(&mut self, cuda: &mut Cuda, model: &GemmaForCausalLM<CudaBackend>, elem: Elem) -> Result<()> {
         // Offsets (in elements) first; pointers once the buffer exists.

@@ -50,15 +50,6 @@ impl CudaKernels {
         st.cuda.gpu.bind()?;
         f(&mut st.cuda)
     }
-
-    /// Bytes of Ember's own device memory in use (scratch and packed adapters).
-    pub fn scratch_bytes(&self) -> usize {
-        self.state
-            .borrow()
-            .as_ref()
-            .and_then(|s| s.scratch.as_ref())
-            .map_or(0, Scratch::bytes)
-    }
 }
 
 impl TrainKernels<CudaBackend> for CudaKernels {
@@ -106,6 +97,12 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         let ((s0, n0), (s1, n1)) = (self.holds_before.get(), crate::bridge::hold_time());
         times.push((format!("host: holding burn tensors ({} trips)", n1 - n0), s1 - s0, 0.0));
         times
+    }
+
+    fn device_bytes(&self) -> u64 {
+        self.state.borrow().as_ref().map_or(0, |s| {
+            (s.scratch.as_ref().map_or(0, Scratch::bytes) + s.adapters.bytes()) as u64
+        })
     }
 
     fn global_norm(&self, grads: &AdapterGrads<CudaBackend>) -> ember_trainer::Result<f64> {
@@ -288,7 +285,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
             st.scratch.as_ref().expect("allocated"),
             &run,
             held[x_at].ptr,
-            Some(held[y_at].ptr),
+            held[y_at].ptr,
         )?;
         st.cuda.finish()?;
         Ok(y)

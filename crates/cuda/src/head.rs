@@ -1,5 +1,5 @@
 //! The final norm, LM head and cross-entropy with their backward, in chunks of rows sized so a
-//! chunk's logits stay within the scratch (~1 GiB): the CUDA counterpart of
+//! chunk's logits stay within the scratch (~256 MiB): the CUDA counterpart of
 //! `GemmaForCausalLM::head_loss`.
 
 use crate::error::Result;

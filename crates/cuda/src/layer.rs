@@ -1,6 +1,8 @@
-//! One decoder layer on the device: the forward (leaving in scratch everything the backward
-//! needs) and the backward for frozen base weights — the CUDA counterpart of
-//! `DecoderLayer::forward_saving` and `DecoderLayer::backward`, checked against them.
+//! One decoder layer on the device: the forward and the backward for frozen base weights
+//! (recomputing the forward from the layer's input) — the CUDA counterpart of
+//! `DecoderLayer::forward_saving` and `DecoderLayer::backward`, checked against them. The MLP
+//! runs in chunks of rows (a tiled MLP), so its `[tokens, intermediate]` activations never
+//! exist whole.
 //!
 //! Each projection group (q/k/v, o, gate/up, down) is one base GEMM per member plus, with
 //! adapters, one GEMM for the group's `x·Aᵀ` and one accumulating `z·(sB)ᵀ` into each member's
@@ -128,18 +130,72 @@ fn shape(d: &Dims, p: usize) -> (usize, usize) {
     }
 }
 
+/// Rows `start..start + len` of a micro-batch's `total` tokens.
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    start: usize,
+    len: usize,
+    total: usize,
+}
+
+impl Rows {
+    fn all(total: usize) -> Self {
+        Self {
+            start: 0,
+            len: total,
+            total,
+        }
+    }
+
+    /// `total` rows in chunks of at most `size`.
+    fn chunks(total: usize, size: usize) -> impl Iterator<Item = Rows> {
+        (0..total).step_by(size.max(1)).map(move |start| Rows {
+            start,
+            len: size.min(total - start),
+            total,
+        })
+    }
+
+    /// `ptr` advanced to the first of these rows, rows being `row_bytes` apart.
+    fn at(&self, ptr: u64, row_bytes: usize) -> u64 {
+        ptr + (self.start * row_bytes) as u64
+    }
+
+    fn first(&self) -> bool {
+        self.start == 0
+    }
+
+    fn last(&self) -> bool {
+        self.start + self.len == self.total
+    }
+}
+
 /// Runs layer `run` on `x` (`[tokens, hidden]`), writing `y`; activations stay in `scratch`.
-/// Without `y` (the backward's recompute) only what the backward reads is computed: the layer's
-/// output is not, nor, under Gemma 1's single post-attention norm, the down projection (its
-/// adapter's `x·Aᵀ` only) — a sixth of the layer's GEMM work — nor the attention when the
-/// forward kept its output ([`Scratch::saved_attention`]).
-pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: Option<u64>) -> Result<()> {
+/// The MLP runs in chunks of rows ([`Dims::mlp_rows`]), so only one chunk's `[rows,
+/// intermediate]` activations exist at a time.
+pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Result<()> {
     let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
     let n = run.data.tokens();
+    attention_block(cx, s, run, x, true)?;
+    for rows in Rows::chunks(n, d.mlp_rows) {
+        mlp_forward(cx, s, run, rows, true)?;
+    }
+    let post_ff = if run.sandwich { run.weights.norm(3) } else { None };
+    cx.residual_norm(e, p.h, p.d, post_ff, None, y, None, n, d.hidden, run.eps)
+}
+
+/// From the layer's input `x` to the MLP's input: the input norm, q/k/v with RoPE, attention,
+/// the output projection and the residual with its norms, leaving the residual stream in `h`
+/// and the MLP's input in `m`. `attend` false (the backward's recompute) skips the attention
+/// when the forward kept its output ([`Scratch::saved_attention`]).
+fn attention_block(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, attend: bool) -> Result<()> {
+    let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
+    let n = run.data.tokens();
+    let all = Rows::all(n);
     let w = run.weights;
     let a = &run.attn;
     cx.rms_norm(e, x, w.norm(0).expect("input norm"), p.a, n, d.hidden, run.eps)?;
-    project(cx, s, run, 0, p.a, &[p.q_raw, p.k_raw, p.v])?;
+    project(cx, s, run, 0, p.a, &[p.q_raw, p.k_raw, p.v], all)?;
     let b = run.data;
     cx.rope(
         e,
@@ -166,27 +222,31 @@ pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: Option<u64
         run.eps,
     )?;
     let io = attn_io(s, run);
-    if y.is_some() || s.saved_attention(run.index).is_none() {
+    if attend || s.saved_attention(run.index).is_none() {
         cx.attention_forward(e, *a, io)?;
     }
-    project(cx, s, run, 1, io.o, &[p.attn])?;
+    project(cx, s, run, 1, io.o, &[p.attn], all)?;
     let (post_attn, next) = if run.sandwich {
         (w.norm(1), w.norm(2))
     } else {
         (None, w.norm(1))
     };
-    cx.residual_norm(e, x, p.attn, post_attn, next, p.h, Some(p.m), n, d.hidden, run.eps)?;
-    project(cx, s, run, 2, p.m, &[p.g, p.u])?;
-    cx.geglu(e, p.g, p.u, p.p, n * d.intermediate, run.erf)?;
-    match y {
-        Some(y) => {
-            project(cx, s, run, 3, p.p, &[p.d])?;
-            let post_ff = if run.sandwich { w.norm(3) } else { None };
-            cx.residual_norm(e, p.h, p.d, post_ff, None, y, None, n, d.hidden, run.eps)
-        }
-        // The post-feed-forward norm's backward reads the down projection's output.
-        None if run.sandwich => project(cx, s, run, 3, p.p, &[p.d]),
-        None => project_adapters(cx, s, run, 3, p.p, None).map(drop),
+    cx.residual_norm(e, x, p.attn, post_attn, next, p.h, Some(p.m), n, d.hidden, run.eps)
+}
+
+/// The MLP on `rows` of `m`: gate/up and GeGLU into the chunk buffers `g`, `u`, `p`, then the
+/// down projection into those rows of `d` — or, without `down` (the backward's recompute
+/// under Gemma 1's single post-attention norm, which never reads `d`), only the down
+/// adapter's `x·Aᵀ`, which its `dB` reads.
+fn mlp_forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, rows: Rows, down: bool) -> Result<()> {
+    let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
+    let row = d.hidden * e.size();
+    project(cx, s, run, 2, rows.at(p.m, row), &[p.g, p.u], rows)?;
+    cx.geglu(e, p.g, p.u, p.p, rows.len * d.intermediate, run.erf)?;
+    if down {
+        project(cx, s, run, 3, p.p, &[rows.at(p.d, row)], rows)
+    } else {
+        project_adapters(cx, s, run, 3, p.p, None, rows).map(drop)
     }
 }
 
@@ -194,25 +254,52 @@ pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: Option<u64
 pub type GradOut = [Option<(u64, u64)>; 7];
 
 /// Recomputes layer `run` on `x` and writes the gradient of `x` into `dx` and the adapters'
-/// gradients into `grads`, given the gradient `dy` of the layer's output.
+/// gradients into `grads`, given the gradient `dy` of the layer's output. The MLP's recompute
+/// and backward run chunk by chunk, the adapters' gradients adding up over the chunks.
 pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx: u64, grads: &GradOut) -> Result<()> {
     let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
     let n = run.data.tokens();
     let w = run.weights;
     let a = &run.attn;
     let b = run.data;
-    forward(cx, s, run, x, None)?;
+    attention_block(cx, s, run, x, false)?;
 
-    let dd = if run.sandwich {
-        let post_ff = w.norm(3).expect("Gemma 2/3 post-feed-forward norm");
-        cx.rms_norm_backward(e, p.d, post_ff, dy, None, p.dd, n, d.hidden, run.eps)?;
-        p.dd
-    } else {
-        dy
-    };
-    project_backward(cx, s, run, 3, p.p, &[dd], p.dp, grads)?;
-    cx.geglu_backward(e, p.dp, p.g, p.u, p.g, p.u, n * d.intermediate, run.erf)?;
-    project_backward(cx, s, run, 2, p.m, &[p.g, p.u], p.dm, grads)?;
+    let row = d.hidden * e.size();
+    for rows in Rows::chunks(n, d.mlp_rows) {
+        // The post-feed-forward norm's backward reads the down projection's output.
+        mlp_forward(cx, s, run, rows, run.sandwich)?;
+        let dd = if run.sandwich {
+            let post_ff = w.norm(3).expect("Gemma 2/3 post-feed-forward norm");
+            let (d_rows, dd) = (rows.at(p.d, row), rows.at(p.dd, row));
+            cx.rms_norm_backward(
+                e,
+                d_rows,
+                post_ff,
+                rows.at(dy, row),
+                None,
+                dd,
+                rows.len,
+                d.hidden,
+                run.eps,
+            )?;
+            dd
+        } else {
+            rows.at(dy, row)
+        };
+        project_backward(cx, s, run, 3, p.p, &[dd], p.dp, grads, rows)?;
+        cx.geglu_backward(e, p.dp, p.g, p.u, p.g, p.u, rows.len * d.intermediate, run.erf)?;
+        project_backward(
+            cx,
+            s,
+            run,
+            2,
+            rows.at(p.m, row),
+            &[p.g, p.u],
+            rows.at(p.dm, row),
+            grads,
+            rows,
+        )?;
+    }
     let d_attn = if run.sandwich {
         let pre_ff = w.norm(2).expect("Gemma 2/3 pre-feed-forward norm");
         cx.rms_norm_backward(e, p.h, pre_ff, p.dm, Some(dy), p.dh, n, d.hidden, run.eps)?;
@@ -224,8 +311,9 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
         cx.rms_norm_backward(e, p.h, post_attn, p.dm, Some(dy), p.dh, n, d.hidden, run.eps)?;
         p.dh
     };
+    let all = Rows::all(n);
     let io = attn_io(s, run);
-    project_backward(cx, s, run, 1, io.o, &[d_attn], p.d_o, grads)?;
+    project_backward(cx, s, run, 1, io.o, &[d_attn], p.d_o, grads, all)?;
     cx.attention_backward(e, *a, io, p.d_o, p.dots, p.dkv_part, p.dq, p.dk, p.dv)?;
     let pos = b.positions.ptr;
     cx.rope_backward(
@@ -254,7 +342,7 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
         a.head_dim,
         run.eps,
     )?;
-    project_backward(cx, s, run, 0, p.a, &[p.dq_raw, p.dk_raw, p.dv], p.da, grads)?;
+    project_backward(cx, s, run, 0, p.a, &[p.dq_raw, p.dk_raw, p.dv], p.da, grads, all)?;
     let input_norm = w.norm(0).expect("input norm");
     cx.rms_norm_backward(e, x, input_norm, p.da, Some(p.dh), dx, n, d.hidden, run.eps)
 }
@@ -275,17 +363,18 @@ fn attn_io(s: &Scratch, run: &LayerRun) -> AttnIo {
     }
 }
 
-/// The projections of group `g` of `input` into `outs` (one per member), adapters included;
-/// the group's `x·Aᵀ` stays in `z[g]` for the backward. Each member's `z·(sB)ᵀ` is written
+/// The projections of group `g` of `input` (`rows` of the micro-batch) into `outs` (one per
+/// member), adapters included; the group's `x·Aᵀ` stays in those rows of `z[g]` for the
+/// backward. Each member's `z·(sB)ᵀ` is written
 /// first and the base GEMM accumulates onto it: the thin GEMM then only writes the output
 /// (it would read and write it after), and the base GEMM's extra read hides under its math.
-fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, outs: &[u64]) -> Result<()> {
+fn project(cx: &mut Cuda, s: &Scratch, run: &LayerRun, g: usize, input: u64, outs: &[u64], rows: Rows) -> Result<()> {
     let (d, e) = (&s.dims, s.dims.elem);
-    let n = run.data.tokens();
+    let n = rows.len;
     let group = GROUPS[g];
     let in_features = shape(d, group[0]).1;
     let x = Mat::new(input, n, in_features, e);
-    let adapted = project_adapters(cx, s, run, g, input, Some(outs))?;
+    let adapted = project_adapters(cx, s, run, g, input, Some(outs), rows)?;
     for (&p, &out) in group.iter().zip(outs) {
         let (out_features, _) = shape(d, p);
         let weight = Mat::new(run.weights.projections[p], out_features, in_features, e);
@@ -315,20 +404,21 @@ fn project_adapters(
     g: usize,
     input: u64,
     outs: Option<&[u64]>,
+    rows: Rows,
 ) -> Result<Vec<usize>> {
     let (d, e) = (&s.dims, s.dims.elem);
-    let n = run.data.tokens();
+    let n = rows.len;
     let group = GROUPS[g];
     let in_features = shape(d, group[0]).1;
     let x = Mat::new(input, n, in_features, e);
     let Some(adapters) = run.adapters.group(run.index, group) else {
         return Ok(Vec::new());
     };
-    let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
+    let z = Mat::new(rows.at(s.ptrs.z[g], adapters.rank * e.size()), n, adapters.rank, e);
     let a = Mat::new(adapters.a, adapters.rank, in_features, e);
     if adapters.members.iter().any(|&(p, _, _)| run.keep[p].is_some()) {
         for &(p, column, rank) in &adapters.members {
-            let x = dropped_input(cx, s, run, p, x)?;
+            let x = dropped_input(cx, s, run, p, x, rows)?;
             cx.gemm(
                 "gemm adapters x·Aᵀ",
                 z.cols(column, rank),
@@ -368,21 +458,23 @@ fn project_adapters(
     Ok(written)
 }
 
-/// Projection `p`'s adapter input: `x` itself, or with dropout `x · keep / keep_prob` in the
-/// scratch's `dropped` buffer.
-fn dropped_input(cx: &mut Cuda, s: &Scratch, run: &LayerRun, p: usize, x: Mat) -> Result<Mat> {
+/// Projection `p`'s adapter input `x` (`rows` of the micro-batch): `x` itself, or with dropout
+/// `x · keep / keep_prob` (those rows of the mask) in the scratch's `dropped` buffer.
+fn dropped_input(cx: &mut Cuda, s: &Scratch, run: &LayerRun, p: usize, x: Mat, rows: Rows) -> Result<Mat> {
     let Some((keep, keep_prob)) = run.keep[p] else {
         return Ok(x);
     };
     let count = x.rows * x.cols;
+    let keep = rows.at(keep, x.cols * 4);
     cx.dropout(x.elem, x.ptr, keep, s.ptrs.dropped, count, keep_prob, false)?;
     Ok(Mat::new(s.ptrs.dropped, x.rows, x.cols, x.elem))
 }
 
-/// The backward of [`project`]: `dx` from the members' output gradients `grads_out`, and each
-/// adapter's `dA`, `dB` into `grads`. Without dropout the adapters' `dz·A` is written first
-/// and the base GEMMs accumulate onto it (see [`project`]); with dropout each member's `dz·A`
-/// goes through its mask onto the base GEMMs' `dx`.
+/// The backward of [`project`] on `rows`: `dx` from the members' output gradients `grads_out`,
+/// and each adapter's `dA`, `dB` into `grads`, added to what earlier chunks of rows left there
+/// (`dA` adds up in the scratch and is copied out with the last chunk). Without dropout the
+/// adapters' `dz·A` is written first and the base GEMMs accumulate onto it (see [`project`]);
+/// with dropout each member's `dz·A` goes through its mask onto the base GEMMs' `dx`.
 #[allow(clippy::too_many_arguments)]
 fn project_backward(
     cx: &mut Cuda,
@@ -393,9 +485,10 @@ fn project_backward(
     grads_out: &[u64],
     dx: u64,
     grads: &GradOut,
+    rows: Rows,
 ) -> Result<()> {
     let (d, e) = (&s.dims, s.dims.elem);
-    let n = run.data.tokens();
+    let n = rows.len;
     let group = GROUPS[g];
     let in_features = shape(d, group[0]).1;
     let dx = Mat::new(dx, n, in_features, e);
@@ -411,7 +504,7 @@ fn project_backward(
         .is_some_and(|a| a.members.iter().any(|&(p, _, _)| run.keep[p].is_some()));
     let mut dx_written = false;
     if let Some(adapters) = &adapters {
-        let dz = Mat::new(s.ptrs.dz[g], n, adapters.rank, e);
+        let dz = Mat::new(rows.at(s.ptrs.dz[g], adapters.rank * e.size()), n, adapters.rank, e);
         for &(p, column, rank) in &adapters.members {
             let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
             let scaled_b = Mat::new(slot.b, shape(d, p).0, rank, e);
@@ -450,10 +543,12 @@ fn project_backward(
     let Some(adapters) = adapters else {
         return Ok(());
     };
-    let dz = Mat::new(s.ptrs.dz[g], n, adapters.rank, e);
-    let z = Mat::new(s.ptrs.z[g], n, adapters.rank, e);
+    let rank_row = adapters.rank * e.size();
+    let dz = Mat::new(rows.at(s.ptrs.dz[g], rank_row), n, adapters.rank, e);
+    let z = Mat::new(rows.at(s.ptrs.z[g], rank_row), n, adapters.rank, e);
     let a = Mat::new(adapters.a, adapters.rank, in_features, e);
-    let d_a = Mat::new(s.ptrs.d_a, adapters.rank, in_features, Elem::F32);
+    let d_a = Mat::new(s.ptrs.d_a[g], adapters.rank, in_features, Elem::F32);
+    let add = if rows.first() { 0.0 } else { 1.0 };
     if dropout {
         for &(p, column, rank) in &adapters.members {
             let (dz, a) = (dz.cols(column, rank), a.rows(column, rank));
@@ -461,20 +556,23 @@ fn project_backward(
                 Some((keep, keep_prob)) => {
                     let t = Mat::new(s.ptrs.dropped_grad, n, in_features, e);
                     cx.gemm("gemm adapters dz·A", t, dz, false, a, false, 1.0, 0.0)?;
+                    let keep = rows.at(keep, in_features * 4);
                     cx.dropout(e, t.ptr, keep, dx.ptr, n * in_features, keep_prob, true)?;
                 }
                 None => cx.gemm("gemm adapters dz·A", dx, dz, false, a, false, 1.0, 1.0)?,
             }
-            let x = dropped_input(cx, s, run, p, x)?;
-            cx.gemm("gemm adapters dA", d_a.rows(column, rank), dz, true, x, false, 1.0, 0.0)?;
+            let x = dropped_input(cx, s, run, p, x, rows)?;
+            cx.gemm("gemm adapters dA", d_a.rows(column, rank), dz, true, x, false, 1.0, add)?;
         }
     } else {
-        cx.gemm("gemm adapters dA", d_a, dz, true, x, false, 1.0, 0.0)?;
+        cx.gemm("gemm adapters dA", d_a, dz, true, x, false, 1.0, add)?;
     }
     for &(p, column, rank) in &adapters.members {
         let Some((grad_a, grad_b)) = grads[p] else { continue };
-        let rows = d_a.rows(column, rank);
-        cx.gpu.copy(grad_a, rows.ptr, rank * in_features * 4)?;
+        if rows.last() {
+            let member = d_a.rows(column, rank);
+            cx.gpu.copy(grad_a, member.ptr, rank * in_features * 4)?;
+        }
         let slot = run.adapters.layers[run.index][p].expect("a member has an adapter");
         let out_b = Mat::new(grad_b, shape(d, p).0, rank, Elem::F32);
         cx.gemm(
@@ -485,7 +583,7 @@ fn project_backward(
             z.cols(column, rank),
             false,
             slot.scale,
-            0.0,
+            add,
         )?;
     }
     Ok(())

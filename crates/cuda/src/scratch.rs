@@ -23,6 +23,9 @@ pub struct Dims {
     pub ranks: [usize; 4],
     /// Rows of one LM-head chunk, and the vocabulary.
     pub head_rows: usize,
+    /// Rows of one MLP chunk: the `[rows, intermediate]` activations exist for one chunk at a
+    /// time (the tiled MLP), not for every token.
+    pub mlp_rows: usize,
     pub vocab: usize,
     pub elem: Elem,
     /// Some adapter has LoRA dropout: the `dropped` buffers exist.
@@ -31,8 +34,10 @@ pub struct Dims {
 
 impl Dims {
     pub fn new(config: &GemmaConfig, tokens: usize, ranks: [usize; 4], elem: Elem, dropout: bool) -> Self {
-        // A chunk of logits takes at most ~1 GiB (Gemma's vocabulary is 256k).
-        let head_rows = ((1usize << 30) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
+        // A chunk of logits takes at most ~256 MiB (Gemma's vocabulary is 256k): 512 rows in
+        // bf16 still keep the head's GEMMs at full speed, and larger chunks only cost memory.
+        let head_rows = ((256usize << 20) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
+        let mlp_rows = mlp_rows(config.intermediate_size * elem.size()).min(tokens.max(1));
         Self {
             tokens,
             hidden: config.hidden_size,
@@ -43,6 +48,7 @@ impl Dims {
             layers: config.num_hidden_layers(),
             ranks,
             head_rows,
+            mlp_rows,
             vocab: config.vocab_size,
             elem,
             dropout,
@@ -75,9 +81,22 @@ impl Dims {
         );
         same_model
             && self.tokens >= other.tokens
+            && self.mlp_rows >= other.mlp_rows
             && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
             && self.dropout >= other.dropout
     }
+}
+
+/// A chunk of MLP activations takes ~32 MiB a buffer (1,024 rows at Gemma-2B's 16,384 in
+/// bf16): the chunk's GEMMs stay at full speed, and at long contexts the MLP's activations
+/// no longer grow with the sequence. `EMBER_CUDA_MLP_ROWS` sets the rows instead (tests use
+/// it to make small batches take several chunks).
+fn mlp_rows(row_bytes: usize) -> usize {
+    std::env::var("EMBER_CUDA_MLP_ROWS")
+        .ok()
+        .and_then(|rows| rows.parse().ok())
+        .unwrap_or((32usize << 20) / row_bytes)
+        .max(1)
 }
 
 /// Device pointers of the named buffers (see [`Scratch::new`] for their shapes).
@@ -117,8 +136,8 @@ pub struct Ptrs {
     pub dk_raw: u64,
     pub da: u64,
     pub dz: [u64; 4],
-    /// f32 gradient of a group's concatenated A.
-    pub d_a: u64,
+    /// f32 gradient of each group's concatenated A (the MLP's accumulate over its chunks).
+    pub d_a: [u64; 4],
     /// With LoRA dropout: one adapter's dropped-out input, and its `dz·A` before the mask.
     pub dropped: u64,
     pub dropped_grad: u64,
@@ -156,10 +175,15 @@ impl Scratch {
             layers,
             ranks,
             head_rows,
+            mlp_rows: rows,
             vocab,
             elem,
             dropout,
         } = dims;
+        // Input features of each projection group, and the largest input an adapter reads at
+        // once (whole rows for attention, one chunk for the MLP).
+        let group_in = [h, q, h, i];
+        let adapter_input = (n * h.max(q)).max(rows * i);
         let t = elem.size();
         let mut end = 0usize;
         let mut take = |bytes: usize| {
@@ -179,13 +203,13 @@ impl Scratch {
             attn: take(n * h * t),
             h: take(n * h * t),
             m: take(n * h * t),
-            g: take(n * i * t),
-            u: take(n * i * t),
-            p: take(n * i * t),
+            g: take(rows * i * t),
+            u: take(rows * i * t),
+            p: take(rows * i * t),
             d: take(n * h * t),
             z: ranks.map(|r| take(n * r * t)),
             dd: take(n * h * t),
-            dp: take(n * i * t),
+            dp: take(rows * i * t),
             dm: take(n * h * t),
             dh: take(n * h * t),
             dattn: take(n * h * t),
@@ -199,9 +223,9 @@ impl Scratch {
             dk_raw: take(n * kv * t),
             da: take(n * h * t),
             dz: ranks.map(|r| take(n * r * t)),
-            d_a: take(ranks.iter().max().copied().unwrap_or(0) * h.max(i).max(q) * 4),
-            dropped: take(if dropout { n * h.max(i).max(q) * t } else { 0 }),
-            dropped_grad: take(if dropout { n * h.max(i).max(q) * t } else { 0 }),
+            d_a: [0, 1, 2, 3].map(|g| take(ranks[g] * group_in[g] * 4)),
+            dropped: take(if dropout { adapter_input * t } else { 0 }),
+            dropped_grad: take(if dropout { adapter_input * t } else { 0 }),
             head_normed: take(head_rows * h * t),
             logits: take(head_rows * vocab * t),
             head_grad: take(head_rows * h * t),
@@ -247,7 +271,6 @@ impl Scratch {
             &mut p.dq_raw,
             &mut p.dk_raw,
             &mut p.da,
-            &mut p.d_a,
             &mut p.dropped,
             &mut p.dropped_grad,
             &mut p.head_normed,
@@ -258,7 +281,7 @@ impl Scratch {
         ] {
             shift(x);
         }
-        for x in p.z.iter_mut().chain(p.dz.iter_mut()) {
+        for x in p.z.iter_mut().chain(p.dz.iter_mut()).chain(p.d_a.iter_mut()) {
             shift(x);
         }
         Ok(Self { dims, ptrs: p, arena })

@@ -45,15 +45,20 @@ impl<B: Backend> Weights<'_, B> {
     /// The parameter `key` of the given shape. Base weights are frozen: no gradient is
     /// ever computed or stored for them.
     pub fn param<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Param<Tensor<B, D>>> {
+        let (device, dtype) = (&self.device, self.dtype);
+        // Weights live as long as the model: exact-size ("persistent") allocations. The pool's
+        // pages would otherwise round them up, a 1 GiB embedding into a page of a quarter of
+        // the card (8 GiB of an H200 reserved beyond the weights).
         let tensor = match &mut self.source {
             Source::Tensors(source) => {
-                let data = source.read(key, &shape, self.dtype)?;
+                let data = source.read(key, &shape, dtype)?;
                 self.progress.inc(data.as_bytes().len() as u64);
-                Tensor::from_data(data, (&self.device, self.dtype))
+                B::memory_persistent_allocations(device, data, |data| Tensor::from_data(data, (device, dtype)))
             }
-            Source::Random { std } => {
-                Tensor::<B, D>::random(shape, Distribution::Normal(0.0, *std), &self.device).cast(self.dtype)
-            }
+            // Drawn in the run dtype, as a checkpoint's load makes no f32 temporaries either.
+            Source::Random { std } => B::memory_persistent_allocations(device, *std, |std| {
+                Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), (device, dtype))
+            }),
         };
         Ok(Param::initialized(ParamId::new(), tensor.set_require_grad(false)))
     }

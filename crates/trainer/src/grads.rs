@@ -19,7 +19,7 @@ use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, c
 
 use crate::error::Result;
 use crate::kernels::TrainKernels;
-use crate::phases::{Clock, Phases};
+use crate::phases::{Clock, MemoryProbe, Phase, Phases};
 
 /// Gradients of the adapter matrices by PEFT key, summed over micro-batches.
 pub type AdapterGrads<B> = BTreeMap<String, Tensor<B, 2>>;
@@ -86,7 +86,7 @@ impl MicroBatch {
 /// Adds the gradient of `sum(token losses) / normaliser` to `grads` and returns the
 /// micro-batch's summed token loss. With checkpointing, `kernels` compute each layer and the
 /// loss; without, burn's autodiff records the whole graph. With `phases`, the time of each
-/// phase is added to it.
+/// phase is added to it (and, with `probe`, what the allocator holds at its end).
 pub fn accumulate<B: AutodiffBackend>(
     model: &GemmaForCausalLM<B>,
     batch: &MicroBatch,
@@ -95,8 +95,9 @@ pub fn accumulate<B: AutodiffBackend>(
     kernels: &dyn TrainKernels<B::InnerBackend>,
     grads: &mut AdapterGrads<B::InnerBackend>,
     phases: Option<&mut Phases>,
+    probe: Option<MemoryProbe>,
 ) -> Result<f64> {
-    let clock = Clock::<B>::start(phases, &model.model.embed_tokens.weight.device());
+    let clock = Clock::<B>::start(phases, probe, &model.model.embed_tokens.weight.device());
     if checkpointing {
         accumulate_checkpointed(model, batch, normaliser, kernels, grads, clock)
     } else {
@@ -120,13 +121,13 @@ fn accumulate_full<B: AutodiffBackend>(
         x = model.layer(index, x, &context, None);
     }
     let hidden = model.final_norm(x);
-    clock.lap(|p| &mut p.forward);
+    clock.lap(Phase::Forward);
     let [b, t, h] = hidden.dims();
     let logits = model.logits(hidden.reshape([1, b * t, h]));
     let vocab = logits.dims()[2];
     let loss_sum = cross_entropy_sum(logits.reshape([b * t, vocab]), batch.targets(&device));
     let value = loss_sum.clone().into_scalar().elem::<f64>();
-    clock.lap(|p| &mut p.head);
+    clock.lap(Phase::Head);
     let gradients = (loss_sum / normaliser).backward();
     for index in 0..model.model.layers.len() {
         for (path, linear) in projections(index, &model.model.layers[index]) {
@@ -138,7 +139,7 @@ fn accumulate_full<B: AutodiffBackend>(
             }
         }
     }
-    clock.lap(|p| &mut p.backward);
+    clock.lap(Phase::Backward);
     value
 }
 
@@ -166,11 +167,11 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
         layer_inputs.push(x.clone());
         x = step.forward(index, x, keep(index))?;
     }
-    clock.lap(|p| &mut p.forward);
+    clock.lap(Phase::Forward);
 
     let (loss, mut grad_y) = step.head(x, normaliser)?;
     let loss = loss.into_scalar().elem::<f64>();
-    clock.lap(|p| &mut p.head);
+    clock.lap(Phase::Head);
 
     for index in (0..layers).rev() {
         let input = layer_inputs.pop().expect("one input per layer");
@@ -183,7 +184,7 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
         }
         grad_y = grad_x;
     }
-    clock.lap(|p| &mut p.backward);
+    clock.lap(Phase::Backward);
     Ok(loss)
 }
 

@@ -32,6 +32,11 @@ pub trait TrainKernels<B: Backend> {
         Vec::new()
     }
 
+    /// Device memory the kernels hold outside burn's allocator (their own scratch and copies).
+    fn device_bytes(&self) -> u64 {
+        0
+    }
+
     /// `sqrt(Σ ‖g‖²)` over every adapter gradient (the step's clipping norm).
     fn global_norm(&self, grads: &AdapterGrads<B>) -> Result<f64> {
         Ok(crate::step::global_norm(grads))

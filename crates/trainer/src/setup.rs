@@ -168,6 +168,7 @@ pub(crate) fn prepare<B: AutodiffBackend>(
             max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
             gradient_checkpointing: args.gradient_checkpointing,
             profile: false,
+            memory_probe: None,
         },
         output,
         metrics,

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::grads::{AdapterGrads, MicroBatch, accumulate};
 use crate::kernels::TrainKernels;
 use crate::optim::Optimizer;
-use crate::phases::{Clock, Phases};
+use crate::phases::{Clock, MemoryProbe, Phase, Phases};
 
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,18 +24,20 @@ pub struct StepOutcome {
     pub trained_tokens: usize,
     /// The loss or the gradients were not finite: nothing was updated.
     pub skipped: bool,
-    /// Time per phase when [`StepSettings::profile`] asked for it, else zero.
+    /// Time (and memory) per phase when [`StepSettings::profile`] asked for it, else zero.
     pub phases: Phases,
 }
 
 /// Settings of a step that do not change between steps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct StepSettings {
     /// Clip the global gradient norm to this (`max_grad_norm`); `None` disables clipping.
     pub max_grad_norm: Option<f64>,
     pub gradient_checkpointing: bool,
     /// Measure [`Phases`]: each phase then waits for the device, which costs time.
     pub profile: bool,
+    /// With `profile`, also read the allocator at the end of each phase.
+    pub memory_probe: Option<MemoryProbe>,
 }
 
 /// Accumulates gradients over `window` (the micro-batches of one optimizer step), with the
@@ -64,11 +66,16 @@ pub fn optimizer_step<B: AutodiffBackend>(
             kernels,
             &mut grads,
             timing,
+            settings.memory_probe,
         )?;
     }
     let device = model.model.embed_tokens.weight.device();
     let mut optimizer_phases = Phases::default();
-    let mut clock = Clock::<B::InnerBackend>::start(settings.profile.then_some(&mut optimizer_phases), &device);
+    let mut clock = Clock::<B::InnerBackend>::start(
+        settings.profile.then_some(&mut optimizer_phases),
+        settings.memory_probe,
+        &device,
+    );
     let loss = loss_sum / normaliser;
     let grad_norm = kernels.global_norm(&grads)?;
     let skipped = !loss.is_finite() || !grad_norm.is_finite();
@@ -117,9 +124,9 @@ pub fn optimizer_step<B: AutodiffBackend>(
             }
         }
     }
-    clock.lap(|p| &mut p.optimizer);
+    clock.lap(Phase::Optimizer);
     drop(clock);
-    outcome.phases.optimizer = optimizer_phases.optimizer;
+    outcome.phases.add(&optimizer_phases);
     Ok((model, outcome))
 }
 

@@ -83,6 +83,7 @@ fn grads_with_dropout(checkpointing: bool, dropout: f64) -> (f64, AdapterGrads<B
         &BurnKernels,
         &mut grads,
         None,
+        None,
     )
     .unwrap();
     (loss_sum / batch.num_trained_tokens as f64, grads)
@@ -184,6 +185,7 @@ fn padding_to_a_multiple_changes_no_loss_or_gradient() {
             true,
             &BurnKernels,
             &mut grads,
+            None,
             None,
         )
         .unwrap();

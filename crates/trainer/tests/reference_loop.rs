@@ -81,6 +81,7 @@ fn optimizer_steps_match_transformers_peft_and_torch_adamw() {
         max_grad_norm: settings["max_grad_norm"].as_f64(),
         gradient_checkpointing: true,
         profile: false,
+        memory_probe: None,
     };
     for step in 0..steps {
         let window: Vec<MicroBatch> = (0..accumulation).map(|m| micro(step * accumulation + m)).collect();

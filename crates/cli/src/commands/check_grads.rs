@@ -124,7 +124,7 @@ impl TrainTask for Check {
         let normaliser = batch.num_trained_tokens.max(1) as f64;
         let run = |k: &dyn TrainKernels<B>| -> Result<(f64, AdapterGrads<B>)> {
             let mut grads = AdapterGrads::new();
-            let loss = accumulate(&model, &batch, normaliser, true, k, &mut grads, None)?;
+            let loss = accumulate(&model, &batch, normaliser, true, k, &mut grads, None, None)?;
             Ok((loss / normaliser, grads))
         };
         let started = std::time::Instant::now();

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
+use crate::memory;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -89,7 +90,12 @@ impl TrainTask for Train {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        let mut memory_shown = false;
         let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, kernels, &stop, |log| {
+            if !memory_shown {
+                memory_shown = true;
+                memory::log_after_step(log.step, &device, kernels.device_bytes());
+            }
             bar.set_length(log.total_steps as u64);
             bar.set_position(log.step as u64);
             let eval = log.eval_loss.map(|l| format!("  eval {l:.4}")).unwrap_or_default();

@@ -4,7 +4,6 @@
 
 mod breakdown;
 mod decode;
-mod memory;
 pub(crate) mod shapes;
 
 use std::any::Any;
@@ -21,12 +20,13 @@ use ember_trainer::config::OptimKind;
 use ember_trainer::grads::MicroBatch;
 use ember_trainer::kernels::TrainKernels;
 use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
-use ember_trainer::phases::Phases;
+use ember_trainer::phases::{Allocated, Phase, Phases};
 use ember_trainer::step::{StepSettings, optimizer_step};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
+use crate::memory;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -121,6 +121,10 @@ impl TrainTask for Bench {
         let model = GemmaForCausalLM::<Autodiff<B>>::random(config.clone(), dtype, &device);
         let mut model = add_lora(model, &LoraConfig::seed_recipe(), a.seed)?;
         let _ = B::sync(&device);
+        // Pages only the construction used go back before measuring.
+        B::memory_cleanup(&device);
+        let loaded = memory::allocated(&device);
+        let driver_loaded = cuda_index.and_then(memory::driver_used_bytes);
         let build_s = start.elapsed().as_secs_f64();
         let total = config.parameter_count();
         let trainable: usize = (0..model.model.layers.len())
@@ -147,6 +151,7 @@ impl TrainTask for Bench {
             max_grad_norm: Some(1.0),
             gradient_checkpointing: !a.no_checkpointing,
             profile: false,
+            memory_probe: Some(memory::allocated),
         };
         let mut times = Vec::new();
         let mut first_step_s = f64::NAN;
@@ -166,8 +171,8 @@ impl TrainTask for Bench {
             let _ = B::sync(&device);
             let seconds = start.elapsed().as_secs_f64();
             loss = outcome.loss;
-            if let Some((_, bytes)) = memory::allocator_bytes(&device) {
-                reserved = Some(reserved.unwrap_or(0).max(bytes));
+            if let Some(now) = memory::allocated(&device) {
+                reserved = Some(reserved.unwrap_or(0).max(now.reserved));
             }
             eprintln!("  step {step:>2}: {seconds:.3} s, loss {loss:.4}");
             if step == 0 {
@@ -202,6 +207,16 @@ impl TrainTask for Bench {
             "allocator_reserved_gib": reserved.map(|r| r as f64 / GIB),
             "driver_peak_gib": driver.as_ref().map(|d| d.peak_bytes() as f64 / GIB),
             "optimizer_state_bytes": optimizer.state_bytes(),
+            "memory": memory_report(&MemoryParts {
+                loaded,
+                driver_loaded,
+                optimizer_state: optimizer.state_bytes() as u64,
+                // With checkpointing, each decoder layer's input is kept from the forward to its backward.
+                saved_layer_inputs: (!a.no_checkpointing).then(|| {
+                    (config.num_hidden_layers() * a.batch * a.seq * config.hidden_size * dtype.size()) as u64
+                }),
+                kernels_own: kernels.device_bytes(),
+            }),
             "trainable": trainable,
             "total": total,
             "loss": loss,
@@ -226,18 +241,17 @@ impl TrainTask for Bench {
                 phases = outcome.phases;
             }
             let profiled_step_s = start.elapsed().as_secs_f64() / 2.0;
-            let measured = [phases.forward, phases.head, phases.backward, phases.optimizer]
-                .iter()
-                .map(|d| d.as_secs_f64())
-                .sum::<f64>();
+            let measured = phases.time.iter().map(|d| d.as_secs_f64()).sum::<f64>();
             report["breakdown"] = json!({
                 "profiled_step_s": profiled_step_s,
-                "forward_s": phases.forward.as_secs_f64(),
-                "head_and_loss_s": phases.head.as_secs_f64(),
-                "backward_s": phases.backward.as_secs_f64(),
-                "optimizer_s": phases.optimizer.as_secs_f64(),
                 "outside_phases_s": profiled_step_s - measured,
             });
+            for phase in Phase::ALL {
+                report["breakdown"][format!("{}_s", phase.name())] = json!(phases.time(phase).as_secs_f64());
+                if let Some(at_end) = phases.memory(phase) {
+                    report["memory"]["at_end_of"][phase.name()] = allocated_json(at_end);
+                }
+            }
             // The kernels' own work by category over the profiled steps (Ember's CUDA kernels).
             let times = kernels.kernel_times();
             kernels.set_profiling(false);
@@ -259,10 +273,10 @@ impl TrainTask for Bench {
             if kernels.name() == "burn" {
                 let e =
                     breakdown::estimate::<B>(&config, a.batch, a.seq, settings.gradient_checkpointing, dtype, &device);
-                let layers = phases.forward.as_secs_f64() + phases.backward.as_secs_f64();
+                let layers = (phases.time(Phase::Forward) + phases.time(Phase::Backward)).as_secs_f64();
                 report["breakdown"]["alone"] = e.to_json();
                 report["breakdown"]["layers_other_s"] = json!(layers - e.layer_gemm_s - e.attention_s);
-                report["breakdown"]["head_other_s"] = json!(phases.head.as_secs_f64() - e.head_gemm_s);
+                report["breakdown"]["head_other_s"] = json!(phases.time(Phase::Head).as_secs_f64() - e.head_gemm_s);
             }
         }
         if let Some(prompt) = a.decode_prompt {
@@ -276,6 +290,34 @@ impl TrainTask for Bench {
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
+
+/// The terms of a training run's device memory that can be told apart from outside a step.
+struct MemoryParts {
+    /// burn's allocator once the model and its adapters are on the device.
+    loaded: Option<Allocated>,
+    /// The card's used memory then (the CUDA context included).
+    driver_loaded: Option<u64>,
+    optimizer_state: u64,
+    saved_layer_inputs: Option<u64>,
+    /// What the step's kernels keep outside burn's allocator (Ember's CUDA scratch).
+    kernels_own: u64,
+}
+
+fn memory_report(parts: &MemoryParts) -> Value {
+    let gib = |bytes: u64| bytes as f64 / GIB;
+    json!({
+        "weights_and_adapters_gib": parts.loaded.map(|l| gib(l.in_use)),
+        "reserved_after_load_gib": parts.loaded.map(|l| gib(l.reserved)),
+        "driver_after_load_gib": parts.driver_loaded.map(gib),
+        "optimizer_state_gib": gib(parts.optimizer_state),
+        "saved_layer_inputs_gib": parts.saved_layer_inputs.map(gib),
+        "kernels_own_gib": gib(parts.kernels_own),
+    })
+}
+
+fn allocated_json(a: Allocated) -> Value {
+    json!({"in_use_gib": a.in_use as f64 / GIB, "reserved_gib": a.reserved as f64 / GIB})
+}
 
 /// Random token ids, every next token trained (the reference uses `labels = input_ids`).
 fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> MicroBatch {

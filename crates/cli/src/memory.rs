@@ -11,19 +11,43 @@ use std::time::Duration;
 use burn::backend::cuda::CudaDevice;
 use burn::backend::wgpu::WgpuDevice;
 use cubecl::Runtime;
+use ember_trainer::phases::Allocated;
 
-/// Bytes the allocator of the device's runtime holds: `(in use, reserved)`; `None` on the CPU.
-/// The runtime is found from the device's type, since the benchmark code is generic.
-pub fn allocator_bytes<D: Any>(device: &D) -> Option<(u64, u64)> {
-    let any = device as &dyn Any;
-    let usage = if let Some(d) = any.downcast_ref::<CudaDevice>() {
+/// What the allocator of the device's runtime holds; `None` on the CPU. The runtime is found
+/// from the device's type, since the benchmark code is generic (an
+/// [`ember_trainer::phases::MemoryProbe`]).
+pub fn allocated(device: &dyn Any) -> Option<Allocated> {
+    let usage = if let Some(d) = device.downcast_ref::<CudaDevice>() {
         cubecl::cuda::CudaRuntime::client(d).memory_usage().ok()?
-    } else if let Some(d) = any.downcast_ref::<WgpuDevice>() {
+    } else if let Some(d) = device.downcast_ref::<WgpuDevice>() {
         cubecl::wgpu::WgpuRuntime::client(d).memory_usage().ok()?
     } else {
         return None;
     };
-    Some((usage.bytes_in_use, usage.bytes_reserved))
+    Some(Allocated {
+        in_use: usage.bytes_in_use,
+        reserved: usage.bytes_reserved,
+    })
+}
+
+/// Bytes in use on card `index` now, as the driver counts them (every process, CUDA contexts
+/// included).
+pub fn driver_used_bytes(index: usize) -> Option<u64> {
+    used_mib(index).map(|mib| mib << 20)
+}
+
+/// Logs (at `EMBER_LOG=info`) what the device holds after a training step: burn's allocator
+/// and the kernels' own memory (`kernels_own` bytes).
+pub fn log_after_step(step: usize, device: &dyn Any, kernels_own: u64) {
+    let Some(now) = allocated(device) else { return };
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    tracing::info!(
+        "device memory after step {step}: {:.2} GiB in use and {:.2} GiB reserved by burn's allocator, \
+         {:.2} GiB of the kernels' own",
+        gib(now.in_use),
+        gib(now.reserved),
+        gib(kernels_own)
+    );
 }
 
 /// Polls `nvidia-smi` for the card's used memory every 50 ms and keeps the maximum.
