@@ -40,6 +40,12 @@ pub(super) fn hyperparameters(config: &GemmaConfig, path: &Path) -> Result<Hyper
             "exact GELU; llama.cpp uses the tanh approximation".into(),
         ));
     }
+    if !config.tie_word_embeddings {
+        return Err(refuse(
+            "tie_word_embeddings",
+            "an output head of its own; llama.cpp reads the head from the embedding".into(),
+        ));
+    }
     let layers = config.num_hidden_layers();
     let u32_of = |key: &str, n: usize| {
         u32::try_from(n)

@@ -120,7 +120,7 @@ pub(super) fn vocab_of_dir(dir: &Path, config: &GemmaConfig) -> Result<Vec<(Stri
         metadata.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)));
     } else {
         metadata.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
-        metadata.push(("tokenizer.ggml.pre".into(), Value::String("gpt2".into())));
+        metadata.push(("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())));
         let merges = merges.iter().map(|(l, r)| Value::String(format!("{l} {r}")));
         metadata.push(("tokenizer.ggml.merges".into(), Value::Array(merges.collect())));
     }
