@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use burn::tensor::{DType, Int, Tensor};
 use common::{B, fixture, to_vec};
@@ -14,6 +12,7 @@ use ember_model::gguf::{GgufFile, GgufFileType, Value, export_gguf};
 use ember_model::{
     AttentionMask, ForwardInput, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig,
 };
+use ember_testkit::llama_cpp::{Step, greedy_agreement};
 use safetensors::SafeTensors;
 
 /// The fixtures llama.cpp can run: not `gemma-mha-untied`, whose head is not the embedding.
@@ -156,38 +155,8 @@ fn a_config_llama_cpp_cannot_run_is_refused_by_key() {
     );
 }
 
-/// The folder of the node-llama-cpp install `cargo xtask fetch-assets` makes; `None` when
-/// asset tests are skipped.
-fn node_llama_cpp() -> Option<PathBuf> {
-    let addon =
-        ember_testkit::asset("node-llama-cpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node")?;
-    addon.ancestors().nth(6).map(Path::to_path_buf)
-}
-
-/// Runs `fixtures/run_llama_cpp.mjs` on `request` and returns its answer.
 fn llama_cpp(root: &Path, request: serde_json::Value) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/run_llama_cpp.mjs");
-    let mut child = Command::new("node")
-        .arg(script)
-        .env("EMBER_NODE_LLAMA_CPP", root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs (apt-get install nodejs)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "llama.cpp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    ember_testkit::llama_cpp::run(root, &request)
 }
 
 fn ids(value: &serde_json::Value) -> Vec<Vec<u32>> {
@@ -206,43 +175,84 @@ fn greedy(model: &GemmaForCausalLM<B>, prompt: &[u32], n: usize) -> Vec<u32> {
         .unwrap()
 }
 
+/// Ember's greedy steps after `prompt`, `n` of them or up to a stop token (where llama.cpp
+/// stops), each with Ember's runner-up and logit gap.
+fn steps(model: &GemmaForCausalLM<B>, prompt: &[u32], n: usize, stops: &[u32]) -> Vec<Step> {
+    let tokens: Vec<u32> = greedy(model, prompt, n)
+        .into_iter()
+        .take_while(|t| !stops.contains(t))
+        .collect();
+    let sequence: Vec<u32> = prompt.iter().chain(&tokens).copied().collect();
+    let rows = logits(model, &sequence);
+    let vocab = model.config.vocab_size;
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &token)| {
+            let row = &rows[(prompt.len() - 1 + i) * vocab..][..vocab];
+            let (runner_up, second) = row
+                .iter()
+                .enumerate()
+                .filter(|&(t, _)| t != token as usize)
+                .fold((0, f32::MIN), |best, (t, &v)| if v > best.1 { (t, v) } else { best });
+            Step {
+                token,
+                runner_up: runner_up as u32,
+                gap: row[token as usize] - second,
+            }
+        })
+        .collect()
+}
+
+/// llama.cpp continues prompts with Ember's greedy tokens, up to near-ties of the random
+/// fixtures (Ember's top-2 logits closer than `tie`), where either runtime's rounding may pick
+/// either token; the test states how many tokens it compared and requires nearly all.
 #[test]
 fn llama_cpp_continues_f32_and_f16_exports_with_embers_greedy_tokens() {
-    let Some(root) = node_llama_cpp() else { return };
-    for &name in MODELS {
-        for file_type in [GgufFileType::F32, GgufFileType::F16] {
+    let Some(root) = ember_testkit::llama_cpp::root() else {
+        return;
+    };
+    // F32: both runtimes agree to float rounding. F16: llama.cpp also rounds the activations
+    // to f16 inside its f16 dot products.
+    for (file_type, tie) in [(GgufFileType::F32, 1e-3), (GgufFileType::F16, 1e-2)] {
+        let (mut compared, mut total) = (0, 0);
+        for &name in MODELS {
             let (_dir, path) = export(name, file_type);
             // Ember runs what the file holds: for F16, the rounded weights.
             let model = load(&path);
             let prompts = prompts(name);
-            // llama.cpp stops before an end-of-generation token; Ember was asked not to stop.
             let stops = ModelSource::open(&fixture(name))
                 .unwrap()
                 .tokenizer()
                 .unwrap()
                 .stop_tokens()
                 .to_vec();
-            let ours: Vec<Vec<u32>> = prompts
-                .iter()
-                .map(|p| {
-                    greedy(&model, p, 16)
-                        .into_iter()
-                        .take_while(|t| !stops.contains(t))
-                        .collect()
-                })
-                .collect();
-            let theirs = llama_cpp(
+            let theirs = ids(&llama_cpp(
                 &root,
                 serde_json::json!({"model": path, "greedy": {"prompts": prompts, "tokens": 16}}),
-            );
-            assert_eq!(ids(&theirs["greedy"]), ours, "{name} {file_type:?}");
+            )["greedy"]);
+            for (prompt, theirs) in prompts.iter().zip(&theirs) {
+                let ours = steps(&model, prompt, 16, &stops);
+                compared += greedy_agreement(&ours, theirs, tie)
+                    .unwrap_or_else(|e| panic!("{name} {file_type:?} {prompt:?}: {e}"));
+                total += ours.len();
+            }
         }
+        eprintln!(
+            "{file_type:?}: llama.cpp gave Ember's greedy tokens for {compared} of {total} (up to near-ties < {tie})"
+        );
+        assert!(
+            compared * 10 >= total * 9,
+            "{file_type:?}: only {compared} of {total} compared"
+        );
     }
 }
 
 #[test]
 fn llama_cpp_agrees_with_ember_on_the_top_token_of_a_q8_0_export() {
-    let Some(root) = node_llama_cpp() else { return };
+    let Some(root) = ember_testkit::llama_cpp::root() else {
+        return;
+    };
     for &name in MODELS {
         let (_dir, path) = export(name, GgufFileType::Q8_0);
         let model = load(&path);
@@ -280,7 +290,9 @@ fn llama_cpp_agrees_with_ember_on_the_top_token_of_a_q8_0_export() {
 /// continues prompts with Ember's greedy tokens.
 #[test]
 fn llama_cpp_runs_the_real_gemma3_exported_from_a_checkpoint_directory() {
-    let Some(root) = node_llama_cpp() else { return };
+    let Some(root) = ember_testkit::llama_cpp::root() else {
+        return;
+    };
     let Some(weights) = ember_testkit::asset("weights/gemma-3-270m-q4_k_m.gguf") else {
         return;
     };
