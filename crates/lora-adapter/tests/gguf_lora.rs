@@ -4,55 +4,68 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-use burn::tensor::DType;
+use burn::tensor::{DType, Int, Tensor};
 use common::{B, model_dir, repo};
 use ember_lora::{export_gguf_lora, load_adapter};
 use ember_model::gguf::{GgufFile, GgufFileType, Value, export_gguf};
-use ember_model::{GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
+use ember_model::{
+    AttentionMask, ForwardInput, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig,
+};
+use ember_testkit::llama_cpp::{Step, greedy_agreement};
 
-fn node_llama_cpp() -> Option<PathBuf> {
-    let addon =
-        ember_testkit::asset("node-llama-cpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node")?;
-    addon.ancestors().nth(6).map(Path::to_path_buf)
+fn tokens(steps: &[Step]) -> Vec<u32> {
+    steps.iter().map(|s| s.token).collect()
 }
 
-fn llama_cpp_greedy(root: &Path, model: &Path, lora: &Path, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
-    let request = serde_json::json!({
-        "model": model,
-        "lora": {"path": lora, "scale": 1.0},
-        "greedy": {"prompts": prompts, "tokens": 16},
-    });
-    let mut child = Command::new("node")
-        .arg(repo().join("fixtures/run_llama_cpp.mjs"))
-        .env("EMBER_NODE_LLAMA_CPP", root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    child
-        .stdin
-        .take()
+/// Ember's greedy steps after `prompt` (as `gguf_export.rs` computes them), each with its
+/// runner-up and logit gap.
+fn steps(model: &GemmaForCausalLM<B>, prompt: &[u32], stops: &[u32]) -> Vec<Step> {
+    let config = GenerationConfig {
+        max_new_tokens: 16,
+        stop_tokens: Vec::new(),
+        sampling: SamplingConfig::default(),
+    };
+    let tokens: Vec<u32> = model
+        .generate(prompt, &config, &Default::default(), |_| Ok(()))
         .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "llama.cpp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    serde_json::from_value(answer["greedy"].clone()).unwrap()
+        .into_iter()
+        .take_while(|t| !stops.contains(t))
+        .collect();
+    let sequence: Vec<i64> = prompt.iter().chain(&tokens).map(|&t| t as i64).collect();
+    let device = Default::default();
+    let n = sequence.len();
+    let input = ForwardInput {
+        input_ids: Tensor::<B, 1, Int>::from_data(sequence.as_slice(), &device).reshape([1, n]),
+        positions: Tensor::<B, 1, Int>::arange(0..n as i64, &device).reshape([1, n]),
+        mask: AttentionMask::causal(1, 0, n, n, &device),
+    };
+    let rows = model.forward(input, None).into_data().into_vec::<f32>().unwrap();
+    let vocab = model.config.vocab_size;
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &token)| {
+            let row = &rows[(prompt.len() - 1 + i) * vocab..][..vocab];
+            let (runner_up, second) = row
+                .iter()
+                .enumerate()
+                .filter(|&(t, _)| t != token as usize)
+                .fold((0, f32::MIN), |best, (t, &v)| if v > best.1 { (t, v) } else { best });
+            Step {
+                token,
+                runner_up: runner_up as u32,
+                gap: row[token as usize] - second,
+            }
+        })
+        .collect()
 }
 
 #[test]
 fn llama_cpp_applies_the_lora_gguf_as_ember_applies_the_peft_adapter() {
-    let Some(root) = node_llama_cpp() else { return };
+    let Some(root) = ember_testkit::llama_cpp::root() else {
+        return;
+    };
+    let (mut compared, mut total) = (0, 0);
     for (adapter, base) in [("plain", "gemma3"), ("rslora", "gemma3"), ("patterns", "gemma2")] {
         let source = ModelSource::open(&model_dir(base)).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -68,8 +81,13 @@ fn llama_cpp_applies_the_lora_gguf_as_ember_applies_the_peft_adapter() {
         let file = GgufFile::open(&lora_gguf).unwrap();
         assert_eq!(file.get("general.type"), Some(&Value::String("adapter".into())));
         assert_eq!(file.get("adapter.type"), Some(&Value::String("lora".into())));
-        // One alpha when PEFT's scales are alpha / r; otherwise each B carries its scale.
-        let alpha = if adapter == "plain" { 8.0 } else { 0.0 };
+        // llama.cpp scales by alpha / r: one such alpha when every PEFT scale has that form
+        // (rsLoRA's 8 / sqrt(4) = 16 / 4); otherwise 0 (scale 1) and each B carries its scale.
+        let alpha = match adapter {
+            "plain" => 8.0,
+            "rslora" => 16.0,
+            _ => 0.0,
+        };
         assert_eq!(file.get("adapter.lora.alpha"), Some(&Value::F32(alpha)), "{adapter}");
         let a = file.tensor("blk.0.attn_q.weight.lora_a").unwrap();
         let b = file.tensor("blk.0.attn_q.weight.lora_b").unwrap();
@@ -85,19 +103,30 @@ fn llama_cpp_applies_the_lora_gguf_as_ember_applies_the_peft_adapter() {
             .iter()
             .map(|t| tokenizer.encode(t).unwrap())
             .collect();
-        let config = GenerationConfig {
-            max_new_tokens: 16,
-            stop_tokens: Vec::new(),
-            sampling: SamplingConfig::default(),
-        };
-        let ours: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| model.generate(p, &config, &Default::default(), |_| Ok(())).unwrap())
-            .collect();
-        assert_eq!(
-            llama_cpp_greedy(&root, &base_gguf, &lora_gguf, &prompts),
-            ours,
-            "{adapter}"
+        let stops = tokenizer.stop_tokens().to_vec();
+        let request = serde_json::json!({
+            "model": base_gguf,
+            "lora": {"path": lora_gguf, "scale": 1.0},
+            "greedy": {"prompts": prompts, "tokens": 16},
+        });
+        let theirs: Vec<Vec<u32>> =
+            serde_json::from_value(ember_testkit::llama_cpp::run(&root, &request)["greedy"].clone()).unwrap();
+        let base = source
+            .load::<B>(&LoadOptions::new(DType::F32), &Default::default())
+            .unwrap();
+        let mut changed = false;
+        for (prompt, theirs) in prompts.iter().zip(&theirs) {
+            let ours = steps(&model, prompt, &stops);
+            changed |= tokens(&ours) != tokens(&steps(&base, prompt, &stops));
+            // Near-ties (top-2 logits closer than 1e-3) may go either way in f32.
+            compared += greedy_agreement(&ours, theirs, 1e-3).unwrap_or_else(|e| panic!("{adapter} {prompt:?}: {e}"));
+            total += ours.len();
+        }
+        assert!(
+            changed,
+            "{adapter}: the adapter changes none of the base model's continuations"
         );
     }
+    eprintln!("llama.cpp with the LoRA GGUF gave Ember's greedy tokens for {compared} of {total} (up to near-ties)");
+    assert!(compared * 10 >= total * 9, "only {compared} of {total} compared");
 }
