@@ -1,12 +1,13 @@
 //! A model's tokenizer as the `tokenizer.*` metadata llama.cpp reads.
 //!
 //! A GGUF base already holds it and is copied verbatim. From a checkpoint directory the
-//! `tokenizer.json` is written as `convert_hf_to_gguf.py` writes that kind of tokenizer:
-//! Gemma's SentencePiece-style BPE (byte fallback) as llama.cpp's `llama` vocabulary, whose
-//! merges are ranked by piece scores, and a byte-level BPE as its `gpt2` vocabulary with merges.
-//! The chat template and special tokens come from `tokenizer_config.json`.
+//! `tokenizer.json` is written as `convert_hf_to_gguf.py` writes that kind of tokenizer: a
+//! byte-level BPE as llama.cpp's `gpt2` vocabulary with merges. Gemma's own SentencePiece-style
+//! BPE is refused from a directory: llama.cpp's `llama` vocabulary ranks merges by the scores of
+//! `tokenizer.model`, which `tokenizer.json` lacks, and a rebuild has not been checked against
+//! llama.cpp; a GGUF base's tokenizer is copied instead. The chat template and special tokens
+//! come from `tokenizer_config.json`.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value as Json;
@@ -22,10 +23,6 @@ const UNKNOWN: i32 = 2;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
-const BYTE: i32 = 6;
-/// The score llama.cpp's converter gives pieces that are matched before the BPE runs.
-const ADDED_SCORE: f32 = -1000.0;
-const SPACE: &str = "\u{2581}";
 
 /// The `tokenizer.*` keys of a GGUF base, as they are.
 pub(super) fn copied_vocab(file: &GgufFile) -> Vec<(String, Value)> {
@@ -51,11 +48,12 @@ pub(super) fn vocab_of_dir(dir: &Path, config: &GemmaConfig) -> Result<Vec<(Stri
             model["type"]
         )));
     }
-    let byte_level = tokenizer["pre_tokenizer"]["type"] == "ByteLevel";
-    let sentencepiece = model["byte_fallback"] == true;
-    if byte_level == sentencepiece {
+    if model["byte_fallback"] == true || tokenizer["pre_tokenizer"]["type"] != "ByteLevel" {
         return Err(error(
-            "neither a SentencePiece-style BPE (byte_fallback) nor a byte-level one; llama.cpp reads those two".into(),
+            "model.byte_fallback / pre_tokenizer: not a byte-level BPE; Gemma's SentencePiece-style \
+             vocabulary is exported only from its GGUF file (convert it once with llama.cpp, then \
+             `ember export --model model.gguf`), which embeds it as it is"
+                .into(),
         ));
     }
 
@@ -80,8 +78,7 @@ pub(super) fn vocab_of_dir(dir: &Path, config: &GemmaConfig) -> Result<Vec<(Stri
         let id = id
             .as_u64()
             .ok_or_else(|| error(format!("model.vocab[{piece:?}] is not an id")))?;
-        let byte = sentencepiece && piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>');
-        place(id, piece, if byte { BYTE } else { NORMAL })?;
+        place(id, piece, NORMAL)?;
     }
     let unk = special_token(tokenizer_config.get("unk_token")).or(model["unk_token"].as_str());
     for added in tokenizer["added_tokens"].as_array().into_iter().flatten() {
@@ -99,38 +96,15 @@ pub(super) fn vocab_of_dir(dir: &Path, config: &GemmaConfig) -> Result<Vec<(Stri
 
     let id_of = |piece: &str| vocab.get(piece).and_then(Json::as_u64);
     let mut metadata = Vec::new();
-    if sentencepiece {
-        let scores = merge_scores(&pieces, &merges);
-        let scores = pieces
-            .iter()
-            .zip(&types)
-            .zip(scores)
-            .map(|((piece, &kind), score)| match (piece, kind) {
-                (None, _) | (_, UNKNOWN | CONTROL | USER_DEFINED | UNUSED) => ADDED_SCORE,
-                (_, BYTE) => 0.0,
-                _ => score,
-            });
-        metadata.push(("tokenizer.ggml.model".into(), Value::String("llama".into())));
-        metadata.push(("tokenizer.ggml.pre".into(), Value::String("default".into())));
-        metadata.push((
-            "tokenizer.ggml.scores".into(),
-            Value::Array(scores.map(Value::F32).collect()),
-        ));
-        // Gemma's normaliser adds no space before the text; llama.cpp assumes one unless told.
-        metadata.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)));
-    } else {
-        metadata.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
-        metadata.push(("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())));
-        let merges = merges.iter().map(|(l, r)| Value::String(format!("{l} {r}")));
-        metadata.push(("tokenizer.ggml.merges".into(), Value::Array(merges.collect())));
-    }
+    metadata.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
+    metadata.push(("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())));
+    let merges = merges.iter().map(|(l, r)| Value::String(format!("{l} {r}")));
+    metadata.push(("tokenizer.ggml.merges".into(), Value::Array(merges.collect())));
     let tokens = pieces
         .iter()
         .zip(&mut types)
         .enumerate()
         .map(|(id, (piece, kind))| match piece {
-            // llama.cpp matches user-defined pieces in the raw text, where spaces are spaces.
-            Some(piece) if *kind == USER_DEFINED && sentencepiece => Value::String(piece.replace(SPACE, " ")),
             Some(piece) => Value::String(piece.clone()),
             None => {
                 *kind = UNUSED;
@@ -209,28 +183,6 @@ fn merges(value: &Json) -> std::result::Result<Vec<(String, String)>, String> {
             other => Err(format!("merge {other} is not two pieces")),
         })
         .collect()
-}
-
-/// SentencePiece-style scores that rank merges as the BPE's merge list does: llama.cpp merges
-/// the adjacent pair whose joined piece scores highest, so a piece scores minus the rank of
-/// the first merge that makes it. Pieces no merge makes (single characters) score below all.
-fn merge_scores(pieces: &[Option<String>], merges: &[(String, String)]) -> Vec<f32> {
-    let ids: HashMap<&str, usize> = pieces
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| Some((p.as_deref()?, i)))
-        .collect();
-    let mut scores = vec![-(merges.len() as f32) - 1.0; pieces.len()];
-    let mut made = vec![false; pieces.len()];
-    for (rank, (left, right)) in merges.iter().enumerate() {
-        if let Some(&id) = ids.get(format!("{left}{right}").as_str())
-            && !made[id]
-        {
-            made[id] = true;
-            scores[id] = -(rank as f32);
-        }
-    }
-    scores
 }
 
 /// The chat template of `tokenizer_config.json` (a string, or a list whose `default` entry is
