@@ -79,6 +79,9 @@ pub fn status(dir: &Path, asset: &Asset) -> Result<Status> {
 /// Writes the asset's member(s) from `archives` to `dir/asset.path`, through a temporary file
 /// that only takes the final name once its sha256 matches.
 pub fn install(asset: &Asset, archives: &[PathBuf], dir: &Path) -> Result<()> {
+    if let Source::NpmInstall(_) = asset.source {
+        return install_tree(asset, &archives[0], dir);
+    }
     let dest = dir.join(asset.path);
     let parent = dest.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent)?;
@@ -115,11 +118,33 @@ pub fn install(asset: &Asset, archives: &[PathBuf], dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Moves the npm install `tree` to the asset path's first component once the checked member's
+/// sha256 matches; an older install there is replaced.
+fn install_tree(asset: &Asset, tree: &Path, dir: &Path) -> Result<()> {
+    let member = tree.join(asset.members[0]);
+    let sum =
+        sha256_file(&member).with_context(|| format!("{}: the install has no {}", asset.path, asset.members[0]))?;
+    if sum != asset.sha256 {
+        bail!(
+            "{}: sha256 is {sum}, expected {}; the registry served other bytes, so it was not installed",
+            asset.path,
+            asset.sha256
+        );
+    }
+    let root = asset.path.split('/').next().unwrap_or(asset.path);
+    let dest = dir.join(root);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).with_context(|| format!("cannot replace {}", dest.display()))?;
+    }
+    std::fs::rename(tree, &dest).with_context(|| format!("cannot move the install to {}", dest.display()))
+}
+
 fn describe(source: Source) -> String {
     match source {
         Source::Npm(spec) => format!("npm package {spec}"),
         Source::PipSdist(spec) => format!("PyPI sdist {spec}"),
         Source::PipWheels(specs) => format!("PyPI wheels {}", specs.join(", ")),
+        Source::NpmInstall(specs) => format!("npm install {}", specs.join(" ")),
     }
 }
 
@@ -138,6 +163,28 @@ fn download(source: Source, tmp: &Path) -> Result<Vec<PathBuf>> {
         Source::Npm(spec) => {
             run("npm", &["pack", spec, "--pack-destination", &dest], "the npm registry")?;
             Ok(vec![find(tmp, |name| name.ends_with(".tgz"), spec)?])
+        }
+        Source::NpmInstall(specs) => {
+            let tree = tmp.join("install");
+            std::fs::create_dir(&tree)?;
+            let prefix = tree.to_string_lossy().into_owned();
+            let mut args = vec![
+                "install",
+                "--prefix",
+                &prefix,
+                "--omit=optional",
+                "--no-audit",
+                "--no-fund",
+            ];
+            args.extend_from_slice(specs);
+            // node-llama-cpp's postinstall would otherwise try to download or build llama.cpp.
+            run_with(
+                "npm",
+                &args,
+                &[("NODE_LLAMA_CPP_SKIP_DOWNLOAD", "true")],
+                "the npm registry",
+            )?;
+            Ok(vec![tree])
         }
         Source::PipSdist(spec) => {
             pip(&["--no-binary", ":all:"], &[spec])?;
@@ -174,8 +221,13 @@ fn find(dir: &Path, matches: impl Fn(&str) -> bool, spec: &str) -> Result<PathBu
 
 /// Runs a registry client; a failure says which registry could not be reached.
 pub fn run(program: &str, args: &[&str], registry: &str) -> Result<()> {
+    run_with(program, args, &[], registry)
+}
+
+/// [`run`] with environment variables set.
+fn run_with(program: &str, args: &[&str], env: &[(&str, &str)], registry: &str) -> Result<()> {
     let command = format!("{program} {}", args.join(" "));
-    let output = match Command::new(program).args(args).output() {
+    let output = match Command::new(program).args(args).envs(env.iter().copied()).output() {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("`{program}` is not installed (or not on PATH); it is needed to fetch from {registry}")

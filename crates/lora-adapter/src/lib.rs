@@ -9,6 +9,7 @@ mod apply;
 mod atomic;
 mod config;
 mod error;
+mod gguf;
 mod merge;
 mod peft;
 mod targets;
@@ -18,6 +19,7 @@ pub use atomic::{clean_stale_writes, write_dir_atomically, write_file_atomically
 pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
 pub use ember_model::MAX_SHARD_BYTES;
 pub use error::{LoraError, Result};
+pub use gguf::export_gguf_lora;
 pub use merge::{export_checkpoint, merge_lora};
 pub use peft::{
     AdapterTensors, CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter,

@@ -173,7 +173,7 @@ fn tokenizer_of_dir(dir: &Path) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
+pub(crate) fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
@@ -196,7 +196,7 @@ fn token_ids(value: Option<&Value>) -> Vec<u32> {
 }
 
 /// A special token written as `"<eos>"` or `{"content": "<eos>", ...}`.
-fn special_token(value: Option<&Value>) -> Option<&str> {
+pub(crate) fn special_token(value: Option<&Value>) -> Option<&str> {
     match value? {
         Value::String(s) => Some(s),
         Value::Object(o) => o.get("content")?.as_str(),

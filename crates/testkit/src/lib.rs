@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 
 use burn::backend::wgpu::WgpuDevice;
 
+pub mod llama_cpp;
+
 /// Set to `1` to skip the WGPU tests on a machine without a software Vulkan driver.
 pub const SKIP_WGPU_VAR: &str = "EMBER_SKIP_WGPU";
 

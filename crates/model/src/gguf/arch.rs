@@ -1,6 +1,7 @@
 //! Which Gemma generation a GGUF file holds (`general.architecture`).
 
 use super::reader::GgufFile;
+use crate::config::Family;
 use crate::error::{ModelError, Result};
 
 /// A GGUF architecture Ember imports; its name prefixes the model's metadata keys
@@ -31,6 +32,25 @@ impl Architecture {
                 path: file.path().to_path_buf(),
                 found: other.to_string(),
             }),
+        }
+    }
+
+    /// The architecture llama.cpp runs a model of this family as.
+    pub fn of_family(family: Family) -> Self {
+        match family {
+            Family::Gemma => Self::Gemma,
+            Family::Gemma2 => Self::Gemma2,
+            Family::Gemma3 => Self::Gemma3,
+        }
+    }
+
+    /// The query scale llama.cpp applies (`scores · scalar^-0.5`), which GGUF cannot state: the
+    /// 27B models (known by their layer count) use hidden/heads, the others `head_dim`, as in
+    /// gemma_pytorch's configs (llama-model.cpp's `f_attention_scale`).
+    pub fn query_pre_attn_scalar(self, layers: usize, hidden: usize, heads: usize, head_dim: usize) -> usize {
+        match (self, layers) {
+            (Self::Gemma2, 46) | (Self::Gemma3, 62) => hidden / heads,
+            _ => head_dim,
         }
     }
 

@@ -14,9 +14,11 @@ use crate::config::GemmaConfig;
 use crate::error::Result;
 
 /// Gemma 3's local (sliding-window) layers use this RoPE base, which GGUF does not store.
-const GEMMA3_LOCAL_ROPE_THETA: f64 = 10_000.0;
+pub(super) const GEMMA3_LOCAL_ROPE_THETA: f64 = 10_000.0;
 /// Gemma 3 has one global layer after every five local ones.
-const GEMMA3_SLIDING_WINDOW_PATTERN: usize = 6;
+pub(super) const GEMMA3_SLIDING_WINDOW_PATTERN: usize = 6;
+/// Gemma 2 alternates: sliding, global, sliding, ...
+pub(super) const GEMMA2_SLIDING_WINDOW_PATTERN: usize = 2;
 
 /// The config of the model in `file`, as Ember parses it.
 pub fn gemma_config(file: &GgufFile) -> Result<GemmaConfig> {
@@ -77,12 +79,7 @@ pub fn hf_config(file: &GgufFile, torch_dtype: Option<&str>) -> Result<Value> {
     if let Some(dtype) = torch_dtype {
         map.insert("torch_dtype".into(), dtype.into());
     }
-    // The 27B models scale queries by hidden/heads, the others by head_dim (gemma_pytorch's
-    // config, which llama.cpp follows by layer count).
-    let query_pre_attn_scalar = match (arch, layers) {
-        (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62) => hidden / heads,
-        _ => head_dim,
-    };
+    let query_pre_attn_scalar = arch.query_pre_attn_scalar(layers, hidden, heads, head_dim);
     let scaling = rope_scaling(file, arch)?;
     match arch {
         Architecture::Gemma | Architecture::Gemma2 if !scaling.is_null() => {
@@ -97,7 +94,10 @@ pub fn hf_config(file: &GgufFile, torch_dtype: Option<&str>) -> Result<Value> {
             map.extend([
                 ("query_pre_attn_scalar".into(), query_pre_attn_scalar.into()),
                 ("sliding_window".into(), sliding_window.into()),
-                ("layer_types".into(), layer_types(layers, 2).into()),
+                (
+                    "layer_types".into(),
+                    layer_types(layers, GEMMA2_SLIDING_WINDOW_PATTERN).into(),
+                ),
                 (
                     "attn_logit_softcapping".into(),
                     file.get_f64(&key("attn_logit_softcapping"))?.unwrap_or(50.0).into(),
@@ -138,11 +138,17 @@ pub fn hf_config(file: &GgufFile, torch_dtype: Option<&str>) -> Result<Value> {
 /// pattern 2, and Gemma 3); pattern 1 makes every layer global.
 fn layer_types(layers: usize, pattern: usize) -> Vec<&'static str> {
     (0..layers)
-        .map(|i| match (i + 1).is_multiple_of(pattern) {
+        .map(|i| match is_global_layer(i, pattern) {
             true => "full_attention",
             false => "sliding_attention",
         })
         .collect()
+}
+
+/// Whether layer `i` attends globally under a sliding-window `pattern` (llama.cpp's
+/// `set_swa_pattern`).
+pub(super) fn is_global_layer(i: usize, pattern: usize) -> bool {
+    (i + 1).is_multiple_of(pattern)
 }
 
 /// Linear RoPE scaling of the global layers, as llama.cpp reads it: a factor under

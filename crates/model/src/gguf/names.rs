@@ -39,6 +39,40 @@ pub fn hf_name(arch: Architecture, name: &str) -> Option<String> {
     Some(format!("model.layers.{index}.{hf}.weight"))
 }
 
+/// The llama.cpp name of the Hugging Face tensor `hf` (the inverse of [`hf_name`]), if this
+/// architecture has one.
+pub fn gguf_name(arch: Architecture, hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let (layer, module) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    let module = module.strip_suffix(".weight")?;
+    let sandwich = arch != Architecture::Gemma;
+    let gguf = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" if arch == Architecture::Gemma3 => "attn_q_norm",
+        "self_attn.k_norm" if arch == Architecture::Gemma3 => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if !sandwich => "ffn_norm",
+        "pre_feedforward_layernorm" if sandwich => "ffn_norm",
+        "post_attention_layernorm" => "post_attention_norm",
+        "post_feedforward_layernorm" if sandwich => "post_ffw_norm",
+        _ => return None,
+    };
+    let name = format!("blk.{layer}.{gguf}.weight");
+    // Only names that map back: a malformed layer index has no counterpart.
+    (hf_name(arch, &name).as_deref() == Some(hf)).then_some(name)
+}
+
 /// Gemma's RMSNorm multiplies by `1 + w`; llama.cpp's multiplies by `w`, so
 /// `convert_hf_to_gguf.py` adds one to every Hugging Face tensor named `*norm.weight`, and
 /// importing subtracts it again.
@@ -98,6 +132,48 @@ mod tests {
             assert_eq!(hf_name(Gemma, name), None, "{name}");
         }
         assert_eq!(hf_name(Gemma2, "blk.1.attn_q_norm.weight"), None);
+    }
+
+    #[test]
+    fn every_name_maps_back_to_itself_in_every_architecture() {
+        let modules = [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "attn_q_norm",
+            "attn_k_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+            "attn_norm",
+            "ffn_norm",
+            "post_attention_norm",
+            "post_ffw_norm",
+        ];
+        for arch in [Gemma, Gemma2, Gemma3] {
+            let mut names: Vec<String> = modules.iter().map(|m| format!("blk.12.{m}.weight")).collect();
+            names.extend(["token_embd.weight", "output_norm.weight", "output.weight"].map(String::from));
+            let mut mapped = 0;
+            for name in names {
+                if let Some(hf) = hf_name(arch, &name) {
+                    assert_eq!(gguf_name(arch, &hf).as_deref(), Some(name.as_str()), "{arch:?} {hf}");
+                    mapped += 1;
+                }
+            }
+            assert_eq!(
+                mapped,
+                if arch == Gemma3 {
+                    16
+                } else if arch == Gemma2 {
+                    14
+                } else {
+                    12
+                }
+            );
+        }
+        assert_eq!(gguf_name(Gemma3, "model.layers.01.mlp.up_proj.weight"), None);
+        assert_eq!(gguf_name(Gemma, "model.layers.1.self_attn.q_norm.weight"), None);
     }
 
     #[test]

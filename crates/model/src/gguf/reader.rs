@@ -172,6 +172,11 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
+    /// Every metadata key and value, by key.
+    pub fn metadata(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.metadata.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// The tensor directory, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
@@ -184,6 +189,13 @@ impl GgufFile {
     /// The values of a tensor as f32, dequantized exactly as ggml does, in ggml's (row-major,
     /// innermost-first) order, which is the PyTorch order of [`TensorInfo::shape`].
     pub fn read_f32(&self, info: &TensorInfo) -> Result<Vec<f32>> {
+        let bytes = self.tensor_bytes(info)?;
+        let ty = GgmlType::from_id(info.type_id).expect("tensor_bytes checked the type");
+        Ok(dequantize(ty, bytes))
+    }
+
+    /// The stored bytes of a tensor, as they are (quantized blocks included).
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> Result<&[u8]> {
         let ty = GgmlType::from_id(info.type_id).ok_or_else(|| ModelError::UnsupportedGgmlType {
             path: self.path.clone(),
             tensor: info.name.clone(),
@@ -193,7 +205,7 @@ impl GgufFile {
             path: self.path.clone(),
             message,
         })?;
-        Ok(dequantize(ty, &self.mmap[start..end]))
+        Ok(&self.mmap[start..end])
     }
 
     /// Where the bytes of a tensor of type `ty` lie in the file, checked against its end.

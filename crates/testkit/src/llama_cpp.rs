@@ -1,0 +1,86 @@
+//! llama.cpp itself, run through node-llama-cpp's prebuilt CPU binaries
+//! (`fixtures/run_llama_cpp.mjs`; `cargo xtask fetch-assets` installs node-llama-cpp), and the
+//! comparison of its greedy tokens with Ember's.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The folder holding `node_modules/node-llama-cpp`; `None` when asset tests are skipped.
+pub fn root() -> Option<PathBuf> {
+    let addon = crate::asset("node-llama-cpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node")?;
+    addon.ancestors().nth(6).map(Path::to_path_buf)
+}
+
+/// Runs `fixtures/run_llama_cpp.mjs` (see its header for `request`) and returns its answer.
+///
+/// # Panics
+///
+/// When node is missing or the script fails, with llama.cpp's messages.
+pub fn run(root: &Path, request: &serde_json::Value) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/run_llama_cpp.mjs");
+    let mut child = Command::new("node")
+        .arg(script)
+        .env("EMBER_NODE_LLAMA_CPP", root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs (apt-get install nodejs)");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(request.to_string().as_bytes())
+        .expect("request written");
+    drop(stdin);
+    let out = child.wait_with_output().expect("node finishes");
+    assert!(
+        out.status.success(),
+        "llama.cpp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script's JSON answer")
+}
+
+/// Ember's view of one greedy step: the token it picked, its runner-up, and the logit gap
+/// between them.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub token: u32,
+    pub runner_up: u32,
+    pub gap: f32,
+}
+
+/// How many of llama.cpp's greedy tokens `theirs` were checked against Ember's `ours`.
+///
+/// Equal token by token, as long as Ember's choice is clear (gap ≥ `tie`); at a near-tie,
+/// where rounding in either runtime may pick either, llama.cpp may take Ember's runner-up,
+/// after which the continuations differ and the comparison stops there. A sequence compared
+/// to its end must have Ember's length (llama.cpp stops before an end-of-generation token,
+/// so `ours` should stop there too).
+///
+/// # Errors
+///
+/// The first difference that is not such a near-tie.
+pub fn greedy_agreement(ours: &[Step], theirs: &[u32], tie: f32) -> Result<usize, String> {
+    for (i, step) in ours.iter().enumerate() {
+        let Some(&token) = theirs.get(i) else {
+            return Err(format!(
+                "llama.cpp stopped after {i} tokens, Ember went on with {step:?}"
+            ));
+        };
+        if token == step.token {
+            continue;
+        }
+        if step.gap < tie && token == step.runner_up {
+            return Ok(i);
+        }
+        return Err(format!("token {i}: llama.cpp {token}, Ember {step:?}"));
+    }
+    match theirs.len() > ours.len() {
+        true => Err(format!(
+            "llama.cpp went on past Ember's {} tokens: {theirs:?}",
+            ours.len()
+        )),
+        false => Ok(ours.len()),
+    }
+}
