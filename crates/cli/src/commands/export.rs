@@ -2,30 +2,77 @@ use std::path::PathBuf;
 
 use crate::commands::generate::{load_options, open_model};
 use crate::device::{DeviceArgs, DtypeArg, Task, dtype_name, run_on};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_lora::{MAX_SHARD_BYTES, export_checkpoint, load_adapter, merge_lora, save_adapter};
+use ember_lora::{
+    MAX_SHARD_BYTES, export_checkpoint, export_gguf_lora, load_adapter, merge_lora, save_adapter, write_dir_atomically,
+};
+use ember_model::gguf::{GgufFileType, export_gguf};
+
+/// The file a GGUF export writes inside `--out`.
+const GGUF_FILE: &str = "model.gguf";
+/// The file a GGUF LoRA export writes inside `--out`.
+const GGUF_LORA_FILE: &str = "adapter.gguf";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The base model the adapter was trained on: a checkpoint directory or a GGUF file.
     #[arg(long)]
     pub model: PathBuf,
-    /// The adapter directory (PEFT format).
+    /// The adapter directory (PEFT format); optional with --format gguf (the base alone).
     #[arg(long)]
-    pub adapter: PathBuf,
-    /// Where to write: a PEFT adapter directory, or with --merge a full checkpoint.
+    pub adapter: Option<PathBuf>,
+    /// Where to write: a PEFT adapter directory, with --merge a full checkpoint, with
+    /// --format gguf a directory holding model.gguf, with gguf-lora one holding adapter.gguf.
     #[arg(long)]
     pub out: PathBuf,
     /// Fold the adapter into the base weights and write a plain Hugging Face checkpoint.
     #[arg(long)]
     pub merge: bool,
+    /// `peft` (the adapter, or with --merge a safetensors checkpoint), `gguf` (the merged
+    /// model as a GGUF file for llama.cpp and Ollama) or `gguf-lora` (the adapter alone, for
+    /// llama.cpp's --lora on the base model's GGUF).
+    #[arg(long, value_enum, default_value_t = Format::Peft)]
+    pub format: Format,
+    /// The GGUF file's matrix type (llama.cpp's --outtype); norms stay f32.
+    #[arg(long, value_enum, default_value_t = OutType::F16)]
+    pub outtype: OutType,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Peft,
+    Gguf,
+    GgufLora,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutType {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl OutType {
+    fn file_type(self) -> GgufFileType {
+        match self {
+            Self::F32 => GgufFileType::F32,
+            Self::F16 => GgufFileType::F16,
+            Self::Bf16 => GgufFileType::BF16,
+            Self::Q8_0 => GgufFileType::Q8_0,
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if args.format != Format::Gguf && args.adapter.is_none() {
+        bail!("--adapter is required unless --format gguf exports the base model alone");
+    }
     let mut device = args.device.clone();
     // The merge is computed in f32 whatever the export dtype; --dtype picks the latter.
     let export_dtype = match device.dtype {
@@ -50,27 +97,61 @@ impl Task for Export {
             adapter,
             out,
             merge,
+            format,
+            outtype,
             ..
         } = self.args;
         let source = open_model(&model)?;
         let base = source
             .load::<B>(&load_options(dtype), &device)
             .with_context(|| format!("loading the model from {}", model.display()))?;
+        let Some(adapter) = adapter else {
+            return write_gguf(&base, &source, &out, outtype);
+        };
         let (with_adapter, config) =
             load_adapter(base, &adapter).with_context(|| format!("loading the adapter from {}", adapter.display()))?;
-        if merge {
-            let merged = merge_lora(with_adapter)?;
-            export_checkpoint(&merged, &source, &out, self.export_dtype, MAX_SHARD_BYTES)
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!(
-                "ember: merged checkpoint ({}) written to {}",
-                dtype_name(self.export_dtype),
-                out.display()
-            );
-        } else {
-            save_adapter(&with_adapter, &config, &out).with_context(|| format!("writing {}", out.display()))?;
-            eprintln!("ember: adapter written to {}", out.display());
+        match (format, merge) {
+            (Format::Gguf, _) => write_gguf(&merge_lora(with_adapter)?, &source, &out, outtype),
+            (Format::GgufLora, _) => {
+                let file = out.join(GGUF_LORA_FILE);
+                write_dir_atomically(out.as_path(), |tmp| {
+                    export_gguf_lora(&with_adapter, source.path(), &tmp.join(GGUF_LORA_FILE))
+                        .with_context(|| format!("writing {}", file.display()))
+                })?;
+                eprintln!("ember: LoRA GGUF written to {}", file.display());
+                Ok(())
+            }
+            (Format::Peft, true) => {
+                let merged = merge_lora(with_adapter)?;
+                export_checkpoint(&merged, &source, &out, self.export_dtype, MAX_SHARD_BYTES)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                eprintln!(
+                    "ember: merged checkpoint ({}) written to {}",
+                    dtype_name(self.export_dtype),
+                    out.display()
+                );
+                Ok(())
+            }
+            (Format::Peft, false) => {
+                save_adapter(&with_adapter, &config, &out).with_context(|| format!("writing {}", out.display()))?;
+                eprintln!("ember: adapter written to {}", out.display());
+                Ok(())
+            }
         }
-        Ok(())
     }
+}
+
+/// `model` as `out/model.gguf`; the directory appears whole or not at all.
+fn write_gguf<B: Backend>(
+    model: &ember_model::GemmaForCausalLM<B>,
+    source: &ember_model::ModelSource,
+    out: &std::path::Path,
+    outtype: OutType,
+) -> Result<()> {
+    write_dir_atomically(out, |tmp| {
+        export_gguf(model, source, &tmp.join(GGUF_FILE), outtype.file_type())
+            .with_context(|| format!("writing {}", out.join(GGUF_FILE).display()))
+    })?;
+    eprintln!("ember: GGUF ({outtype:?}) written to {}", out.join(GGUF_FILE).display());
+    Ok(())
 }
