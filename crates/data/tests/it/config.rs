@@ -151,7 +151,7 @@ fn a_template_asks_in_its_own_format() {
         .prompt_for(&instruction, "Name a colour.")
         .unwrap();
     assert_eq!(seed, ember_data::alpaca_seed_prompt("Name a colour.", ""));
-    assert!(seed.ends_with("### Response:\n"), "{seed:?}");
+    assert!(seed.ends_with("### Response:\n \n"), "the seed's way: {seed:?}");
     let chat = Layout::Messages {
         column: "messages".into(),
     };
