@@ -57,12 +57,13 @@ fn main() -> Result<()> {
         sampling: SamplingConfig::default(), // greedy
     };
     print!("{prompt}");
-    let mut stream = TextStream::new(&tokenizer);
-    model.generate(&tokenizer.encode(&prompt)?, &config, &device, |token| {
+    let ids = tokenizer.encode(&prompt)?;
+    let mut stream = TextStream::new(&tokenizer, &ids);
+    model.generate(&ids, &config, &device, |token| {
         print!("{}", stream.push(token)?);
         let _ = std::io::stdout().flush(); // a closed stdout only loses the echo
         Ok(())
     })?;
-    println!();
+    println!("{}", stream.finish()?);
     Ok(())
 }

@@ -59,7 +59,7 @@ impl Task for Args {
                 seed: self.seed,
             },
         };
-        let mut stream = TextStream::new(&tokenizer);
+        let mut stream = TextStream::new(&tokenizer, &prompt);
         let mut stdout = std::io::stdout().lock();
         write!(stdout, "{}", self.prompt)?;
         let started = std::time::Instant::now();
@@ -69,6 +69,7 @@ impl Task for Args {
             let _ = write!(stdout, "{text}").and_then(|_| stdout.flush());
             Ok(())
         })?;
+        let _ = write!(stdout, "{}", stream.finish()?);
         writeln!(stdout)?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!(
