@@ -2,6 +2,7 @@
 
 mod commands;
 mod device;
+mod ranges;
 
 use clap::{Parser, Subcommand};
 
