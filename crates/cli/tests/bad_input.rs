@@ -175,7 +175,15 @@ fn a_merged_export_from_a_gguf_base_is_a_checkpoint() {
 
 #[test]
 fn numbers_out_of_range_are_refused_with_the_flag_or_key_the_value_and_the_range() {
-    let generate = ["generate", "--model", "fixtures/models/gemma3", "--device", "cpu", "--prompt", "Hi"];
+    let generate = [
+        "generate",
+        "--model",
+        "fixtures/models/gemma3",
+        "--device",
+        "cpu",
+        "--prompt",
+        "Hi",
+    ];
     for (flag, value, range) in [
         ("--temperature", "-1", "must be a number of at least 0"),
         ("--temperature", "nan", "must be a number of at least 0"),
@@ -186,7 +194,11 @@ fn numbers_out_of_range_are_refused_with_the_flag_or_key_the_value_and_the_range
         let out = ember(&[&generate[..], &[&format!("{flag}={value}")]].concat());
         // clap's usage errors exit with 2.
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(stderr(&out).contains(&format!("invalid value '{value}' for '{flag}")), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("invalid value '{value}' for '{flag}")),
+            "{}",
+            stderr(&out)
+        );
         assert!(stderr(&out).contains(range), "{}", stderr(&out));
     }
     let out = ember(&[
