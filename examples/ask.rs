@@ -48,8 +48,8 @@ fn main() -> Result<()> {
     })?;
     let tokenizer = source.tokenizer()?;
 
-    // The training template up to `### Response:\n`; the model writes the rest and, having
-    // been trained with EOS after every response, stops with <eos>.
+    // The training template with a space in the response slot, as the seed asks; the model
+    // writes the answer and, trained with EOS after every response, stops with <eos>.
     let prompt = alpaca_seed_prompt(&args.instruction, &args.input);
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
@@ -57,12 +57,13 @@ fn main() -> Result<()> {
         sampling: SamplingConfig::default(), // greedy
     };
     print!("{prompt}");
-    let mut stream = TextStream::new(&tokenizer);
-    model.generate(&tokenizer.encode(&prompt)?, &config, &device, |token| {
+    let ids = tokenizer.encode(&prompt)?;
+    let mut stream = TextStream::new(&tokenizer, &ids);
+    model.generate(&ids, &config, &device, |token| {
         print!("{}", stream.push(token)?);
         let _ = std::io::stdout().flush(); // a closed stdout only loses the echo
         Ok(())
     })?;
-    println!();
+    println!("{}", stream.finish()?);
     Ok(())
 }

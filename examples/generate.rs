@@ -26,12 +26,13 @@ fn main() -> anyhow::Result<()> {
     };
 
     print!("{prompt}");
-    let mut stream = TextStream::new(&tokenizer);
-    model.generate(&tokenizer.encode(&prompt)?, &config, &device, |token| {
+    let ids = tokenizer.encode(&prompt)?;
+    let mut stream = TextStream::new(&tokenizer, &ids);
+    model.generate(&ids, &config, &device, |token| {
         print!("{}", stream.push(token)?);
         let _ = std::io::stdout().flush();
         Ok(())
     })?;
-    println!();
+    println!("{}", stream.finish()?);
     Ok(())
 }

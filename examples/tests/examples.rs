@@ -51,11 +51,11 @@ fn lora_counts_the_trainable_parameters() {
 #[test]
 fn data_shows_a_formatted_sample_and_its_labels() {
     let out = run("data", &[]);
-    assert!(out.contains("### Response:\n46 + 33 = 79.<eos>]]"), "{out}");
+    assert!(out.contains("### Response:\n46 + 33 = 79.\n<eos>]]"), "{out}");
     assert!(out.contains("labels    [-100, "), "BOS carries no loss: {out}");
     let completion = run("data", &["--completion-only"]);
     assert!(
-        completion.contains("### Response:\n[[46 + 33 = 79.<eos>]]"),
+        completion.contains("### Response:\n[[46 + 33 = 79.\n<eos>]]"),
         "{completion}"
     );
 }

@@ -3,6 +3,7 @@
 mod commands;
 mod device;
 mod memory;
+mod ranges;
 
 use clap::{Parser, Subcommand};
 
@@ -32,7 +33,8 @@ enum Command {
     /// Compare a training step's loss and adapter gradients from the chosen kernels with burn's
     /// reference kernels (and PEFT's, for the fixtures).
     CheckGrads(commands::check_grads::Args),
-    /// Describe a checkpoint: architecture, layer types, parameters, memory.
+    /// Describe a checkpoint (architecture, layer types, parameters, memory) and check its
+    /// tensors and tokenizer against its config.
     Inspect(commands::inspect::Args),
     /// Rewrite an adapter as a clean PEFT directory, or merge it into a full checkpoint.
     Export(commands::export::Args),

@@ -172,3 +172,46 @@ fn a_merged_export_from_a_gguf_base_is_a_checkpoint() {
     ]);
     assert!(generate.status.success(), "{}", stderr(&generate));
 }
+
+#[test]
+fn numbers_out_of_range_are_refused_with_the_flag_or_key_the_value_and_the_range() {
+    let generate = [
+        "generate",
+        "--model",
+        "fixtures/models/gemma3",
+        "--device",
+        "cpu",
+        "--prompt",
+        "Hi",
+    ];
+    for (flag, value, range) in [
+        ("--temperature", "-1", "must be a number of at least 0"),
+        ("--temperature", "nan", "must be a number of at least 0"),
+        ("--top-p", "1.5", "must be in (0, 1]"),
+        ("--top-k", "0", "must be at least 1"),
+        ("--max-new-tokens", "0", "must be at least 1"),
+    ] {
+        let out = ember(&[&generate[..], &[&format!("{flag}={value}")]].concat());
+        // clap's usage errors exit with 2.
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("invalid value '{value}' for '{flag}")),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(range), "{}", stderr(&out));
+    }
+    let out = ember(&[
+        "train",
+        "--device",
+        "cpu",
+        "--config",
+        "configs/quickstart.toml",
+        "--set",
+        "training.learning_rate=-5e-4",
+    ]);
+    assert_refused(
+        &out,
+        "configs/quickstart.toml`: [training] learning_rate = -0.0005: must be a number above 0",
+    );
+}

@@ -1,6 +1,7 @@
 //! A training process killed with SIGKILL at any moment, checkpoint writes included, leaves
 //! only complete checkpoints behind, the newest one resumes, and what the killed writes left
-//! (`.checkpoint-N.partial-PID`) is gone after the next start.
+//! (`.checkpoint-N.partial-PID`) is gone after the next start; `metrics.jsonl` ends with each
+//! step logged once.
 //!
 //! The kills are timed by watching the output directory, not by the clock: on a loaded
 //! machine starting the binary and loading the model can take longer than any fixed sleep, and
@@ -151,6 +152,18 @@ fn sigkill_never_leaves_a_half_written_checkpoint() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(run.join(format!("checkpoint-{}", newest + 2)).exists());
+    // Every resume cut metrics.jsonl back to its checkpoint's step: the steps logged after it by
+    // the killed run were logged again, and the file holds each step once.
+    let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, (1..=newest + 2).collect::<Vec<_>>());
     let leftovers: Vec<String> = std::fs::read_dir(&run)
         .unwrap()
         .flatten()

@@ -189,10 +189,13 @@ impl DataConfig {
             return bad("path", "is empty: name the dataset file, directory or glob");
         }
         if self.max_seq_length < 2 {
-            return bad("max_seq_length", "must be at least 2 (BOS and one token)");
+            return bad(
+                "max_seq_length",
+                &format!("= {}: must be at least 2 (BOS and one token)", self.max_seq_length),
+            );
         }
         if self.num_proc == Some(0) {
-            return bad("num_proc", "must be at least 1 (or left out for every core)");
+            return bad("num_proc", "= 0: must be at least 1 (or left out for every core)");
         }
         if self.packing && self.group_by_length {
             return bad(
@@ -204,7 +207,7 @@ impl DataConfig {
         if let Some(EvalSplit::Fraction(f)) = self.eval
             && !(f > 0.0 && f < 1.0)
         {
-            return bad("eval.fraction", "must be strictly between 0 and 1");
+            return bad("eval.fraction", &format!("= {f}: must be strictly between 0 and 1"));
         }
         let layout = self.columns.layout()?;
         self.template_spec(&layout).check(&layout)

@@ -11,20 +11,32 @@ use crate::error::DataError;
 use crate::record::{Record, Role, Turn};
 use crate::tokenizer::Tokenizer;
 
-/// The seed recipe's prompt, verbatim, with its three `{}` named.
+/// The seed recipe's prompt, verbatim, with its three `{}` named. The seed formats a training
+/// text as `prompt.format(instruction, input, output) + EOS_TOKEN`, so every sample ends with the
+/// response, a newline, then EOS.
 pub const ALPACA_SEED: &str = "Based on given instruction and input, generate an appropriate \
-response\n### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n{output}";
+response\n### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n{output}\n";
 
-/// The prompt a model fine-tuned on [`ALPACA_SEED`] is asked with: the template up to and
-/// including `### Response:\n`, the response left for the model to write (the seed fills
-/// `{output}` with an empty string). The text goes in as given, braces included.
+/// What the seed puts in the response slot when it asks a fine-tuned model:
+/// `prompt.format(instruction, input, " ")`.
+const SEED_ASK_RESPONSE: &str = " ";
+
+/// The prompt a model fine-tuned on [`ALPACA_SEED`] is asked with, the seed's way: the whole
+/// template with the response slot filled by a space (`...### Response:\n \n`). The text goes
+/// in as given, braces included.
 pub fn alpaca_seed_prompt(instruction: &str, input: &str) -> String {
+    alpaca_seed_text(instruction, input, SEED_ASK_RESPONSE)
+}
+
+/// [`ALPACA_SEED`] filled in, as Python's `str.format` fills it (no placeholder inside the
+/// inserted text is filled again).
+pub fn alpaca_seed_text(instruction: &str, input: &str, output: &str) -> String {
     let (head, rest) = ALPACA_SEED
         .split_once("{instruction}")
         .expect("the template names {instruction}");
-    let (middle, tail) = rest.split_once("{input}").expect("the template names {input}");
-    let tail = tail.strip_suffix("{output}").expect("the template ends with {output}");
-    format!("{head}{instruction}{middle}{input}{tail}")
+    let (middle, rest) = rest.split_once("{input}").expect("the template names {input}");
+    let (before, after) = rest.split_once("{output}").expect("the template names {output}");
+    format!("{head}{instruction}{middle}{input}{before}{output}{after}")
 }
 
 /// The `template` key of the `[data]` config.
@@ -39,8 +51,9 @@ pub fn alpaca_seed_prompt(instruction: &str, input: &str) -> String {
 ///   user turn, one model turn).
 /// * `{ custom = "..." }`: your text with placeholders named after the logical columns:
 ///   `{instruction}`, `{input}`, `{output}` or `{prompt}`, `{completion}` (`{{` and `}}` are
-///   literal braces). The response placeholder must end the template; EOS follows it. A
-///   leading `<bos>` and a trailing `<eos>` are accepted and not doubled.
+///   literal braces). The response placeholder is the last placeholder; text after it (the
+///   seed's closing `\n`) belongs to the response, and EOS follows. A leading `<bos>` and a
+///   trailing `<eos>` are accepted and not doubled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TemplateSpec {
@@ -60,8 +73,9 @@ impl TemplateSpec {
     }
 
     /// The prompt that asks a model trained in this format about `text`: the text as the
-    /// instruction (empty input) or the user turn, up to where the response would start. A
-    /// custom template is read by the same parser as for training, so it must fit `layout`.
+    /// instruction (empty input) or the user turn. `alpaca-seed` asks the seed's way
+    /// ([`alpaca_seed_prompt`]); the others stop where the response would start. A custom
+    /// template is read by the same parser as for training, so it must fit `layout`.
     pub fn prompt_for(&self, layout: &Layout, text: &str) -> Result<String, DataError> {
         Ok(match self {
             TemplateSpec::AlpacaSeed => alpaca_seed_prompt(text, ""),
@@ -70,9 +84,12 @@ impl TemplateSpec {
                 text.trim()
             ),
             TemplateSpec::Custom(template) => {
-                let mut parts = parse(template, layout)?;
-                parts.pop(); // the response field, which always ends a template
-                parts
+                let parts = parse(template, layout)?;
+                let response = parts
+                    .iter()
+                    .rposition(|part| matches!(part, Part::Field(_)))
+                    .expect("parse checks the response field");
+                parts[..response]
                     .iter()
                     .map(|part| match part {
                         Part::Literal(literal) => literal.as_str(),
@@ -158,7 +175,7 @@ fn fields_of(layout: &Layout) -> Vec<Field> {
     }
 }
 
-/// A parsed custom template: literal text and fields, the response field last.
+/// A parsed custom template: literal text and fields, the response field the last field.
 #[derive(Debug, PartialEq)]
 enum Part {
     Literal(String),
@@ -209,9 +226,14 @@ fn parse(template: &str, layout: &Layout) -> Result<Vec<Part>, DataError> {
             c => literal.push(c),
         }
     }
-    if parts.last() != Some(&Part::Field(response)) || !literal.is_empty() {
+    if !literal.is_empty() {
+        parts.push(Part::Literal(literal));
+    }
+    let last_field = parts.iter().rev().find(|part| matches!(part, Part::Field(_)));
+    if last_field != Some(&Part::Field(response)) {
         return Err(template_error(&format!(
-            "must end with {{{}}}: the response is the last thing in a sample, and EOS follows it",
+            "must have {{{}}} as its last placeholder: the response comes last in a sample (text \
+             after it is part of the response), and EOS follows it",
             response.name()
         )));
     }
@@ -372,21 +394,26 @@ fn split_specials(literal: &str, tokenizer: &Tokenizer, out: &mut Vec<Piece>) ->
 }
 
 fn render_fields(pieces: &[Piece], eos: u32, record: &Record) -> Vec<Segment> {
+    // Text after the response field (the seed's closing `\n`) is the model's to write, as EOS is.
+    let mut in_response = false;
     let mut segments: Vec<Segment> = pieces
         .iter()
         .map(|piece| match piece {
             Piece::Text(text) => Segment::Text {
                 text: text.clone(),
-                response: false,
+                response: in_response,
             },
             Piece::Special(id) => Segment::Special {
                 id: *id,
-                response: false,
+                response: in_response,
             },
-            Piece::Field(field) => Segment::Text {
-                text: field_text(record, *field).to_owned(),
-                response: matches!(field, Field::Output | Field::Completion),
-            },
+            Piece::Field(field) => {
+                in_response = matches!(field, Field::Output | Field::Completion);
+                Segment::Text {
+                    text: field_text(record, *field).to_owned(),
+                    response: in_response,
+                }
+            }
         })
         .collect();
     segments.push(Segment::Special {

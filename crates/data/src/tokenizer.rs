@@ -186,32 +186,63 @@ impl Tokenizer {
     }
 }
 
-/// Emits decoded text as tokens arrive, holding back incomplete UTF-8 sequences
-/// (what transformers' `TextStreamer` does).
+/// Already shown tokens kept before the new ones when decoding: enough for a decoder that joins
+/// tokens with spaces or strips a leading one to see the boundary as the full text has it.
+const STREAM_CONTEXT: usize = 4;
+
+/// Emits generated text as tokens arrive, as it reads after the prompt in the full decode.
+///
+/// A token decoded alone can read differently than after the tokens before it: word-level and
+/// WordPiece decoders put the spaces *between* tokens, SentencePiece's strips a leading one. So
+/// each step decodes a window of a few tokens already shown plus the new ones and emits what the
+/// window's text gained; text ending in an incomplete UTF-8 sequence (a character spread over
+/// byte-fallback tokens) is held back until it completes, as transformers' `TextStreamer` does.
+/// The prompt's text followed by everything [`push`](Self::push) and [`finish`](Self::finish)
+/// return is the decode of prompt + continuation.
 pub struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
-    ids: Vec<u32>,
-    emitted: usize,
+    /// Up to [`STREAM_CONTEXT`] shown tokens, then those whose text is not out yet.
+    window: Vec<u32>,
+    /// `window[..shown]` is already shown (or is the prompt).
+    shown: usize,
 }
 
 impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+    /// A stream of the tokens generated after `prompt` (its ids, BOS included or not).
+    pub fn new(tokenizer: &'a Tokenizer, prompt: &[u32]) -> Self {
+        let window = prompt[prompt.len().saturating_sub(STREAM_CONTEXT)..].to_vec();
         Self {
             tokenizer,
-            ids: Vec::new(),
-            emitted: 0,
+            shown: window.len(),
+            window,
         }
     }
 
     /// Adds a token and returns the text that became complete, if any.
     pub fn push(&mut self, id: u32) -> Result<String, DataError> {
-        self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        self.window.push(id);
+        self.take(false)
+    }
+
+    /// The text held back at the end of generation (an incomplete character, as the full
+    /// decode writes it).
+    pub fn finish(mut self) -> Result<String, DataError> {
+        self.take(true)
+    }
+
+    fn take(&mut self, incomplete_too: bool) -> Result<String, DataError> {
+        let before = self.tokenizer.decode(&self.window[..self.shown])?;
+        let text = self.tokenizer.decode(&self.window)?;
+        let complete = incomplete_too || !text.ends_with('\u{FFFD}');
+        let Some(new) = text
+            .strip_prefix(before.as_str())
+            .filter(|new| complete && !new.is_empty())
+        else {
             return Ok(String::new());
-        }
-        let new = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        };
+        let new = new.to_owned();
+        self.window.drain(..self.window.len().saturating_sub(STREAM_CONTEXT));
+        self.shown = self.window.len();
         Ok(new)
     }
 }

@@ -339,7 +339,17 @@ impl Reader<'_> {
                 .map(String::from),
         };
         if !(0.0..1.0).contains(&config.lora_dropout) {
-            return Err(self.error("lora_dropout", "must be in [0, 1)"));
+            let message = format!("{} is out of range: must be in [0, 1)", config.lora_dropout);
+            return Err(self.error("lora_dropout", message));
+        }
+        // A zero or negative alpha silences or flips the adapter: never what a run means.
+        let alphas = std::iter::once(("lora_alpha".to_owned(), config.lora_alpha));
+        let patterns = config
+            .alpha_pattern
+            .iter()
+            .map(|(k, a)| (format!("alpha_pattern.{k}"), *a));
+        if let Some((key, alpha)) = alphas.chain(patterns).find(|(_, a)| !(a.is_finite() && *a > 0.0)) {
+            return Err(self.error(&key, format!("{alpha} is out of range: must be a number above 0")));
         }
         Ok(config)
     }

@@ -99,6 +99,29 @@ impl Checkpoint {
 
     /// Reads `key`, checking its shape, converted to `dtype`.
     pub fn read(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
+        let (entry, disk_dtype) = self.entry(key, shape)?;
+        let shard = &self.files[entry.shard];
+        let bytes = &shard.mmap[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
+        let data = TensorData::from_bytes_vec(bytes.to_vec(), shape.to_vec(), disk_dtype);
+        self.used.insert(key.to_string());
+        Ok(if disk_dtype == dtype {
+            data
+        } else {
+            data.convert_dtype(dtype)
+        })
+    }
+
+    /// Checks that `key` is present with `shape` and a readable dtype, without reading it.
+    pub fn check(&mut self, key: &str, shape: &[usize]) -> Result<()> {
+        // A present tensor is accounted for even when wrong: one problem, not also "unused".
+        if self.tensors.contains_key(key) {
+            self.used.insert(key.to_string());
+        }
+        self.entry(key, shape).map(drop)
+    }
+
+    /// The entry of `key` and its dtype, checked against `shape`.
+    fn entry(&self, key: &str, shape: &[usize]) -> Result<(&Entry, DType)> {
         let entry = self.tensors.get(key).ok_or_else(|| ModelError::MissingTensor {
             dir: self.dir.clone(),
             key: key.to_string(),
@@ -124,14 +147,7 @@ impl Checkpoint {
                 });
             }
         };
-        let bytes = &shard.mmap[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
-        let data = TensorData::from_bytes_vec(bytes.to_vec(), shape.to_vec(), disk_dtype);
-        self.used.insert(key.to_string());
-        Ok(if disk_dtype == dtype {
-            data
-        } else {
-            data.convert_dtype(dtype)
-        })
+        Ok((entry, disk_dtype))
     }
 
     /// Marks `key` as deliberately unused (e.g. an `lm_head.weight` tied to the embedding).
@@ -139,9 +155,18 @@ impl Checkpoint {
         self.used.insert(key.to_string());
     }
 
+    /// The tensors neither read, checked nor skipped, by name.
+    pub fn unused(&self) -> Vec<String> {
+        self.tensors
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .cloned()
+            .collect()
+    }
+
     /// Fails if the checkpoint holds tensors the model never read.
     pub fn finish(self) -> Result<()> {
-        let unused: Vec<&String> = self.tensors.keys().filter(|k| !self.used.contains(*k)).collect();
+        let unused = self.unused();
         match unused.first() {
             None => Ok(()),
             Some(first) => Err(ModelError::UnexpectedTensors {

@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor};
 
 use crate::loss::IGNORE_INDEX;
-use crate::matmul::matmul;
+use crate::matmul::{matmul, matmul_transposed};
 use crate::model::GemmaForCausalLM;
 
 /// Rows of hidden states per chunk: bounds the logits held at once (Gemma's 256k vocabulary
@@ -48,7 +48,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
                 let (logits, saved) = head.forward_saving(normed, None);
                 (logits, Some(saved))
             }
-            None => (matmul(normed, self.model.embed_tokens.weight.val().transpose()), None),
+            None => (matmul_transposed(normed, self.model.embed_tokens.weight.val()), None),
         };
         let dtype = logits.dtype();
         // Soft-capped in the model dtype, as `logits` does; `tanh` is kept for the backward.

@@ -47,7 +47,7 @@ pub use load::LoadOptions;
 pub use lora::{Lora, LoraGrads, LoraSaved};
 pub use loss::{IGNORE_INDEX, causal_lm_loss_sum, cross_entropy_sum, shift_labels};
 pub use mask::AttentionMask;
-pub use matmul::matmul;
+pub use matmul::{matmul, matmul_transposed};
 pub use mlp::{Mlp, MlpKeep, MlpSaved};
 pub use model::{ForwardInput, GemmaForCausalLM, GemmaModel, LayerContext};
 pub use named::{NamedParam, named_params};

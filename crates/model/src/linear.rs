@@ -2,7 +2,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::lora::{Lora, LoraGrads, LoraSaved};
-use crate::matmul::matmul;
+use crate::matmul::{matmul, matmul_transposed};
 
 /// A bias-free projection stored in the Hugging Face layout `[out_features, in_features]`,
 /// with an optional LoRA adapter.
@@ -18,7 +18,7 @@ pub struct Linear<B: Backend> {
 impl<B: Backend> Linear<B> {
     /// `[.., in] -> [.., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = matmul(x.clone(), self.weight.val().transpose().unsqueeze::<D>());
+        let base = matmul_transposed(x.clone(), self.weight.val());
         match &self.lora {
             Some(lora) => lora.add_to(base, x),
             None => base,
@@ -41,7 +41,7 @@ impl<B: Backend> Linear<B> {
     /// [`Linear::forward`] on rows `[n, in]` for training, keeping what the backward needs;
     /// `keep` is the adapter's dropout mask, if it has dropout.
     pub fn forward_saving(&self, x: Tensor<B, 2>, keep: Option<Tensor<B, 2>>) -> (Tensor<B, 2>, LinearSaved<B>) {
-        let base = matmul(x.clone(), self.weight.val().transpose());
+        let base = matmul_transposed(x.clone(), self.weight.val());
         match &self.lora {
             Some(lora) => {
                 let (out, saved) = lora.add_to_saving(base, x, keep);

@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 use crate::attention::Attention;
 use crate::config::{GemmaConfig, LayerType};
 use crate::embedding::Embedding;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::mlp::Mlp;
@@ -59,6 +59,41 @@ impl<B: Backend> GemmaForCausalLM<B> {
         let model = Self::from_weights(config, &mut w)?;
         options.progress.finish_and_clear();
         Ok(model)
+    }
+
+    /// What loading `source` as a model of `config` would fail on, every problem at once: each
+    /// missing, mis-shaped or unreadable tensor, then the tensors the model does not use. The
+    /// walk is the loader's own, with one-element placeholders on `device` for the weights;
+    /// `path` is where the tensors are, for messages.
+    pub(crate) fn check_source(
+        config: GemmaConfig,
+        source: &mut dyn TensorSource,
+        path: &Path,
+        device: &B::Device,
+    ) -> Vec<ModelError> {
+        let mut w = Weights::<B> {
+            source: Source::Check {
+                source,
+                problems: Vec::new(),
+            },
+            device: device.clone(),
+            dtype: DType::F32,
+            progress: ProgressBar::hidden(),
+        };
+        // Placeholders cannot be missing or mis-shaped: problems are collected, not returned.
+        let _ = Self::from_weights(config, &mut w);
+        let Source::Check { source, mut problems } = w.source else {
+            unreachable!("built with Source::Check")
+        };
+        let unused = source.unused();
+        if let Some(first) = unused.first() {
+            problems.push(ModelError::UnexpectedTensors {
+                dir: path.to_path_buf(),
+                count: unused.len(),
+                first: first.clone(),
+            });
+        }
+        problems
     }
 
     /// A model of `config`'s shape with Normal(0, 0.02) weights drawn on the device: what

@@ -7,7 +7,7 @@ use crate::embedding::Embedding;
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::mask::AttentionMask;
-use crate::matmul::matmul;
+use crate::matmul::matmul_transposed;
 use crate::norm::RmsNorm;
 use crate::rope::RopeTables;
 
@@ -132,10 +132,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => matmul(
-                hidden,
-                self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>(),
-            ),
+            None => matmul_transposed(hidden, self.model.embed_tokens.weight.val()),
         };
         match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,

@@ -89,6 +89,24 @@ impl ModelSource {
         }
     }
 
+    /// What loading this model would fail on, every problem at once (see [`ModelSource::load`]):
+    /// each tensor the config implies that is missing, mis-shaped or of an unreadable type, and
+    /// the tensors the model does not use. Nothing is read or dequantized; `device` only holds
+    /// placeholders. An `Err` is a checkpoint whose weights cannot even be listed.
+    pub fn check_tensors<B: Backend>(&self, device: &B::Device) -> Result<Vec<ModelError>> {
+        let config = self.config.clone();
+        Ok(match &self.gguf {
+            Some(file) => {
+                let mut weights = GgufWeights::new(file)?;
+                GemmaForCausalLM::<B>::check_source(config, &mut weights, &self.path, device)
+            }
+            None => {
+                let mut checkpoint = Checkpoint::open(&self.path)?;
+                GemmaForCausalLM::<B>::check_source(config, &mut checkpoint, &self.path, device)
+            }
+        })
+    }
+
     /// The model's tokenizer, for training data and prompts alike: `tokenizer.json` (or the
     /// vocabulary a GGUF file embeds), with the BOS and stop tokens the model's files name
     /// (`generation_config.json` and `tokenizer_config.json`, or the GGUF metadata) besides

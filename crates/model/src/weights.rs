@@ -3,14 +3,18 @@ use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend};
 use indicatif::ProgressBar;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 
 /// Tensors by their Hugging Face names, whichever file format holds them.
 pub(crate) trait TensorSource {
     /// Reads `key`, checking its shape, converted to `dtype`.
     fn read(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData>;
+    /// Checks that `key` is present, of `shape` and of a readable dtype, without reading it.
+    fn check(&mut self, key: &str, shape: &[usize]) -> Result<()>;
     /// Marks `key` as deliberately unused (e.g. an `lm_head.weight` tied to the embedding).
     fn skip(&mut self, key: &str);
+    /// The tensors neither read, checked nor skipped.
+    fn unused(&self) -> Vec<String>;
 }
 
 impl TensorSource for Checkpoint {
@@ -18,14 +22,28 @@ impl TensorSource for Checkpoint {
         Checkpoint::read(self, key, shape, dtype)
     }
 
+    fn check(&mut self, key: &str, shape: &[usize]) -> Result<()> {
+        Checkpoint::check(self, key, shape)
+    }
+
     fn skip(&mut self, key: &str) {
         Checkpoint::skip(self, key)
+    }
+
+    fn unused(&self) -> Vec<String> {
+        Checkpoint::unused(self)
     }
 }
 
 /// Where parameter values come from.
 pub(crate) enum Source<'a> {
     Tensors(&'a mut dyn TensorSource),
+    /// Only checks each tensor against the config, collecting what is wrong; the parameters
+    /// are one-element placeholders.
+    Check {
+        source: &'a mut dyn TensorSource,
+        problems: Vec<ModelError>,
+    },
     /// Normal(0, std) drawn on the device: a real shape without a real checkpoint (benchmarks).
     Random {
         std: f64,
@@ -55,6 +73,12 @@ impl<B: Backend> Weights<'_, B> {
                 self.progress.inc(data.as_bytes().len() as u64);
                 B::memory_persistent_allocations(device, data, |data| Tensor::from_data(data, (device, dtype)))
             }
+            Source::Check { source, problems } => {
+                if let Err(problem) = source.check(key, &shape) {
+                    problems.push(problem);
+                }
+                Tensor::zeros([1; D], device)
+            }
             // Drawn in the run dtype, as a checkpoint's load makes no f32 temporaries either.
             Source::Random { std } => B::memory_persistent_allocations(device, *std, |std| {
                 Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), (device, dtype))
@@ -65,8 +89,9 @@ impl<B: Backend> Weights<'_, B> {
 
     /// Marks `key` as deliberately unused (a checkpoint reports unread tensors otherwise).
     pub(crate) fn skip(&mut self, key: &str) {
-        if let Source::Tensors(source) = &mut self.source {
-            source.skip(key);
+        match &mut self.source {
+            Source::Tensors(source) | Source::Check { source, .. } => source.skip(key),
+            Source::Random { .. } => {}
         }
     }
 }

@@ -36,8 +36,9 @@ fn streamed_text_equals_the_decoded_text() {
     let tok = tokenizer();
     let text = "Bonjour, café — naïve déjà vu";
     let ids = tok.encode_raw(text).unwrap();
-    let mut stream = TextStream::new(&tok);
-    let streamed: String = ids.iter().map(|&id| stream.push(id).unwrap()).collect();
+    let mut stream = TextStream::new(&tok, &[]);
+    let mut streamed: String = ids.iter().map(|&id| stream.push(id).unwrap()).collect();
+    streamed += &stream.finish().unwrap();
     assert_eq!(streamed, text);
     assert!(!streamed.contains('\u{FFFD}'), "no half characters are printed");
 }

@@ -192,16 +192,19 @@ impl RunConfig {
         };
         let model: ModelSection = section("model")
             .try_into()
-            .map_err(|e: toml::de::Error| config_error(format!("[model]: {}", e.message())))?;
+            .map_err(|e| config_error(section_error("model", &e)))?;
         let data: DataConfig = section("data")
             .try_into()
-            .map_err(|e: toml::de::Error| config_error(format!("[data]: {}", e.message())))?;
+            .map_err(|e| config_error(section_error("data", &e)))?;
         let training: TrainingArgs = section("training")
             .try_into()
-            .map_err(|e: toml::de::Error| config_error(format!("[training]: {}", e.message())))?;
+            .map_err(|e| config_error(section_error("training", &e)))?;
         let lora_json: serde_json::Value =
             serde_json::to_value(section("lora")).map_err(|e| config_error(format!("[lora]: {e}")))?;
-        let lora = LoraConfig::from_json(&lora_json, path, true)?;
+        let lora = LoraConfig::from_json(&lora_json, path, true).map_err(|e| match e {
+            ember_lora::LoraError::Config { key, message, .. } => config_error(format!("[lora] {key}: {message}")),
+            other => other.into(),
+        })?;
         Self::from_parts(model, lora, data, training, path)
     }
 
@@ -240,6 +243,7 @@ impl RunConfig {
         path: &Path,
     ) -> Result<Self> {
         training.validate(path)?;
+        data.validate()?;
 
         let mut resolved = toml::Table::new();
         resolved.insert("model".into(), to_toml(&model, path)?);
@@ -267,29 +271,124 @@ impl Default for TrainingArgs {
 }
 
 impl TrainingArgs {
+    /// Refuses a value outside its valid range, naming the key, the value and the range
+    /// (serde checks only the types: a negative learning rate would climb the loss).
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |key: &str, message: &str| {
-            Err(TrainError::Config {
-                path: path.to_path_buf(),
-                message: format!("[training] {key}: {message}"),
-            })
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        let fraction = |x: f64| (0.0..1.0).contains(&x);
+        let epochs_range = match self.max_steps {
+            None => "a number above 0 (or set max_steps)",
+            Some(_) => "a number of at least 0 (max_steps decides the length)",
         };
-        if self.per_device_train_batch_size == 0 {
-            return bad("per_device_train_batch_size", "must be at least 1");
-        }
-        if self.gradient_accumulation_steps == 0 {
-            return bad("gradient_accumulation_steps", "must be at least 1");
-        }
-        if self.max_steps == Some(0) || (self.max_steps.is_none() && self.num_train_epochs <= 0.0) {
-            return bad(
+        let checks: [(&str, String, bool, &str); 14] = [
+            (
+                "per_device_train_batch_size",
+                self.per_device_train_batch_size.to_string(),
+                self.per_device_train_batch_size >= 1,
+                "at least 1",
+            ),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps.to_string(),
+                self.gradient_accumulation_steps >= 1,
+                "at least 1",
+            ),
+            (
                 "max_steps",
-                "nothing to train: set max_steps or num_train_epochs above 0",
-            );
+                self.max_steps.unwrap_or(1).to_string(),
+                self.max_steps != Some(0),
+                "at least 1 (or left out to train num_train_epochs)",
+            ),
+            (
+                "num_train_epochs",
+                self.num_train_epochs.to_string(),
+                positive(self.num_train_epochs) || (self.max_steps.is_some() && non_negative(self.num_train_epochs)),
+                epochs_range,
+            ),
+            (
+                "learning_rate",
+                self.learning_rate.to_string(),
+                positive(self.learning_rate),
+                "a number above 0, e.g. 2e-4",
+            ),
+            (
+                "warmup_ratio",
+                self.warmup_ratio.to_string(),
+                fraction(self.warmup_ratio),
+                "in [0, 1)",
+            ),
+            (
+                "weight_decay",
+                self.weight_decay.to_string(),
+                non_negative(self.weight_decay),
+                "a number of at least 0",
+            ),
+            (
+                "adam_beta1",
+                self.adam_beta1.to_string(),
+                fraction(self.adam_beta1),
+                "in [0, 1)",
+            ),
+            (
+                "adam_beta2",
+                self.adam_beta2.to_string(),
+                fraction(self.adam_beta2),
+                "in [0, 1)",
+            ),
+            (
+                "adam_epsilon",
+                self.adam_epsilon.to_string(),
+                positive(self.adam_epsilon),
+                "a number above 0, e.g. 1e-8",
+            ),
+            (
+                "max_grad_norm",
+                self.max_grad_norm.to_string(),
+                non_negative(self.max_grad_norm),
+                "a number of at least 0 (0 turns clipping off)",
+            ),
+            (
+                "logging_steps",
+                self.logging_steps.to_string(),
+                self.logging_steps >= 1,
+                "at least 1",
+            ),
+            (
+                "save_total_limit",
+                format!("{}", self.save_total_limit.unwrap_or(1)),
+                self.save_total_limit != Some(0),
+                "at least 1 (or left out to keep every checkpoint)",
+            ),
+            (
+                "pad_to_multiple_of",
+                self.pad_to_multiple_of.to_string(),
+                self.pad_to_multiple_of >= 1,
+                "at least 1 (1: no padding beyond the longest sample)",
+            ),
+        ];
+        match checks.into_iter().find(|(_, _, ok, _)| !ok) {
+            Some((key, value, _, range)) => Err(TrainError::Config {
+                path: path.to_path_buf(),
+                message: format!("[training] {key} = {value}: must be {range}"),
+            }),
+            None => Ok(()),
         }
-        if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad("warmup_ratio", "must be in [0, 1)");
-        }
-        Ok(())
+    }
+}
+
+/// `[table] key: what is wrong` for a table of the config that did not deserialize. toml names
+/// the key path (`columns.instruction` in `[data]`) only in its error's text, as a line
+/// ``in `columns.instruction` ``; `message()` leaves it out.
+fn section_error(section: &str, error: &toml::de::Error) -> String {
+    let text = error.to_string();
+    let keys = text
+        .lines()
+        .find_map(|line| line.strip_prefix("in `")?.strip_suffix('`'));
+    match keys.and_then(|keys| keys.rsplit_once('.').or(Some(("", keys)))) {
+        Some(("", key)) => format!("[{section}] {key}: {}", error.message()),
+        Some((tables, key)) => format!("[{section}.{tables}] {key}: {}", error.message()),
+        None => format!("[{section}]: {}", error.message()),
     }
 }
 
@@ -342,5 +441,187 @@ fn toml_from_json(value: serde_json::Value) -> toml::Value {
                 .map(|(k, v)| (k, toml_from_json(v)))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of a run config whose `[section]` holds `line` (the other sections valid).
+    fn error_with(section: &str, line: &str) -> String {
+        let mut text = String::new();
+        for (name, body) in [
+            ("model", "path = \"m\""),
+            ("data", "path = \"d.jsonl\""),
+            ("lora", ""),
+            ("training", ""),
+        ] {
+            let extra = if name == section { line } else { "" };
+            text += &format!("[{name}]\n{body}\n{extra}\n");
+        }
+        match RunConfig::parse(&text, Path::new("run.toml")) {
+            Ok(_) => panic!("[{section}] {line} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_table_and_the_key() {
+        let cases = [
+            (
+                "training",
+                "per_device_train_batch_size = \"twelve\"",
+                "[training] per_device_train_batch_size: invalid type: string \"twelve\", expected usize",
+            ),
+            (
+                "training",
+                "lr_scheduler_type = \"cosin\"",
+                "[training] lr_scheduler_type: unknown variant `cosin`",
+            ),
+            (
+                "data",
+                "columns = { instruction = 5 }",
+                "[data.columns] instruction: invalid type: integer `5`",
+            ),
+            (
+                "data",
+                "max_seq_length = 1.5",
+                "[data] max_seq_length: invalid type: floating point `1.5`",
+            ),
+            (
+                "lora",
+                "r = \"sixteen\"",
+                "[lora] r: expected a positive integer, found \"sixteen\"",
+            ),
+        ];
+        for (section, line, expected) in cases {
+            let err = error_with(section, line);
+            assert!(err.contains(expected), "{line}: {err}");
+            assert!(err.starts_with("`run.toml`"), "the file is named: {err}");
+        }
+        let err = RunConfig::parse("[model]\npath = 7\n[data]\npath = \"d\"\n", Path::new("run.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[model] path: invalid type: integer `7`"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = error_with("training", "learning_rate = = 1e-4");
+        // [model], its path, a blank line, [data], its path, a blank line, [lora], two blank
+        // lines, [training], a blank line: the bad line is the 12th.
+        assert!(err.contains("line 12"), "{err}");
+        assert!(err.contains("learning_rate = = 1e-4"), "the line is quoted: {err}");
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_with_the_value_and_the_range() {
+        let cases = [
+            (
+                "training",
+                "learning_rate = -1e-4",
+                "[training] learning_rate = -0.0001: must be a number above 0",
+            ),
+            (
+                "training",
+                "learning_rate = nan",
+                "[training] learning_rate = NaN: must be",
+            ),
+            (
+                "training",
+                "per_device_train_batch_size = 0",
+                "[training] per_device_train_batch_size = 0: must be at least 1",
+            ),
+            (
+                "training",
+                "gradient_accumulation_steps = 0",
+                "gradient_accumulation_steps = 0: must be at least 1",
+            ),
+            (
+                "training",
+                "max_steps = 0",
+                "[training] max_steps = 0: must be at least 1",
+            ),
+            (
+                "training",
+                "num_train_epochs = -1.0",
+                "[training] num_train_epochs = -1: must be a number above 0",
+            ),
+            (
+                "training",
+                "warmup_ratio = 1.5",
+                "[training] warmup_ratio = 1.5: must be in [0, 1)",
+            ),
+            (
+                "training",
+                "weight_decay = -0.01",
+                "[training] weight_decay = -0.01: must be a number of at least 0",
+            ),
+            (
+                "training",
+                "adam_beta1 = 1.0",
+                "[training] adam_beta1 = 1: must be in [0, 1)",
+            ),
+            (
+                "training",
+                "adam_beta2 = -0.5",
+                "[training] adam_beta2 = -0.5: must be in [0, 1)",
+            ),
+            (
+                "training",
+                "adam_epsilon = 0.0",
+                "[training] adam_epsilon = 0: must be a number above 0",
+            ),
+            (
+                "training",
+                "max_grad_norm = -1.0",
+                "[training] max_grad_norm = -1: must be a number of at least 0",
+            ),
+            (
+                "training",
+                "logging_steps = 0",
+                "[training] logging_steps = 0: must be at least 1",
+            ),
+            (
+                "training",
+                "save_total_limit = 0",
+                "[training] save_total_limit = 0: must be at least 1",
+            ),
+            (
+                "training",
+                "pad_to_multiple_of = 0",
+                "[training] pad_to_multiple_of = 0: must be at least 1",
+            ),
+            (
+                "training",
+                "warmup_steps = -2",
+                "[training] warmup_steps: invalid value: integer `-2`",
+            ),
+            (
+                "lora",
+                "lora_alpha = -16",
+                "[lora] lora_alpha: -16 is out of range: must be a number above 0",
+            ),
+            ("lora", "lora_alpha = 0", "[lora] lora_alpha: 0 is out of range"),
+            (
+                "lora",
+                "alpha_pattern = { q_proj = 0.0 }",
+                "[lora] alpha_pattern.q_proj: 0 is out of range",
+            ),
+            (
+                "lora",
+                "lora_dropout = 1.0",
+                "[lora] lora_dropout: 1 is out of range: must be in [0, 1)",
+            ),
+            ("lora", "r = 0", "[lora] r: expected a positive integer, found 0"),
+        ];
+        for (section, line, expected) in cases {
+            let err = error_with(section, line);
+            assert!(err.contains(expected), "{line}: {err}");
+        }
+        // Epochs are not read when max_steps decides the length, but must still be a number.
+        let text = "[model]\npath = \"m\"\n[data]\npath = \"d\"\n[training]\nmax_steps = 5\nnum_train_epochs = 0.0";
+        RunConfig::parse(text, Path::new("run.toml")).unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::DType;
-use ember_data::ALPACA_SEED;
+use ember_data::alpaca_seed_prompt;
 use ember_lora::load_adapter;
 use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, SamplingConfig};
 use ember_testkit::asset;
@@ -125,10 +125,7 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
     let (model, _) = load_adapter(base, &summary.last_checkpoint).unwrap();
     let reloaded = evaluate(&model, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO).unwrap();
     assert!((reloaded.loss - after.loss).abs() < 1e-4, "{reloaded:?} vs {after:?}");
-    let prompt = ALPACA_SEED
-        .replace("{instruction}", "Name a primary color.")
-        .replace("{input}", "")
-        .replace("{output}", "");
+    let prompt = alpaca_seed_prompt("Name a primary color.", "");
     let config = GenerationConfig {
         max_new_tokens: 8,
         stop_tokens: tokenizer.stop_tokens().to_vec(),

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use super::bench::shapes;
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
+use crate::ranges;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,7 +44,7 @@ pub struct Args {
     #[arg(long, default_value = "packed")]
     pub layout: String,
     /// Largest relative gradient difference accepted between the two kernel sets.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = ranges::non_negative::<f64>)]
     pub tolerance: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

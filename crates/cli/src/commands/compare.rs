@@ -18,6 +18,7 @@ use ember_model::LogitsReference;
 
 use super::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, Task, dtype_name, run_on};
+use crate::ranges;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     pub reference: PathBuf,
     /// Largest |Δlogit| accepted; the command fails above it.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = ranges::non_negative::<f32>)]
     pub tolerance: f32,
     #[command(flatten)]
     pub device: DeviceArgs,

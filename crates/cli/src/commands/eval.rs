@@ -9,6 +9,7 @@ use ember_trainer::eval::evaluate;
 
 use crate::commands::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, Task, run_on};
+use crate::ranges;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -29,10 +30,10 @@ pub struct Args {
     /// Without --config only (a run config has its own).
     #[arg(long, conflicts_with = "config", default_value_t = 2048)]
     pub max_seq_length: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = ranges::at_least_one)]
     pub batch_size: usize,
     /// Pad each batch to a multiple of this many tokens: on GPUs every new shape compiles kernels.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = ranges::at_least_one)]
     pub pad_to_multiple_of: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]

@@ -9,6 +9,7 @@ use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{DeviceArgs, Task, run_on};
+use crate::ranges;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,14 +22,14 @@ pub struct Args {
     /// Text to continue; `<bos>` is added once.
     #[arg(long)]
     pub prompt: String,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = ranges::at_least_one)]
     pub max_new_tokens: usize,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = ranges::non_negative::<f32>)]
     pub temperature: f32,
-    #[arg(long)]
+    #[arg(long, value_parser = ranges::at_least_one)]
     pub top_k: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = ranges::mass)]
     pub top_p: Option<f32>,
     /// Seed of the sampler: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
@@ -59,7 +60,7 @@ impl Task for Args {
                 seed: self.seed,
             },
         };
-        let mut stream = TextStream::new(&tokenizer);
+        let mut stream = TextStream::new(&tokenizer, &prompt);
         let mut stdout = std::io::stdout().lock();
         write!(stdout, "{}", self.prompt)?;
         let started = std::time::Instant::now();
@@ -69,6 +70,7 @@ impl Task for Args {
             let _ = write!(stdout, "{text}").and_then(|_| stdout.flush());
             Ok(())
         })?;
+        let _ = write!(stdout, "{}", stream.finish()?);
         writeln!(stdout)?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!(

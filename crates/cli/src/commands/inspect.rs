@@ -2,9 +2,10 @@ use std::path::PathBuf;
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use burn::backend::NdArray;
 use ember_model::gguf::GgufFile;
-use ember_model::{Checkpoint, LayerType, ModelSource};
+use ember_model::{Checkpoint, GemmaConfig, LayerType, ModelSource};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,9 +21,11 @@ pub fn run(args: Args) -> Result<()> {
     let on_disk = match source.gguf() {
         Some(file) => gguf_types(file),
         None => {
-            let bytes = Checkpoint::open(&args.dir)?.total_bytes();
             let dtype = config.torch_dtype.as_deref().unwrap_or("unstated");
-            format!("{dtype} ({:.2} GiB of tensors)", bytes as f64 / GIB)
+            match Checkpoint::open(&args.dir) {
+                Ok(checkpoint) => format!("{dtype} ({:.2} GiB of tensors)", checkpoint.total_bytes() as f64 / GIB),
+                Err(_) => format!("{dtype} (no readable weights)"),
+            }
         }
     };
     let params = config.parameter_count();
@@ -67,7 +70,44 @@ pub fn run(args: Args) -> Result<()> {
         params as f64 * 4.0 / GIB,
         (kv_per_token * 2 * 1024) as f64 / (1 << 20) as f64
     );
-    Ok(())
+    let problems = problems(&source);
+    if problems.is_empty() {
+        println!("checked        every tensor's presence, shape and dtype; the tokenizer fits vocab_size");
+        return Ok(());
+    }
+    for problem in &problems {
+        println!("PROBLEM        {problem}");
+    }
+    bail!(
+        "{} problem(s) in {}: loading it for generation, training or export would fail on the first",
+        problems.len(),
+        args.dir.display()
+    )
+}
+
+/// What loading the model for generation or training would fail on: its tensors against the
+/// config (presence, shape, dtype, none left over), and its tokenizer against `vocab_size`.
+fn problems(source: &ModelSource) -> Vec<String> {
+    let mut problems: Vec<String> = match source.check_tensors::<NdArray>(&Default::default()) {
+        Ok(tensors) => tensors.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![e.to_string()],
+    };
+    match source.tokenizer() {
+        Ok(tokenizer) => problems.extend(vocabulary_problem(tokenizer.vocab_size(), source.config())),
+        Err(e) => problems.push(format!("{e} (generation and training need the tokenizer)")),
+    }
+    problems
+}
+
+/// A tokenizer whose ids reach past the embedding's rows: those tokens have no embedding.
+fn vocabulary_problem(tokenizer_ids: usize, config: &GemmaConfig) -> Option<String> {
+    (tokenizer_ids > config.vocab_size).then(|| {
+        format!(
+            "the tokenizer has {tokenizer_ids} ids but vocab_size is {}: ids from {} on have no embedding \
+             row (training refuses such samples, generation fails on them); use the model's own tokenizer",
+            config.vocab_size, config.vocab_size
+        )
+    })
 }
 
 /// How many tensors of each ggml type a GGUF file holds (`Q5_0 ×81, F32 ×109`) and their size.

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
 use crate::memory;
+use crate::ranges;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,7 +34,7 @@ pub struct Args {
     #[arg(long, value_name = "INSTRUCTION")]
     pub ask: Vec<String>,
     /// How many tokens each `--ask` answer may have.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = ranges::at_least_one)]
     pub ask_max_new_tokens: usize,
     /// What computes the layers and the loss: auto (Ember's CUDA kernels on CUDA, burn's
     /// elsewhere), cuda or burn.

@@ -84,14 +84,21 @@ fn unknown_keys_are_rejected_by_name() {
 
 #[test]
 fn values_serde_cannot_check_are_validated() {
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 7] = [
         (
             "packing = true\ngroup_by_length = true",
             "`group_by_length` cannot be combined",
         ),
-        ("eval = { fraction = 1.0 }", "`eval.fraction` must be strictly between"),
-        ("num_proc = 0", "`num_proc` must be at least 1"),
-        ("max_seq_length = 1", "`max_seq_length` must be at least 2"),
+        (
+            "eval = { fraction = 1.0 }",
+            "`eval.fraction` = 1: must be strictly between 0 and 1",
+        ),
+        (
+            "eval = { fraction = nan }",
+            "`eval.fraction` = NaN: must be strictly between",
+        ),
+        ("num_proc = 0", "`num_proc` = 0: must be at least 1"),
+        ("max_seq_length = 1", "`max_seq_length` = 1: must be at least 2"),
         ("columns = { prompt = \"p\" }", "needs `completion`"),
         (
             "columns = { prompt = \"p\", completion = \"c\", output = \"o\" }",
@@ -151,7 +158,7 @@ fn a_template_asks_in_its_own_format() {
         .prompt_for(&instruction, "Name a colour.")
         .unwrap();
     assert_eq!(seed, ember_data::alpaca_seed_prompt("Name a colour.", ""));
-    assert!(seed.ends_with("### Response:\n"), "{seed:?}");
+    assert!(seed.ends_with("### Response:\n \n"), "the seed's way: {seed:?}");
     let chat = Layout::Messages {
         column: "messages".into(),
     };

@@ -239,7 +239,10 @@ fn template_mistakes_are_explained() {
         "{\"instruction\": \"a\", \"input\": \"\", \"output\": \"b\"}\n",
     );
     let cases = [
-        ("{instruction}{input}{output} thanks", "must end with {output}"),
+        (
+            "{instruction}{output}{input}",
+            "must have {output} as its last placeholder",
+        ),
         ("{instruction}{input}{question}{output}", "placeholder {question}"),
         ("{instruction}{output}", "never uses {input}"),
         ("{instruction}{input}{output}{output}", "more than once"),

@@ -1,27 +1,40 @@
 //! With the real Gemma tokenizers: token ids, BOS/EOS placement and mask boundaries, pinned
 //! against Hugging Face `tokenizers` (Python) applied the seed's way:
-//! `tokenizer(ALPACA_PROMPT.format(instruction, input, output) + "<eos>")`.
+//! `tokenizer(alpaca_prompt.format(instruction, input, output) + EOS_TOKEN)`.
 
-use ember_data::{Columns, TemplateSpec, TrainOn, alpaca_seed_prompt};
+use ember_data::{ALPACA_SEED, Columns, TemplateSpec, TrainOn, alpaca_seed_prompt};
 
 use crate::common::{alpaca_jsonl, alpaca_records, asset, config, gemma, gemma3, load_ok, write};
 
-/// Python: `Tokenizer.from_file(gemma).encode(seed_text + "<eos>").ids` for the first
-/// alpaca record (tokenizers 0.22, 2026-11-27).
-const SEED_IDS: [u32; 53] = [
+/// The seed's prompt string, verbatim (a Python triple-quoted string: it ends with a newline
+/// after the response's `{}`).
+const SEED_PROMPT: &str = "Based on given instruction and input, generate an appropriate response
+### Instruction:
+{}
+### Input:
+{}
+### Response:
+{}
+";
+
+/// Python: `Tokenizer.from_file(gemma).encode(SEED_PROMPT.format(*record) + "<eos>").ids` for the
+/// first alpaca record (tokenizers 0.22.1, 2026-12-02): the response, `\n` (108), `<eos>`.
+const SEED_IDS: [u32; 54] = [
     2, 17545, 611, 2764, 14239, 578, 3772, 235269, 11941, 671, 8348, 3590, 108, 6176, 36142, 235292, 108, 23136, 2149,
     9697, 604, 23213, 9606, 235265, 108, 6176, 11438, 235292, 109, 6176, 10567, 235292, 108, 235274, 235265, 38141,
-    476, 24748, 11652, 235265, 108, 235284, 235265, 30896, 16969, 235265, 108, 235304, 235265, 24109, 1578, 235265, 1,
+    476, 24748, 11652, 235265, 108, 235284, 235265, 30896, 16969, 235265, 108, 235304, 235265, 24109, 1578, 235265,
+    108, 1,
 ];
 
 /// Tokens of the seed's prompt part ("...### Response:\n"), BOS included.
 const PROMPT_LEN: usize = 33;
 
-/// Python: the same text with the Gemma 3 tokenizer.
-const SEED_IDS_GEMMA3: [u32; 53] = [
+/// Python: the same text with the Gemma 3 tokenizer (`\n` is 107 there).
+const SEED_IDS_GEMMA3: [u32; 54] = [
     2, 22515, 580, 2238, 14787, 532, 2744, 236764, 8729, 614, 6780, 3072, 107, 10354, 64017, 236787, 107, 46762, 1806,
     11221, 573, 19447, 7644, 236761, 107, 10354, 13065, 236787, 108, 10354, 14503, 236787, 107, 236770, 236761, 53715,
-    496, 20433, 9337, 236761, 107, 236778, 236761, 38215, 14578, 236761, 107, 236800, 236761, 32104, 1388, 236761, 1,
+    496, 20433, 9337, 236761, 107, 236778, 236761, 38215, 14578, 236761, 107, 236800, 236761, 32104, 1388, 236761, 107,
+    1,
 ];
 
 /// Python: `encode("<bos><start_of_turn>user\nYou are terse.\n\nWhat is 2+2?<end_of_turn>\n
@@ -41,6 +54,15 @@ fn first_sample(config: &ember_data::DataConfig, tokenizer: &ember_data::Tokeniz
     let splits = load_ok(config, tokenizer);
     let sample = splits.train.get(0).unwrap();
     (sample.input_ids.to_vec(), sample.trained.to_vec())
+}
+
+#[test]
+fn alpaca_seed_is_the_seeds_prompt_string() {
+    let positional = ALPACA_SEED
+        .replace("{instruction}", "{}")
+        .replace("{input}", "{}")
+        .replace("{output}", "{}");
+    assert_eq!(positional, SEED_PROMPT);
 }
 
 #[test]
@@ -70,25 +92,31 @@ fn completion_mask_starts_exactly_at_the_response_and_ends_with_eos() {
     assert!(trained[PROMPT_LEN..].iter().all(|&t| t));
     let response = tokenizer.decode_with_specials(&ids[PROMPT_LEN..]).unwrap();
     assert_eq!(
-        response,
-        "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Sleep well.<eos>"
+        response, "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Sleep well.\n<eos>",
+        "the newline after the response is trained, as the seed trains it"
     );
 }
 
 #[test]
-fn the_inference_prompt_is_the_training_sample_up_to_the_response() {
+fn the_seed_asks_with_a_space_in_the_response_slot() {
     assert_eq!(
         alpaca_seed_prompt("Fill {input} in", "{output}"),
         "Based on given instruction and input, generate an appropriate response\n### Instruction:\nFill {input} \
-         in\n### Input:\n{output}\n### Response:\n",
+         in\n### Input:\n{output}\n### Response:\n \n",
         "the text goes in verbatim, braces included"
     );
-    let Some(tokenizer) = gemma() else { return };
-    let [instruction, input, _] = alpaca_records()[0];
-    let prompt = alpaca_seed_prompt(instruction, input);
-    let encoding = tokenizer.inner().encode(prompt.as_str(), false).unwrap();
-    let ids = [&[tokenizer.bos_id()], encoding.get_ids()].concat();
-    assert_eq!(ids, SEED_IDS[..PROMPT_LEN]);
+    // Python: `encode(SEED_PROMPT.format(instruction, input, " ")).ids`: the prompt part of the
+    // training sample, then " " and "\n".
+    let asks = [
+        (gemma(), &SEED_IDS, [235248, 108]),
+        (gemma3(), &SEED_IDS_GEMMA3, [236743, 107]),
+    ];
+    for (tokenizer, sample, tail) in asks {
+        let Some(tokenizer) = tokenizer else { return };
+        let [instruction, input, _] = alpaca_records()[0];
+        let ids = tokenizer.encode(&alpaca_seed_prompt(instruction, input)).unwrap();
+        assert_eq!(ids, [&sample[..PROMPT_LEN], &tail].concat());
+    }
 }
 
 #[test]
@@ -97,7 +125,7 @@ fn bos_appears_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "a.jsonl", alpaca_jsonl());
     let with_bos = "<bos>Based on given instruction and input, generate an appropriate response\n\
-                    ### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n{output}<eos>";
+                    ### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n{output}\n<eos>";
     let templates = [
         None,
         Some(TemplateSpec::AlpacaSeed),
@@ -168,11 +196,11 @@ fn the_alpaca_and_chat_demos_load_completely() {
     let splits = load_ok(&config(&alpaca), &tokenizer);
     assert_eq!(splits.train.stats().records, 999);
     assert_eq!(splits.train.len(), 999);
-    assert_eq!(splits.train.num_tokens(), 192_205);
+    assert_eq!(splits.train.num_tokens(), 193_204);
     // Every id of all 999 samples equals the seed's tokenization: Python
-    // `tokenizer.encode_batch([ALPACA_PROMPT.format(...) + "<eos>" ...])` hashed with the
+    // `tokenizer.encode_batch([SEED_PROMPT.format(...) + "<eos>" ...])` hashed with the
     // layout of `Dataset::fingerprint` (FNV-1a over u64 length, then u32 id + trained byte).
-    assert_eq!(splits.train.fingerprint(), 0x194a_21b6_41d7_ebbe);
+    assert_eq!(splits.train.fingerprint(), 0x7d8f_0105_16cb_0ff2);
 
     let mut chat_config = config(&chat);
     chat_config.columns = Columns {

@@ -11,4 +11,5 @@ mod gemma;
 mod masks;
 mod readers;
 mod report;
+mod stream;
 mod throughput;

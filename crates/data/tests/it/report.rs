@@ -25,7 +25,7 @@ fn the_report_counts_and_marks_the_trained_tokens() {
     assert_eq!(
         report.examples[0].marked,
         "<bos>Based on given instruction and input, generate an appropriate response\n\
-         ### Instruction:\nAdd.\n### Input:\n2+2\n### Response:\n[[4<eos>]]"
+         ### Instruction:\nAdd.\n### Input:\n2+2\n### Response:\n[[4\n<eos>]]"
     );
     let text = report.to_string();
     for expected in [
@@ -35,7 +35,7 @@ fn the_report_counts_and_marks_the_trained_tokens() {
         "max 200",
         "truncated 1, dropped 0 (too long) + 0 (no trained token)",
         "sample 0 (",
-        "[[4<eos>]]",
+        "[[4\n<eos>]]",
     ] {
         assert!(text.contains(expected), "`{expected}` not in:\n{text}");
     }

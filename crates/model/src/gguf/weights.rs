@@ -7,6 +7,7 @@ use burn::tensor::{DType, TensorData};
 use super::arch::Architecture;
 use super::names::{hf_name, is_shifted_norm};
 use super::reader::{GgufFile, TensorInfo};
+use super::types::GgmlType;
 use crate::error::{ModelError, Result};
 use crate::weights::TensorSource;
 
@@ -86,7 +87,7 @@ impl<'a> GgufWeights<'a> {
 
     /// Fails if the file holds tensors the model never read.
     pub fn finish(self) -> Result<()> {
-        let unused: Vec<&String> = self.index.keys().filter(|k| !self.used.contains(*k)).collect();
+        let unused = self.unused();
         match unused.first() {
             None => Ok(()),
             Some(first) => Err(ModelError::UnexpectedTensors {
@@ -114,7 +115,36 @@ impl TensorSource for GgufWeights<'_> {
         Ok(TensorData::new(values, shape).convert_dtype(dtype))
     }
 
+    fn check(&mut self, key: &str, shape: &[usize]) -> Result<()> {
+        // A present tensor is accounted for even when wrong: one problem, not also "unused".
+        if self.index.contains_key(key) {
+            self.used.insert(key.to_string());
+        }
+        let info = self.info(key)?;
+        let found = info.shape();
+        if found != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: self.file.path().to_path_buf(),
+                key: key.to_string(),
+                found,
+                expected: shape.to_vec(),
+            });
+        }
+        if GgmlType::from_id(info.type_id).is_none() {
+            return Err(ModelError::UnsupportedGgmlType {
+                path: self.file.path().to_path_buf(),
+                tensor: info.name.clone(),
+                ggml_type: info.type_name(),
+            });
+        }
+        Ok(())
+    }
+
     fn skip(&mut self, key: &str) {
         self.used.insert(key.to_string());
+    }
+
+    fn unused(&self) -> Vec<String> {
+        self.index.keys().filter(|k| !self.used.contains(*k)).cloned().collect()
     }
 }
