@@ -81,7 +81,7 @@ pub trait Task {
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output>;
 }
 
-/// `--kernels`: what computes a training step's layers and loss.
+/// `--kernels`: what computes the layers and the loss of a training step or an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelChoice {
     /// Ember's CUDA kernels on a CUDA device (cuBLASLt, fused attention), burn's elsewhere.
@@ -109,7 +109,7 @@ pub fn run_training_on<T: TrainTask>(args: &DeviceArgs, kernels: KernelChoice, t
     match (&chosen, kernels) {
         (Chosen::Cuda(i), KernelChoice::Auto | KernelChoice::Cuda) => {
             let dtype = resolve_dtype::<CudaBackend>(&chosen, &CudaDevice::new(*i), args.dtype)?;
-            eprintln!("ember: training with Ember's CUDA kernels");
+            eprintln!("ember: layers and loss on Ember's CUDA kernels");
             task.run::<CudaBackend>(CudaDevice::new(*i), dtype, &CudaKernels::new())
         }
         (Chosen::Cuda(i), KernelChoice::Burn) => {

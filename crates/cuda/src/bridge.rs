@@ -13,8 +13,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::Runtime;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::{MemoryAllocationMode, Runtime};
 
 use crate::error::{CudaError, Result};
 use crate::gemm::Elem;
@@ -110,6 +110,31 @@ fn empty_primitive<const D: usize>(device: &CudaDevice, shape: [usize; D], dtype
     let bytes = shape.iter().product::<usize>() * dtype.size();
     let handle = client.empty(bytes.max(1));
     CubeTensor::new_contiguous(client, device.clone(), Shape::from(shape), handle, dtype)
+}
+
+/// Makes cubecl give every later tensor of this thread exact-size ("persistent") memory, reused
+/// by the next tensor of its size. Its pool's pages would round a training step's tensors up:
+/// at the Gemma-2B shape 8.4 GiB reserved for 5.4 GiB in use, a 2.3 GiB page kept for one
+/// 78 MB temporary among them. [`release_unused`] returns the slices of sizes no longer used.
+pub fn allocate_exactly(device: &CudaDevice) {
+    // SAFETY: cubecl's caveat is memory that stays allocated after its tensors are gone (a
+    // leak until a cleanup): `release_unused` is that cleanup, run before every micro-batch.
+    unsafe { CudaRuntime::client(device).allocation_mode(MemoryAllocationMode::Persistent) };
+}
+
+/// Memory cubecl holds but no tensor uses, beyond which [`release_unused`] gives it back: a
+/// step's own tensors (~1 GiB at the Gemma-2B shape) are free between steps and stay.
+const UNUSED_LIMIT: u64 = 2 << 30;
+
+/// Gives the driver back the memory no tensor uses, once it exceeds [`UNUSED_LIMIT`]: the
+/// slices of tensor sizes that may not come again (a new batch length), pages of the pool.
+pub fn release_unused(device: &CudaDevice) {
+    let client = CudaRuntime::client(device);
+    if let Ok(usage) = client.memory_usage()
+        && usage.bytes_reserved.saturating_sub(usage.bytes_in_use) > UNUSED_LIMIT
+    {
+        client.memory_cleanup();
+    }
 }
 
 /// Waits until burn's queued work on `device` is done, so Ember's stream may read its results

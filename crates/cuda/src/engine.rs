@@ -13,9 +13,9 @@ use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
 
 use crate::adapters::{Adapters, GROUPS, projections};
 use crate::batch::BatchData;
-use crate::bridge::{CudaBackend, Held, Holds, elem, empty, wait_for_burn};
+use crate::bridge::{CudaBackend, Held, Holds, allocate_exactly, elem, empty, release_unused, wait_for_burn};
 use crate::error::{CudaError, Result};
-use crate::head::{HeadRun, head_loss};
+use crate::head::{HeadRun, head_logits, head_loss};
 use crate::layer::{GradOut, LayerRun, LayerWeights, backward, forward};
 use crate::ops::Cuda;
 use crate::scratch::{Dims, Scratch};
@@ -187,6 +187,8 @@ impl<'a> CudaBatch<'a> {
             .iter()
             .flat_map(|layer| projections(layer))
             .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
+        allocate_exactly(&device);
+        release_unused(&device);
         let dims = Dims::new(&model.config, data.tokens(), ranks, e, dropout);
         if !st.scratch.as_ref().is_some_and(|s| s.dims.covers(&dims)) {
             st.scratch = None;
@@ -343,13 +345,33 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         normaliser: f64,
     ) -> ember_trainer::Result<(Tensor<CudaBackend, 1>, Tensor<CudaBackend, 3>)> {
         let dx = empty(&self.device, self.hidden_shape(), self.dtype);
+        let loss = self.run_head(&x, Some(&dx), normaliser)?;
+        Ok((loss, dx))
+    }
+
+    fn loss(&mut self, x: Tensor<CudaBackend, 3>) -> ember_trainer::Result<Tensor<CudaBackend, 1>> {
+        Ok(self.run_head(&x, None, 1.0)?)
+    }
+
+    fn logits(&mut self, x: Tensor<CudaBackend, 3>) -> ember_trainer::Result<Tensor<CudaBackend, 3>> {
+        let [batch, seq, _] = self.hidden_shape();
+        let out = empty(&self.device, [batch, seq, self.model.config.vocab_size], self.dtype);
         let mut holds = Holds::default();
-        holds.add(&x);
-        holds.add(&dx);
+        let (x_at, out_at) = (holds.add(&x), holds.add(&out));
         let held = holds.hold()?;
         wait_for_burn(&self.device)?;
+        let run = self.head_run(1.0);
+        let (cuda, scratch, _) = self.parts();
+        head_logits(cuda, scratch, &run, held[x_at].ptr, held[out_at].ptr)?;
+        cuda.finish()?;
+        Ok(out)
+    }
+}
+
+impl CudaBatch<'_> {
+    fn head_run(&self, normaliser: f64) -> HeadRun {
         let config = &self.model.config;
-        let run = HeadRun {
+        HeadRun {
             norm: self.final_norm,
             head: self.head,
             targets: self.data.targets.ptr,
@@ -357,11 +379,27 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
             cap: config.final_logit_softcapping.unwrap_or(0.0) as f32,
             eps: config.rms_norm_eps as f32,
             normaliser,
-        };
+        }
+    }
+
+    /// The head's summed loss `[1]` of `x`, writing the gradient into `dx` when given.
+    fn run_head(
+        &mut self,
+        x: &Tensor<CudaBackend, 3>,
+        dx: Option<&Tensor<CudaBackend, 3>>,
+        normaliser: f64,
+    ) -> Result<Tensor<CudaBackend, 1>> {
+        let mut holds = Holds::default();
+        holds.add(x);
+        if let Some(dx) = dx {
+            holds.add(dx);
+        }
+        let held = holds.hold()?;
+        wait_for_burn(&self.device)?;
+        let run = self.head_run(normaliser);
         let (cuda, scratch, _) = self.parts();
-        let loss = head_loss(cuda, scratch, &run, held[0].ptr, held[1].ptr)?;
+        let loss = head_loss(cuda, scratch, &run, held[0].ptr, held.get(1).map(|h| h.ptr))?;
         cuda.finish()?;
-        let loss = Tensor::from_data([loss as f32], &self.device);
-        Ok((loss, dx))
+        Ok(Tensor::from_data([loss as f32], &self.device))
     }
 }

@@ -1,6 +1,6 @@
 //! The final norm, LM head and cross-entropy with their backward, in chunks of rows sized so a
 //! chunk's logits stay within the scratch (~256 MiB): the CUDA counterpart of
-//! `GemmaForCausalLM::head_loss`.
+//! `GemmaForCausalLM::head_loss`, and the logits alone.
 
 use crate::error::Result;
 use crate::gemm::Mat;
@@ -20,8 +20,8 @@ pub struct HeadRun {
 }
 
 /// Writes the gradient of `Σ losses / normaliser` with respect to `x` (`[tokens, hidden]`) into
-/// `dx` and returns `Σ losses`.
-pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: u64) -> Result<f64> {
+/// `dx` (when given: evaluation needs none) and returns `Σ losses`.
+pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: Option<u64>) -> Result<f64> {
     let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
     let row_bytes = (d.hidden * e.size()) as u64;
     let head = Mat::new(run.head, d.vocab, d.hidden, e);
@@ -36,6 +36,7 @@ pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: u64) -> 
         let losses = p.losses + 4 * start as u64;
         let inv = (1.0 / run.normaliser) as f32;
         cx.cross_entropy(e, p.logits, targets, losses, len, d.vocab, run.cap, inv)?;
+        let Some(dx) = dx else { continue };
         cx.gemm(
             "gemm head",
             Mat::new(p.head_grad, len, d.hidden, e),
@@ -52,4 +53,31 @@ pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: u64) -> 
     let mut losses = vec![0f32; run.tokens];
     cx.gpu.download(&mut losses, p.losses)?;
     Ok(losses.iter().map(|&l| l as f64).sum())
+}
+
+/// Writes the soft-capped logits `[tokens, vocab]` of `x` into `out`, in the model dtype.
+pub fn head_logits(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, out: u64) -> Result<()> {
+    let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
+    let head = Mat::new(run.head, d.vocab, d.hidden, e);
+    for start in (0..run.tokens).step_by(d.head_rows) {
+        let len = d.head_rows.min(run.tokens - start);
+        let x_rows = x + (start * d.hidden * e.size()) as u64;
+        cx.rms_norm(e, x_rows, run.norm, p.head_normed, len, d.hidden, run.eps)?;
+        let normed = Mat::new(p.head_normed, len, d.hidden, e);
+        let rows = out + (start * d.vocab * e.size()) as u64;
+        cx.gemm(
+            "gemm head",
+            Mat::new(rows, len, d.vocab, e),
+            normed,
+            false,
+            head,
+            true,
+            1.0,
+            0.0,
+        )?;
+        if run.cap != 0.0 {
+            cx.softcap(e, rows, len * d.vocab, run.cap)?;
+        }
+    }
+    Ok(())
 }

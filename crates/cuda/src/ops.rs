@@ -425,6 +425,13 @@ impl Cuda {
         self.launch(name, (rows as u32, 1, 1), 1024, 0, &args)
     }
 
+    /// The final soft-cap `tanh(l / cap) · cap` over `n` logits, in place.
+    pub fn softcap(&mut self, e: Elem, logits: u64, n: usize, cap: f32) -> Result<()> {
+        let name = pick(e, "softcap_f32", "softcap_bf16");
+        let args = [Ptr(logits), I64(n as i64), F32(cap)];
+        self.launch(name, (blocks(n, 256).min(16384), 1, 1), 256, 0, &args)
+    }
+
     /// `bytes` of device memory for uploads, valid until the next call.
     pub fn staging(&mut self, bytes: usize) -> Result<u64> {
         if self.staging.as_ref().is_none_or(|b| b.bytes < bytes) {

@@ -144,7 +144,21 @@ impl LogitsReference {
             positions,
             mask: AttentionMask::with_segments(segments),
         };
-        let logits = to_f32(model.forward(input, None))?;
+        self.compare_logits(&to_f32(model.forward(input, None))?)
+    }
+
+    /// The full-sequence comparison of `logits` `[batch, seq, vocab]` computed elsewhere (by
+    /// another implementation of the model) for the reference batch, with positions
+    /// `0..seq` in every row and the attention mask as segment ids.
+    pub fn compare_logits(&self, logits: &[f32]) -> Result<LogitsComparison> {
+        let [batch, seq] = [self.batch, self.seq];
+        if logits.len() != batch * seq * self.vocab {
+            return Err(ModelError::Generation(format!(
+                "{} logits for a reference of {batch} × {seq} × {}",
+                logits.len(),
+                self.vocab
+            )));
+        }
         let mut result = LogitsComparison {
             max_abs_diff: 0.0,
             cached_max_abs_diff: None,

@@ -1,12 +1,13 @@
 //! Mean loss and perplexity over a dataset, without gradients.
 
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor};
 use ember_data::{Dataset, eval_batches};
-use ember_model::{GemmaForCausalLM, cross_entropy_sum};
+use ember_model::GemmaForCausalLM;
 
 use crate::error::{Result, TrainError};
 use crate::grads::MicroBatch;
+use crate::kernels::{BurnKernels, TrainKernels};
 
 /// Loss per trained token over a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,26 +18,33 @@ pub struct EvalResult {
 }
 
 /// Evaluates `model` on every sample of `dataset`, `batch_size` at a time, each batch padded
-/// to a multiple of `pad_to_multiple_of` tokens (on GPUs every new shape compiles kernels).
+/// to a multiple of `pad_to_multiple_of` tokens, with `kernels` computing the layers and the
+/// loss (burn's where they cannot run this model): on CUDA the training step's own kernels,
+/// which need no compiling or tuning per shape.
 pub fn evaluate<B: Backend>(
     model: &GemmaForCausalLM<B>,
+    kernels: &dyn TrainKernels<B>,
     dataset: &Dataset,
     batch_size: usize,
     pad_id: u32,
     pad_to_multiple_of: usize,
 ) -> Result<EvalResult> {
     check_token_ids(dataset, model.config.vocab_size)?;
+    let kernels: &dyn TrainKernels<B> = match kernels.unsupported(model) {
+        Some(_) => &BurnKernels,
+        None => kernels,
+    };
     let device = model.model.embed_tokens.weight.device();
     let (mut sum, mut tokens) = (0.0, 0);
     for batch in eval_batches(dataset, batch_size, pad_id) {
         let micro = MicroBatch::from_batch(&batch, pad_to_multiple_of);
-        let hidden = model.hidden_states(micro.input::<B>(&device), None);
-        let [b, t, h] = hidden.dims();
-        let logits: Tensor<B, 3> = model.logits(hidden.reshape([1, b * t, h]));
-        let vocab = logits.dims()[2];
-        sum += cross_entropy_sum(logits.reshape([b * t, vocab]), micro.targets::<B>(&device))
-            .into_scalar()
-            .elem::<f64>();
+        let mut step = kernels.prepare(model, &micro)?;
+        let mut x = model.embed(micro.input::<B>(&device).input_ids);
+        for index in 0..model.model.layers.len() {
+            // No dropout masks: evaluation runs the adapters whole.
+            x = step.forward(index, x, Default::default())?;
+        }
+        sum += step.loss(x)?.into_scalar().elem::<f64>();
         tokens += micro.num_trained_tokens;
     }
     let loss = sum / tokens.max(1) as f64;

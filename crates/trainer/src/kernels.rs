@@ -9,7 +9,9 @@
 use burn::tensor::Bool;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use ember_model::{GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
+use ember_model::{
+    GemmaForCausalLM, HEAD_CHUNK_ROWS, LayerContext, LayerGrads, LayerKeep, RopeTables, cross_entropy_sum,
+};
 
 use crate::error::Result;
 use crate::grads::{AdapterGrads, MicroBatch};
@@ -74,6 +76,14 @@ pub trait BatchKernels<B: Backend> {
     /// The final norm, LM head and loss on the last layer's output `x`: the summed token
     /// losses `[1]` and the gradient of `sum / normaliser` with respect to `x`.
     fn head(&mut self, x: Tensor<B, 3>, normaliser: f64) -> Result<(Tensor<B, 1>, Tensor<B, 3>)>;
+
+    /// The summed token losses `[1]` of the last layer's output `x`, without a gradient
+    /// (evaluation).
+    fn loss(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 1>>;
+
+    /// The soft-capped logits `[batch, seq, vocab]` of the last layer's output `x`, in the
+    /// model dtype (checks against transformers' logits).
+    fn logits(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>>;
 }
 
 /// The reference kernels: the model's forward and explicit backward in burn ops.
@@ -141,5 +151,24 @@ impl<B: Backend> BatchKernels<B> for BurnBatch<'_, B> {
             .model
             .head_loss(x.reshape([batch * seq, hidden]), self.targets.clone(), normaliser);
         Ok((loss, grad.reshape([batch, seq, hidden])))
+    }
+
+    fn loss(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 1>> {
+        let [batch, seq, hidden] = x.dims();
+        let (n, x) = (batch * seq, x.reshape([1, batch * seq, hidden]));
+        // In chunks of rows, as the training step's head: `[n, vocab]` logits would not fit.
+        let sums = (0..n).step_by(HEAD_CHUNK_ROWS).map(|start| {
+            let len = HEAD_CHUNK_ROWS.min(n - start);
+            let logits = self
+                .model
+                .logits(self.model.final_norm(x.clone().narrow(1, start, len)));
+            let vocab = logits.dims()[2];
+            cross_entropy_sum(logits.reshape([len, vocab]), self.targets.clone().narrow(0, start, len))
+        });
+        Ok(Tensor::cat(sums.collect(), 0).sum())
+    }
+
+    fn logits(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
+        Ok(self.model.logits(self.model.final_norm(x)))
     }
 }

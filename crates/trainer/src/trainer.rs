@@ -113,6 +113,7 @@ fn run_steps<B: AutodiffBackend>(
             .map(|eval_set| {
                 evaluate(
                     &run.model.valid(),
+                    kernels,
                     eval_set,
                     args.per_device_train_batch_size,
                     run.pad_id,

@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::DType;
+use burn::module::AutodiffModule;
+use burn::tensor::{DType, ElementConversion};
 use ember_lora::{load_adapter, projections_mut};
-use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
+use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, cross_entropy_sum, shift_labels};
 use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
-use ember_trainer::kernels::BurnKernels;
+use ember_trainer::kernels::{BurnKernels, TrainKernels};
 use safetensors::SafeTensors;
 
 type AD = Autodiff<NdArray<f32>>;
@@ -202,4 +203,32 @@ fn padding_to_a_multiple_changes_no_loss_or_gradient() {
         let err = relative_error(&values(&padded_grads[key]), &values(g));
         assert!(err < 1e-5, "{key}: padding changed the gradient by {err:e}");
     }
+}
+
+/// Evaluation through the kernels (each layer, then the loss without a gradient) gives the
+/// model's own forward: the same summed loss and the same logits.
+#[test]
+fn kernel_loss_and_logits_equal_the_models_forward() {
+    let model = model_with_adapter().valid();
+    let batch = reference_batch();
+    let device = Default::default();
+    let mut step = BurnKernels.prepare(&model, &batch).unwrap();
+    let mut x = model.embed(batch.input::<B>(&device).input_ids);
+    for index in 0..model.model.layers.len() {
+        x = step.forward(index, x, Default::default()).unwrap();
+    }
+    let loss = step.loss(x.clone()).unwrap().into_scalar().elem::<f64>();
+    let logits = step.logits(x).unwrap();
+
+    let want_logits = model.forward(batch.input::<B>(&device), None);
+    let [rows, seq, vocab] = want_logits.dims();
+    let want_loss = cross_entropy_sum(want_logits.clone().reshape([rows * seq, vocab]), batch.targets(&device))
+        .into_scalar()
+        .elem::<f64>();
+    assert!(
+        (loss - want_loss).abs() <= 1e-5 * want_loss.abs(),
+        "{loss} vs {want_loss}"
+    );
+    let diff = (logits - want_logits).abs().max().into_scalar().elem::<f64>();
+    assert!(diff <= 1e-5, "logits differ by {diff}");
 }

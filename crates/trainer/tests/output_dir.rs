@@ -236,6 +236,6 @@ fn token_ids_beyond_the_models_vocabulary_are_an_error() {
         &Default::default(),
     );
     let data = Dataset::from_samples([(vec![2, 17, 300, 1], vec![true; 4])]);
-    let err = evaluate(&model, &data, 1, 0, 1).unwrap_err();
+    let err = evaluate(&model, &BurnKernels, &data, 1, 0, 1).unwrap_err();
     assert!(err.to_string().contains("token id 300"), "{err}");
 }

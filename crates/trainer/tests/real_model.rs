@@ -91,7 +91,7 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
     let base = GemmaForCausalLM::<B>::load(&gguf, &LoadOptions::new(DType::F32), &device).unwrap();
     let tokenizer = ember_model::ModelSource::open(&gguf).unwrap().tokenizer().unwrap();
     let eval_set = ember_data::load(&config.data, &tokenizer).unwrap().eval.unwrap();
-    let before = evaluate(&base, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO).unwrap();
+    let before = evaluate(&base, &BurnKernels, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO).unwrap();
 
     let mut losses = Vec::new();
     let summary = train::<Autodiff<B>>(
@@ -123,7 +123,7 @@ fn gemma3_270m_fine_tunes_on_alpaca_and_its_adapter_generates() {
     // The saved adapter is the trained one: on the base it gives the run's held-out loss, and
     // it generates.
     let (model, _) = load_adapter(base, &summary.last_checkpoint).unwrap();
-    let reloaded = evaluate(&model, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO).unwrap();
+    let reloaded = evaluate(&model, &BurnKernels, &eval_set, BATCH, tokenizer.pad_id(), PAD_TO).unwrap();
     assert!((reloaded.loss - after.loss).abs() < 1e-4, "{reloaded:?} vs {after:?}");
     let prompt = alpaca_seed_prompt("Name a primary color.", "");
     let config = GenerationConfig {

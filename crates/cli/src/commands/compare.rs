@@ -14,10 +14,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_model::LogitsReference;
+use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LogitsReference};
+use ember_trainer::grads::MicroBatch;
+use ember_trainer::kernels::TrainKernels;
 
 use super::generate::{load_model, open_model};
-use crate::device::{DeviceArgs, Task, dtype_name, run_on};
+use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
 use crate::ranges;
 
 #[derive(clap::Args, Debug)]
@@ -34,23 +36,32 @@ pub struct Args {
     /// Largest |Δlogit| accepted; the command fails above it.
     #[arg(long, default_value_t = 1e-3, value_parser = ranges::non_negative::<f32>)]
     pub tolerance: f32,
+    /// What computes the logits: burn's ops (the model's forward, then through the KV cache
+    /// too), or cuda (the training step's CUDA kernels, full sequences only).
+    #[arg(long, value_enum, default_value = "burn")]
+    pub kernels: KernelChoice,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    run_on(&args.device.clone(), args)
+    run_training_on(&args.device.clone(), args.kernels, args)
 }
 
-impl Task for Args {
+impl TrainTask for Args {
     type Output = ();
 
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
         let reference = LogitsReference::read(&self.reference)?;
         let model = load_model::<B>(&open_model(&self.model)?, self.adapter.as_deref(), dtype, &device)?;
-        let found = reference
-            .compare(&model, &device)
-            .with_context(|| format!("comparing with {}", self.reference.display()))?;
+        let context = || format!("comparing with {}", self.reference.display());
+        let found = match self.kernels {
+            KernelChoice::Burn => reference.compare(&model, &device).with_context(context)?,
+            _ => {
+                let logits = kernel_logits(&model, kernels, &reference).with_context(context)?;
+                reference.compare_logits(&logits).with_context(context)?
+            }
+        };
         let cached = found
             .cached_max_abs_diff
             .map_or("no row without padding".into(), |d| format!("{d:.3e}"));
@@ -81,4 +92,37 @@ impl Task for Args {
         }
         Ok(())
     }
+}
+
+/// The reference batch's logits from `kernels`' layers and head, as the training step runs them.
+fn kernel_logits<B: Backend>(
+    model: &GemmaForCausalLM<B>,
+    kernels: &dyn TrainKernels<B>,
+    reference: &LogitsReference,
+) -> Result<Vec<f32>> {
+    if let Some(why) = kernels.unsupported(model) {
+        bail!("the {} kernels cannot run this model: {why}", kernels.name());
+    }
+    let (batch, seq) = (reference.batch, reference.seq);
+    let micro = MicroBatch {
+        batch,
+        seq,
+        input_ids: reference.input_ids.clone(),
+        segments: reference.attention_mask.clone(),
+        positions: (0..batch).flat_map(|_| 0..seq as i64).collect(),
+        targets: vec![IGNORE_INDEX; batch * seq],
+        num_trained_tokens: 0,
+        seed: 0,
+    };
+    let device = model.model.embed_tokens.weight.device();
+    let mut step = kernels.prepare(model, &micro)?;
+    let mut x = model.embed(micro.input::<B>(&device).input_ids);
+    for index in 0..model.model.layers.len() {
+        x = step.forward(index, x, Default::default())?;
+    }
+    step.logits(x)?
+        .cast(DType::F32)
+        .into_data()
+        .into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read the logits back: {e:?}"))
 }

@@ -6,9 +6,10 @@ use burn::tensor::backend::Backend;
 use ember_data::DataConfig;
 use ember_trainer::config::RunConfig;
 use ember_trainer::eval::evaluate;
+use ember_trainer::kernels::TrainKernels;
 
 use crate::commands::generate::{load_model, open_model};
-use crate::device::{DeviceArgs, Task, run_on};
+use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
 use crate::ranges;
 
 #[derive(clap::Args, Debug)]
@@ -38,12 +39,16 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// What computes the layers and the loss: auto (Ember's CUDA kernels on CUDA, burn's
+    /// elsewhere), cuda or burn.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kernels: KernelChoice,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    run_on(&args.device.clone(), args)
+    run_training_on(&args.device.clone(), args.kernels, args)
 }
 
 impl Args {
@@ -77,10 +82,10 @@ impl Args {
     }
 }
 
-impl Task for Args {
+impl TrainTask for Args {
     type Output = ();
 
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
         let (model_path, data, eval_split) = self.settings()?;
         let source = open_model(&model_path)?;
         let tokenizer = source.tokenizer()?;
@@ -92,6 +97,7 @@ impl Task for Args {
         let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, &device)?;
         let result = evaluate(
             &model,
+            kernels,
             &dataset,
             self.batch_size,
             tokenizer.pad_id(),

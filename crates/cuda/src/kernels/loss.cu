@@ -84,3 +84,16 @@ extern "C" __global__ void cross_entropy_bf16(bf16* logits, const int* targets, 
                                               float inv_norm) {
     cross_entropy<bf16>(logits, targets, losses, vocab, cap, inv_norm);
 }
+
+// The final soft-cap alone, in place over `n` logits (generation and logit checks), rounded as
+// the loss above rounds it.
+template <typename T>
+__device__ void softcap(T* logits, long n, float cap) {
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float t;
+        logits[i] = from_f32<T>(capped<T>(to_f32(logits[i]), cap, &t));
+    }
+}
+
+extern "C" __global__ void softcap_f32(float* logits, long n, float cap) { softcap<float>(logits, n, cap); }
+extern "C" __global__ void softcap_bf16(bf16* logits, long n, float cap) { softcap<bf16>(logits, n, cap); }
