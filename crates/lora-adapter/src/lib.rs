@@ -22,7 +22,7 @@ pub use error::{LoraError, Result};
 pub use gguf::export_gguf_lora;
 pub use merge::{export_checkpoint, merge_lora};
 pub use peft::{
-    AdapterTensors, CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, peft_key, save_adapter,
+    AdapterTensors, CONFIG_FILE, WEIGHTS_FILE, adapter_tensors, load_adapter, load_adapter_as, peft_key, save_adapter,
     write_adapter_files,
 };
 pub use targets::{Resolver, Target};

@@ -80,7 +80,17 @@ pub fn write_adapter_files<B: Backend>(model: &GemmaForCausalLM<B>, config: &Lor
 /// the ones the config implies for this model.
 pub fn load_adapter<B: Backend>(model: GemmaForCausalLM<B>, dir: &Path) -> Result<(GemmaForCausalLM<B>, LoraConfig)> {
     let config = LoraConfig::from_file(&dir.join(CONFIG_FILE))?;
-    let mut model = add_lora(model, &config, 0)?;
+    Ok((load_adapter_as(model, dir, &config)?, config))
+}
+
+/// [`load_adapter`] with `config` in place of the directory's own: the same adapters (their
+/// tensors must fit it exactly), other settings such as dropout for continued training.
+pub fn load_adapter_as<B: Backend>(
+    model: GemmaForCausalLM<B>,
+    dir: &Path,
+    config: &LoraConfig,
+) -> Result<GemmaForCausalLM<B>> {
+    let mut model = add_lora(model, config, 0)?;
     let path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&path).map_err(|e| LoraError::io(&path, e))?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| safetensors_error(&path, e))?;
@@ -104,7 +114,7 @@ pub fn load_adapter<B: Backend>(model: GemmaForCausalLM<B>, dir: &Path) -> Resul
             first: first.clone(),
         });
     }
-    Ok((model, config))
+    Ok(model)
 }
 
 fn read_param<B: Backend>(

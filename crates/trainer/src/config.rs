@@ -1,4 +1,4 @@
-//! The TOML run config of `ember train`: `[model]`, `[lora]` (PEFT's names), `[data]` and
+//! The TOML run config of `ember train`: `[model]`, `[lora]` (PEFT's names, and `init_from`), `[data]` and
 //! `[training]` (transformers' `TrainingArguments` names). Unknown keys are errors.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use ember_lora::LoraConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::init_from;
 use crate::schedule::ScheduleKind;
 
 /// A whole run config, as read from the file.
@@ -15,6 +16,9 @@ use crate::schedule::ScheduleKind;
 pub struct RunConfig {
     pub model: ModelSection,
     pub lora: LoraConfig,
+    /// `[lora] init_from`: a PEFT adapter directory the run starts from (then `lora` is that
+    /// adapter's config, the run's `lora_dropout` aside).
+    pub init_from: Option<PathBuf>,
     pub data: DataConfig,
     pub training: TrainingArgs,
     /// The file's text with every default filled in, saved beside the checkpoints.
@@ -199,13 +203,24 @@ impl RunConfig {
         let training: TrainingArgs = section("training")
             .try_into()
             .map_err(|e| config_error(section_error("training", &e)))?;
+        let mut lora_table = section("lora");
+        let init_from = match lora_table.as_table_mut().and_then(|t| t.remove("init_from")) {
+            Some(value) => Some(init_from::path(&value).map_err(|e| config_error(format!("[lora] init_from: {e}")))?),
+            None => None,
+        };
+        let explicit: Vec<String> = lora_table
+            .as_table()
+            .map_or_else(Vec::new, |t| t.keys().cloned().collect());
         let lora_json: serde_json::Value =
-            serde_json::to_value(section("lora")).map_err(|e| config_error(format!("[lora]: {e}")))?;
-        let lora = LoraConfig::from_json(&lora_json, path, true).map_err(|e| match e {
+            serde_json::to_value(lora_table).map_err(|e| config_error(format!("[lora]: {e}")))?;
+        let mut lora = LoraConfig::from_json(&lora_json, path, true).map_err(|e| match e {
             ember_lora::LoraError::Config { key, message, .. } => config_error(format!("[lora] {key}: {message}")),
             other => other.into(),
         })?;
-        Self::from_parts(model, lora, data, training, path)
+        if let Some(dir) = &init_from {
+            lora = init_from::adapter_config(dir, &lora, &explicit).map_err(config_error)?;
+        }
+        Self::from_parts(model, lora, init_from, data, training, path)
     }
 
     /// A run config built in code instead of read from a file, checked as a file is.
@@ -232,12 +247,20 @@ impl RunConfig {
         let model = ModelSection {
             path: model_path.into(),
         };
-        Self::from_parts(model, lora, data, training, Path::new("(run config built in code)"))
+        Self::from_parts(
+            model,
+            lora,
+            None,
+            data,
+            training,
+            Path::new("(run config built in code)"),
+        )
     }
 
     fn from_parts(
         model: ModelSection,
         lora: LoraConfig,
+        init_from: Option<PathBuf>,
         data: DataConfig,
         training: TrainingArgs,
         path: &Path,
@@ -247,12 +270,17 @@ impl RunConfig {
 
         let mut resolved = toml::Table::new();
         resolved.insert("model".into(), to_toml(&model, path)?);
-        resolved.insert("lora".into(), toml_from_json(lora.to_json()));
+        let mut lora_resolved = toml_from_json(lora.to_json());
+        if let (Some(dir), Some(table)) = (&init_from, lora_resolved.as_table_mut()) {
+            table.insert("init_from".into(), toml::Value::String(dir.display().to_string()));
+        }
+        resolved.insert("lora".into(), lora_resolved);
         resolved.insert("data".into(), to_toml(&data, path)?);
         resolved.insert("training".into(), to_toml(&training, path)?);
         Ok(Self {
             model,
             lora,
+            init_from,
             data,
             training,
             resolved,

@@ -5,6 +5,7 @@ pub mod config;
 mod error;
 pub mod eval;
 pub mod grads;
+mod init_from;
 pub mod kernels;
 pub mod optim;
 pub mod output_dir;

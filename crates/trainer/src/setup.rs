@@ -8,7 +8,7 @@ use std::sync::Arc;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::{Dataset, Loader, LoaderOptions};
-use ember_lora::{CONFIG_FILE, LoraConfig, add_lora, load_adapter, peft_key};
+use ember_lora::{CONFIG_FILE, LoraConfig, add_lora, load_adapter, load_adapter_as, peft_key};
 use ember_model::{GemmaForCausalLM, LoadOptions, ModelSource, named_params};
 
 use crate::checkpoint::{self, FORMAT_VERSION, TrainerState};
@@ -119,7 +119,13 @@ pub(crate) fn prepare<B: AutodiffBackend>(
     let base = source.load::<B>(&LoadOptions::new(dtype), device)?;
     let mut optimizer = new_optimizer::<B>(config);
     let (model, loader, step, resume_changes) = match resumed {
-        None => (add_lora(base, &config.lora, args.seed)?, loader, 0, Vec::new()),
+        None => {
+            let model = match &config.init_from {
+                Some(dir) => load_adapter_as(base, dir, &config.lora)?,
+                None => add_lora(base, &config.lora, args.seed)?,
+            };
+            (model, loader, 0, Vec::new())
+        }
         Some(Resumed {
             dir,
             state,
