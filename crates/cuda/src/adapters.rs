@@ -139,6 +139,20 @@ impl Adapters {
         Ok(())
     }
 
+    /// The largest total rank of each projection group over the layers (what the scratch's
+    /// adapter buffers hold).
+    pub fn ranks(&self) -> [usize; 4] {
+        let mut ranks = [0usize; 4];
+        for layer in 0..self.layers.len() {
+            for (g, group) in GROUPS.iter().enumerate() {
+                if let Some(a) = self.group(layer, group) {
+                    ranks[g] = ranks[g].max(a.rank);
+                }
+            }
+        }
+        ranks
+    }
+
     /// The adapters of `group` in layer `layer`, if any member has one.
     pub fn group(&self, layer: usize, group: &[usize]) -> Option<GroupAdapters> {
         let slots = &self.layers[layer];

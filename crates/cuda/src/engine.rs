@@ -6,17 +6,18 @@ use std::cell::{Cell, RefCell, RefMut};
 
 use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
-use ember_model::{GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
+use ember_model::{DecodeStep, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
 use ember_trainer::grads::{AdapterGrads, MicroBatch};
 use ember_trainer::kernels::{BatchKernels, TrainKernels};
 use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
 
-use crate::adapters::{Adapters, GROUPS, projections};
+use crate::adapters::{Adapters, projections};
 use crate::batch::BatchData;
-use crate::bridge::{CudaBackend, Held, Holds, allocate_exactly, elem, empty, release_unused, wait_for_burn};
+use crate::bridge::{CudaBackend, Holds, allocate_exactly, elem, empty, release_unused, wait_for_burn};
+use crate::decode::CudaDecoder;
 use crate::error::{CudaError, Result};
 use crate::head::{HeadRun, head_logits, head_loss};
-use crate::layer::{GradOut, LayerRun, LayerWeights, backward, forward};
+use crate::layer::{GradOut, LayerRun, ModelWeights, backward, forward};
 use crate::ops::Cuda;
 use crate::scratch::{Dims, Scratch};
 
@@ -116,6 +117,23 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         Some(self)
     }
 
+    fn decoder<'a>(
+        &'a self,
+        model: &'a GemmaForCausalLM<CudaBackend>,
+        capacity: usize,
+        max_step: usize,
+    ) -> Option<ember_trainer::Result<Box<dyn DecodeStep + 'a>>> {
+        let head_dim = model.config.head_dim;
+        if self.unsupported(model).is_some() || head_dim > 256 {
+            return None;
+        }
+        Some(
+            CudaDecoder::new(model, capacity, max_step)
+                .map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>)
+                .map_err(Into::into),
+        )
+    }
+
     fn prepare<'a>(
         &'a self,
         model: &'a GemmaForCausalLM<CudaBackend>,
@@ -143,11 +161,7 @@ struct CudaBatch<'a> {
     device: CudaDevice,
     dtype: DType,
     data: BatchData,
-    weights: Vec<LayerWeights>,
-    final_norm: u64,
-    head: u64,
-    /// What `weights`, `final_norm` and `head` point into.
-    _held: Vec<Held>,
+    weights: ModelWeights,
 }
 
 impl<'a> CudaBatch<'a> {
@@ -173,14 +187,7 @@ impl<'a> CudaBatch<'a> {
         st.cuda.gpu.bind()?;
         st.adapters.pack(&mut st.cuda, model, e)?;
         let data = BatchData::upload(&st.cuda.gpu, &model.config, batch)?;
-        let mut ranks = [0usize; 4];
-        for layer in 0..model.model.layers.len() {
-            for (g, group) in GROUPS.iter().enumerate() {
-                if let Some(a) = st.adapters.group(layer, group) {
-                    ranks[g] = ranks[g].max(a.rank);
-                }
-            }
-        }
+        let ranks = st.adapters.ranks();
         let dropout = model
             .model
             .layers
@@ -194,19 +201,8 @@ impl<'a> CudaBatch<'a> {
             st.scratch = None;
             st.scratch = Some(Scratch::new(dims)?);
         }
-        let (weights, mut held) = LayerWeights::hold_all(&model.model.layers)?;
-        let mut holds = Holds::default();
-        holds.add(&model.model.norm.weight.val());
-        holds.add(&match &model.lm_head {
-            Some(head) => head.weight.val(),
-            None => model.model.embed_tokens.weight.val(),
-        });
-        held.extend(holds.hold()?);
-        let n = held.len();
+        let weights = ModelWeights::hold(model)?;
         Ok(Self {
-            final_norm: held[n - 2].ptr,
-            head: held[n - 1].ptr,
-            _held: held,
             state,
             model,
             device,
@@ -270,7 +266,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let masks = masks.map(|m| m.map(|(i, keep_prob)| (held[i].ptr, keep_prob)));
         wait_for_burn(&self.device)?;
         let layer = &self.model.model.layers[index];
-        let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
+        let (config, data, weights) = (&self.model.config, &self.data, &self.weights.layers[index]);
         let st = self.state.as_mut().expect("set up in new");
         let run = LayerRun::new(
             index,
@@ -319,7 +315,7 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let masks = masks.map(|m| m.map(|(i, keep_prob)| (held[i].ptr, keep_prob)));
         let out: GradOut = grad_at.map(|g| g.map(|(a, b)| (held[a].ptr, held[b].ptr)));
         wait_for_burn(&self.device)?;
-        let (config, data, weights) = (&self.model.config, &self.data, &self.weights[index]);
+        let (config, data, weights) = (&self.model.config, &self.data, &self.weights.layers[index]);
         let st = self.state.as_mut().expect("set up in new");
         let run = LayerRun::new(
             index,
@@ -372,8 +368,8 @@ impl CudaBatch<'_> {
     fn head_run(&self, normaliser: f64) -> HeadRun {
         let config = &self.model.config;
         HeadRun {
-            norm: self.final_norm,
-            head: self.head,
+            norm: self.weights.final_norm,
+            head: self.weights.head,
             targets: self.data.targets.ptr,
             tokens: self.data.tokens(),
             cap: config.final_logit_softcapping.unwrap_or(0.0) as f32,

@@ -9,7 +9,7 @@
 //! output. Backward: input gradients only through the frozen weights, `dA` for the whole group
 //! in one GEMM, `dB` per adapter.
 
-use ember_model::{Activation, DecoderLayer, LayerType};
+use ember_model::{Activation, DecoderLayer, GemmaForCausalLM, LayerType};
 
 use crate::adapters::{Adapters, GATE, GROUPS, K, O, Q, UP, V, projections};
 use crate::batch::BatchData;
@@ -29,7 +29,7 @@ pub struct LayerWeights {
 impl LayerWeights {
     /// Every layer's weights, held in one trip (see [`Holds`]); the pointers are valid while
     /// the returned [`Held`]s live.
-    pub fn hold_all(layers: &[DecoderLayer<CudaBackend>]) -> Result<(Vec<Self>, Vec<Held>)> {
+    fn hold_all(layers: &[DecoderLayer<CudaBackend>]) -> Result<(Vec<Self>, Vec<Held>)> {
         let mut holds = Holds::default();
         let mut slots = Vec::with_capacity(layers.len());
         for layer in layers {
@@ -62,6 +62,35 @@ impl LayerWeights {
     }
 }
 
+/// Every frozen tensor's pointer: each layer's, the final norm's and the LM head's (the tied
+/// embedding or `lm_head`), valid while this lives.
+pub struct ModelWeights {
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: u64,
+    pub head: u64,
+    _held: Vec<Held>,
+}
+
+impl ModelWeights {
+    pub fn hold(model: &GemmaForCausalLM<CudaBackend>) -> Result<Self> {
+        let (layers, mut held) = LayerWeights::hold_all(&model.model.layers)?;
+        let mut holds = Holds::default();
+        holds.add(&model.model.norm.weight.val());
+        holds.add(&match &model.lm_head {
+            Some(head) => head.weight.val(),
+            None => model.model.embed_tokens.weight.val(),
+        });
+        held.extend(holds.hold()?);
+        let n = held.len();
+        Ok(Self {
+            layers,
+            final_norm: held[n - 2].ptr,
+            head: held[n - 1].ptr,
+            _held: held,
+        })
+    }
+}
+
 /// Everything one layer's kernels need besides its input and output.
 pub struct LayerRun<'a> {
     pub index: usize,
@@ -76,6 +105,18 @@ pub struct LayerRun<'a> {
     pub eps: f32,
     /// Each projection's LoRA dropout mask (f32 `[tokens, in]` of 0/1) and keep probability.
     pub keep: [Option<(u64, f32)>; 7],
+    /// Generation: the layer's KV cache, which this run's keys and values extend and its
+    /// attention reads ([`KvSlot`]); `None` in training.
+    pub cache: Option<KvSlot>,
+}
+
+/// One layer's KV cache: keys and values `[capacity, kv_heads · head_dim]` after RoPE (and
+/// Gemma 3's key norm), positions `0..start` already filled; a run appends its tokens at `start`.
+#[derive(Debug, Clone, Copy)]
+pub struct KvSlot {
+    pub k: u64,
+    pub v: u64,
+    pub start: usize,
 }
 
 impl<'a> LayerRun<'a> {
@@ -115,6 +156,7 @@ impl<'a> LayerRun<'a> {
             erf: layer.mlp.activation == Activation::GeluErf,
             eps: eps as f32,
             keep,
+            cache: None,
         }
     }
 }
@@ -222,8 +264,16 @@ fn attention_block(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, attend: b
         run.eps,
     )?;
     let io = attn_io(s, run);
-    if attend || s.saved_attention(run.index).is_none() {
-        cx.attention_forward(e, *a, io)?;
+    match run.cache {
+        Some(cache) => {
+            let kv_row = a.kv_heads * a.head_dim * e.size();
+            let at = (cache.start * kv_row) as u64;
+            cx.gpu.copy(cache.k + at, p.k, n * kv_row)?;
+            cx.gpu.copy(cache.v + at, p.v, n * kv_row)?;
+            cx.attention_decode(e, *a, p.q, cache.k, cache.v, io.o, cache.start)?;
+        }
+        None if attend || s.saved_attention(run.index).is_none() => cx.attention_forward(e, *a, io)?,
+        None => {}
     }
     project(cx, s, run, 1, io.o, &[p.attn], all)?;
     let (post_attn, next) = if run.sandwich {

@@ -11,6 +11,7 @@
 mod adapters;
 mod batch;
 mod bridge;
+mod decode;
 mod driver;
 mod engine;
 mod error;

@@ -116,6 +116,7 @@ fn category(kernel: &str) -> &'static str {
         "pack" => "adapter packing",
         "dropout" => "lora dropout",
         _ if kernel.contains("forward") => "attention forward",
+        _ if kernel.contains("decode") => "attention decode",
         _ => "attention backward",
     }
 }
@@ -503,6 +504,43 @@ impl Cuda {
                 &args,
             )
         }
+    }
+
+    /// Attention of the `s.seq` new tokens in `q` (positions `start..`) against a KV cache
+    /// `k`, `v` (`[capacity, kv_heads · head_dim]`, positions `0..start + s.seq` filled), into
+    /// `o`: generation's attention (one sequence, no segments).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(
+        &mut self,
+        e: Elem,
+        s: AttnShape,
+        q: u64,
+        k: u64,
+        v: u64,
+        o: u64,
+        start: usize,
+    ) -> Result<()> {
+        if s.head_dim > 256 || s.batch != 1 {
+            return Err(CudaError::Unsupported(format!(
+                "decoding attention takes one sequence and head_dim up to 256, not {} and {}",
+                s.batch, s.head_dim
+            )));
+        }
+        let name = pick(e, "attention_decode_f32", "attention_decode_bf16");
+        let args = [
+            Ptr(q),
+            Ptr(k),
+            Ptr(v),
+            Ptr(o),
+            I32(start as i32),
+            I32(s.heads as i32),
+            I32(s.kv_heads as i32),
+            I32(s.head_dim as i32),
+            I32(s.window as i32),
+            F32(s.scale),
+            F32(s.cap),
+        ];
+        self.launch(name, (s.seq as u32, s.heads as u32, 1), 256, 0, &args)
     }
 
     /// Into how many shares the dK/dV kernel splits each group of query heads: the fewest that

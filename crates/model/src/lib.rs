@@ -39,7 +39,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{Activation, Family, GemmaConfig, LayerType, Rope};
 pub use embedding::Embedding;
 pub use error::{ModelError, Result};
-pub use generate::GenerationConfig;
+pub use generate::{DecodeStep, GenerationConfig, generate_with};
 pub use head_loss::HEAD_CHUNK_ROWS;
 pub use layer::{DecoderLayer, LayerGrads, LayerKeep, LayerSaved};
 pub use linear::{Linear, LinearSaved};

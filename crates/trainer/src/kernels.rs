@@ -49,6 +49,17 @@ pub trait TrainKernels<B: Backend> {
         None
     }
 
+    /// Generation on these kernels, where they have it: the steps of one generation with a KV
+    /// cache of `capacity` positions, each step of at most `max_step` tokens (the prompt).
+    fn decoder<'a>(
+        &'a self,
+        _model: &'a GemmaForCausalLM<B>,
+        _capacity: usize,
+        _max_step: usize,
+    ) -> Option<Result<Box<dyn DecodeStep + 'a>>> {
+        None
+    }
+
     /// The kernels for one micro-batch: its positions, masks and targets set up once for all
     /// layers.
     fn prepare<'a>(

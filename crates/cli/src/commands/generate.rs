@@ -1,14 +1,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_data::TextStream;
-use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
+use ember_model::{
+    DecodeStep, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelError, ModelSource, SamplingConfig, generate_with,
+};
+use ember_trainer::kernels::TrainKernels;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::device::{DeviceArgs, Task, run_on};
+use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
 use crate::ranges;
 
 #[derive(clap::Args, Debug)]
@@ -20,8 +23,15 @@ pub struct Args {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Text to continue; `<bos>` is added once.
+    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the text to continue from this file (as is: a trailing newline is part of it).
     #[arg(long)]
-    pub prompt: String,
+    pub prompt_file: Option<PathBuf>,
+    /// Print one JSON object when done instead of streaming text: the prompt, the new text,
+    /// both as token ids, and the speed.
+    #[arg(long)]
+    pub json: bool,
     #[arg(long, default_value_t = 256, value_parser = ranges::at_least_one)]
     pub max_new_tokens: usize,
     /// 0 is greedy.
@@ -34,22 +44,34 @@ pub struct Args {
     /// Seed of the sampler: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// What computes each step: burn's ops, or cuda (Ember's kernels: the training step's layer
+    /// kernels and a decoding attention over a KV cache of fixed capacity, so nothing compiles
+    /// per token; burn's where they cannot run the model).
+    #[arg(long, value_enum, default_value = "burn")]
+    pub kernels: KernelChoice,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    run_on(&args.device.clone(), args)
+    run_training_on(&args.device.clone(), args.kernels, args)
 }
 
-impl Task for Args {
+impl TrainTask for Args {
     type Output = ();
 
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
         let source = open_model(&self.model)?;
         let tokenizer = source.tokenizer()?;
+        let text = match (&self.prompt, &self.prompt_file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading the prompt from {}", path.display()))?
+            }
+            (None, None) => bail!("give the text to continue with --prompt or --prompt-file"),
+        };
         let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, &device)?;
-        let prompt = tokenizer.encode(&self.prompt)?;
+        let prompt = tokenizer.encode(&text)?;
         let config = GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             stop_tokens: tokenizer.stop_tokens().to_vec(),
@@ -62,24 +84,62 @@ impl Task for Args {
         };
         let mut stream = TextStream::new(&tokenizer, &prompt);
         let mut stdout = std::io::stdout().lock();
-        write!(stdout, "{}", self.prompt)?;
+        if !self.json {
+            write!(stdout, "{text}")?;
+        }
         let started = std::time::Instant::now();
-        let tokens = model.generate(&prompt, &config, &device, |token| {
-            let text = stream.push(token)?;
-            // A closed stdout (e.g. `| head`) ends generation quietly.
-            let _ = write!(stdout, "{text}").and_then(|_| stdout.flush());
+        let steps = |capacity| decoder(&model, kernels, &device, capacity, prompt.len());
+        // The new text as streamed: the decode of prompt + continuation, less the prompt's.
+        let mut continuation = String::new();
+        let tokens = generate_with(&model.config, &prompt, &config, steps, |token| {
+            let piece = stream.push(token)?;
+            continuation.push_str(&piece);
+            if !self.json {
+                // A closed stdout (e.g. `| head`) ends generation quietly.
+                let _ = write!(stdout, "{piece}").and_then(|_| stdout.flush());
+            }
             Ok(())
         })?;
-        let _ = write!(stdout, "{}", stream.finish()?);
-        writeln!(stdout)?;
+        let rest = stream.finish()?;
+        continuation.push_str(&rest);
         let seconds = started.elapsed().as_secs_f64();
+        let speed = tokens.len() as f64 / seconds;
+        if self.json {
+            let report = serde_json::json!({
+                "prompt": text,
+                "prompt_ids": prompt,
+                "text": continuation,
+                "token_ids": tokens,
+                "stopped": tokens.last().is_some_and(|t| config.stop_tokens.contains(t)),
+                "seconds": seconds,
+                "tokens_per_s": speed,
+            });
+            writeln!(stdout, "{report}")?;
+            return Ok(());
+        }
+        let _ = write!(stdout, "{rest}");
+        writeln!(stdout)?;
         eprintln!(
-            "ember: {} prompt + {} new tokens in {seconds:.2} s ({:.1} tokens/s)",
+            "ember: {} prompt + {} new tokens in {seconds:.2} s ({speed:.1} tokens/s)",
             prompt.len(),
             tokens.len(),
-            tokens.len() as f64 / seconds
         );
         Ok(())
+    }
+}
+
+/// One generation's steps on `kernels` where they decode (Ember's CUDA kernels), else in
+/// burn's ops: a KV cache of `capacity` positions, steps of up to `max_step` tokens.
+pub fn decoder<'a, B: Backend>(
+    model: &'a GemmaForCausalLM<B>,
+    kernels: &'a dyn TrainKernels<B>,
+    device: &'a B::Device,
+    capacity: usize,
+    max_step: usize,
+) -> ember_model::Result<Box<dyn DecodeStep + 'a>> {
+    match kernels.decoder(model, capacity, max_step) {
+        Some(decoder) => decoder.map_err(|e| ModelError::Generation(e.to_string())),
+        None => Ok(Box::new(model.decoder(capacity, device))),
     }
 }
 

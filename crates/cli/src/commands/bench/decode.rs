@@ -1,17 +1,22 @@
-//! Decode speed: batch 1, a random prompt, greedy tokens with the KV cache.
+//! Decode speed: batch 1, a random prompt, greedy tokens with the KV cache, on the run's
+//! kernels where they decode (Ember's CUDA kernels), else burn's.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
-use ember_model::{GemmaForCausalLM, GenerationConfig, SamplingConfig};
+use ember_model::{GemmaForCausalLM, GenerationConfig, SamplingConfig, generate_with};
+use ember_trainer::kernels::TrainKernels;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
+
+use crate::commands::generate::decoder;
 
 /// Generates `new_tokens` after a `prompt_len`-token random prompt, twice (the first run
 /// compiles kernels), and reports the second: prefill time and decode tokens/s.
 pub fn measure<B: Backend>(
     model: &GemmaForCausalLM<B>,
+    kernels: &dyn TrainKernels<B>,
     prompt_len: usize,
     new_tokens: usize,
     seed: u64,
@@ -30,7 +35,8 @@ pub fn measure<B: Backend>(
     for _ in 0..2 {
         let start = Instant::now();
         let mut first = None;
-        let tokens = model.generate(&prompt, &config, device, |_| {
+        let steps = |capacity| decoder(model, kernels, device, capacity, prompt.len());
+        let tokens = generate_with(&model.config, &prompt, &config, steps, |_| {
             first.get_or_insert_with(|| start.elapsed());
             Ok(())
         })?;

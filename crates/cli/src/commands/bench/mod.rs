@@ -282,7 +282,7 @@ impl TrainTask for Bench {
         if let Some(prompt) = a.decode_prompt {
             let inference = burn::module::AutodiffModule::valid(&model);
             drop(model);
-            report["decode"] = decode::measure(&inference, prompt, a.decode_tokens, a.seed, &device)?;
+            report["decode"] = decode::measure(&inference, kernels, prompt, a.decode_tokens, a.seed, &device)?;
         }
         eprintln!("{}", serde_json::to_string_pretty(&report)?);
         Ok(report)

@@ -1,0 +1,61 @@
+// Attention of new tokens against the KV cache, for generation: one block per (new token, head),
+// 256 threads. Token `row` sits at position `start + row` and attends to cache positions
+// `lo..=start + row` (the sliding window's `lo`, else 0), all of one sequence: no segments.
+// Scores in f32 (soft-capped when `cap` is set), softmax online over tiles of keys, the output
+// accumulated in f32 (thread d holds dimension d) and rounded to T once.
+#define DECODE_TILE 1024
+
+template <typename T>
+__device__ void attention_decode(const T* q, const T* k, const T* v, T* o, int start, int heads, int kv_heads,
+                                 int head_dim, int window, float scale, float cap) {
+    __shared__ float qs[256];
+    __shared__ float p[DECODE_TILE];
+    __shared__ float scratch[32];
+    const int row = blockIdx.x, h = blockIdx.y, kvh = h / (heads / kv_heads);
+    const int pos = start + row;
+    const int lo = window > 0 ? max(0, pos - window + 1) : 0;
+    const long q_stride = (long)heads * head_dim, kv_stride = (long)kv_heads * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = to_f32(q[row * q_stride + h * head_dim + d]);
+    __syncthreads();
+    float m = -EMBER_INF, sum = 0.0f, acc = 0.0f;
+    for (int t0 = lo; t0 <= pos; t0 += DECODE_TILE) {
+        const int n = min(DECODE_TILE, pos + 1 - t0);
+        float tile_max = -EMBER_INF;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const T* key = k + (long)(t0 + j) * kv_stride + kvh * head_dim;
+            float s = 0.0f;
+            for (int d = 0; d < head_dim; ++d) s += qs[d] * to_f32(key[d]);
+            s *= scale;
+            if (cap != 0.0f) s = tanhf(s / cap) * cap;
+            p[j] = s;
+            tile_max = fmaxf(tile_max, s);
+        }
+        const float m_new = fmaxf(m, block_max(tile_max, scratch));
+        const float alpha = expf(m - m_new);  // 0 on the first tile (m = -inf)
+        float part = 0.0f;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const float e = expf(p[j] - m_new);
+            p[j] = e;
+            part += e;
+        }
+        sum = sum * alpha + block_sum(part, scratch);  // its barriers also publish p
+        m = m_new;
+        if (threadIdx.x < head_dim) {
+            const T* value = v + (long)t0 * kv_stride + kvh * head_dim + threadIdx.x;
+            float a = acc * alpha;
+            for (int j = 0; j < n; ++j) a += p[j] * to_f32(value[(long)j * kv_stride]);
+            acc = a;
+        }
+        __syncthreads();  // the next tile writes p
+    }
+    if (threadIdx.x < head_dim) o[row * q_stride + h * head_dim + threadIdx.x] = from_f32<T>(acc / sum);
+}
+
+#define EMBER_DECODE_KERNEL(S, T)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) attention_decode_##S(                                \
+        const T* q, const T* k, const T* v, T* o, int start, int heads, int kv_heads, int head_dim,        \
+        int window, float scale, float cap) {                                                              \
+        attention_decode<T>(q, k, v, o, start, heads, kv_heads, head_dim, window, scale, cap);            \
+    }
+EMBER_DECODE_KERNEL(f32, float)
+EMBER_DECODE_KERNEL(bf16, bf16)
