@@ -40,24 +40,7 @@ fn steps(model: &GemmaForCausalLM<B>, prompt: &[u32], stops: &[u32]) -> Vec<Step
         mask: AttentionMask::causal(1, 0, n, n, &device),
     };
     let rows = model.forward(input, None).into_data().into_vec::<f32>().unwrap();
-    let vocab = model.config.vocab_size;
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, &token)| {
-            let row = &rows[(prompt.len() - 1 + i) * vocab..][..vocab];
-            let (runner_up, second) = row
-                .iter()
-                .enumerate()
-                .filter(|&(t, _)| t != token as usize)
-                .fold((0, f32::MIN), |best, (t, &v)| if v > best.1 { (t, v) } else { best });
-            Step {
-                token,
-                runner_up: runner_up as u32,
-                gap: row[token as usize] - second,
-            }
-        })
-        .collect()
+    ember_testkit::llama_cpp::steps(&rows, model.config.vocab_size, prompt.len(), &tokens)
 }
 
 #[test]

@@ -184,24 +184,7 @@ fn steps(model: &GemmaForCausalLM<B>, prompt: &[u32], n: usize, stops: &[u32]) -
         .collect();
     let sequence: Vec<u32> = prompt.iter().chain(&tokens).copied().collect();
     let rows = logits(model, &sequence);
-    let vocab = model.config.vocab_size;
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, &token)| {
-            let row = &rows[(prompt.len() - 1 + i) * vocab..][..vocab];
-            let (runner_up, second) = row
-                .iter()
-                .enumerate()
-                .filter(|&(t, _)| t != token as usize)
-                .fold((0, f32::MIN), |best, (t, &v)| if v > best.1 { (t, v) } else { best });
-            Step {
-                token,
-                runner_up: runner_up as u32,
-                gap: row[token as usize] - second,
-            }
-        })
-        .collect()
+    ember_testkit::llama_cpp::steps(&rows, model.config.vocab_size, prompt.len(), &tokens)
 }
 
 /// llama.cpp continues prompts with Ember's greedy tokens, up to near-ties of the random

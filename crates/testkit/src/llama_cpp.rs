@@ -50,6 +50,28 @@ pub struct Step {
     pub gap: f32,
 }
 
+/// Ember's greedy `tokens` after a prompt of `prompt_len` tokens as [`Step`]s, read from the
+/// logits `rows` (`[prompt_len + tokens.len(), vocab]`, row-major) of the whole sequence.
+pub fn steps(rows: &[f32], vocab: usize, prompt_len: usize, tokens: &[u32]) -> Vec<Step> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &token)| {
+            let row = &rows[(prompt_len - 1 + i) * vocab..][..vocab];
+            let (runner_up, second) = row
+                .iter()
+                .enumerate()
+                .filter(|&(t, _)| t != token as usize)
+                .fold((0, f32::MIN), |best, (t, &v)| if v > best.1 { (t, v) } else { best });
+            Step {
+                token,
+                runner_up: runner_up as u32,
+                gap: row[token as usize] - second,
+            }
+        })
+        .collect()
+}
+
 /// How many of llama.cpp's greedy tokens `theirs` were checked against Ember's `ours`.
 ///
 /// Equal token by token, as long as Ember's choice is clear (gap ≥ `tie`); at a near-tie,
