@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::{AttentionMask, ForwardInput, GemmaForCausalLM, ModelError, Result, argmax};
+use crate::{AttentionMask, DecodeStep, ForwardInput, GemmaForCausalLM, ModelError, Result, argmax};
 
 impl LogitsComparison {
     /// The worst difference, full-sequence or cached; NaN if either is.
@@ -182,21 +182,33 @@ impl LogitsReference {
     /// KV cache, a short prefix at once, then a token per step. `None` if every row is padded.
     pub fn compare_cached<B: Backend>(&self, model: &GemmaForCausalLM<B>, device: &B::Device) -> Result<Option<f32>> {
         self.check_vocab(model)?;
+        self.compare_decoder(&mut model.decoder(self.seq, device))
+    }
+
+    /// [`Self::compare_cached`] through any [`DecodeStep`] (a cache of `seq` positions): the
+    /// logits of each step's last position against the reference's, from the prefix's last
+    /// position on.
+    pub fn compare_decoder(&self, decoder: &mut dyn DecodeStep) -> Result<Option<f32>> {
         let Some(row) = (0..self.batch).find(|&row| (0..self.seq).all(|pos| self.is_real(row, pos))) else {
             return Ok(None);
         };
-        let ids = &self.input_ids[row * self.seq..(row + 1) * self.seq];
-        let mut cache = model.new_cache(self.seq);
+        let ids: Vec<u32> = self.input_ids[row * self.seq..(row + 1) * self.seq]
+            .iter()
+            .map(|&id| id as u32)
+            .collect();
         let mut worst = 0f32;
         let mut start = 0;
         while start < self.seq {
             let len = if start == 0 { self.seq.min(5) } else { 1 };
-            let chunk = Tensor::<B, 1, Int>::from_data(&ids[start..start + len], device).reshape([1, len]);
-            let logits = to_f32(model.forward(ForwardInput::cached(chunk, &cache), Some(&mut cache)))?;
-            for i in 0..len {
-                let got = &logits[i * self.vocab..(i + 1) * self.vocab];
-                worst = nan_max(worst, max_abs_diff(got, self.logits_at(row, start + i)));
+            let got = decoder.step(&ids[start..start + len])?;
+            if got.len() != self.vocab {
+                return Err(ModelError::Generation(format!(
+                    "{} logits for a vocabulary of {}",
+                    got.len(),
+                    self.vocab
+                )));
             }
+            worst = nan_max(worst, max_abs_diff(&got, self.logits_at(row, start + len - 1)));
             start += len;
         }
         Ok(Some(worst))

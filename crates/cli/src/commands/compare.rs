@@ -18,7 +18,7 @@ use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LogitsReference};
 use ember_trainer::grads::MicroBatch;
 use ember_trainer::kernels::TrainKernels;
 
-use super::generate::{load_model, open_model};
+use super::generate::{decoder, load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
 use crate::ranges;
 
@@ -36,8 +36,9 @@ pub struct Args {
     /// Largest |Δlogit| accepted; the command fails above it.
     #[arg(long, default_value_t = 1e-3, value_parser = ranges::non_negative::<f32>)]
     pub tolerance: f32,
-    /// What computes the logits: burn's ops (the model's forward, then through the KV cache
-    /// too), or cuda (the training step's CUDA kernels, full sequences only).
+    /// What computes the logits: burn's ops (the model's forward, then through the KV cache),
+    /// or cuda (the training step's CUDA kernels on the full sequences, then Ember's CUDA
+    /// decoder through its KV cache).
     #[arg(long, value_enum, default_value = "burn")]
     pub kernels: KernelChoice,
     #[command(flatten)]
@@ -59,7 +60,11 @@ impl TrainTask for Args {
             KernelChoice::Burn => reference.compare(&model, &device).with_context(context)?,
             _ => {
                 let logits = kernel_logits(&model, kernels, &reference).with_context(context)?;
-                reference.compare_logits(&logits).with_context(context)?
+                let mut found = reference.compare_logits(&logits).with_context(context)?;
+                let (seq, prefix) = (reference.seq, reference.seq.min(5));
+                let mut steps = decoder(&model, kernels, &device, seq, prefix).with_context(context)?;
+                found.cached_max_abs_diff = reference.compare_decoder(&mut *steps).with_context(context)?;
+                found
             }
         };
         let cached = found
