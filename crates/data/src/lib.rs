@@ -49,6 +49,7 @@
 //! [`Loader::resume`] continues with exactly the batches an uninterrupted run would see.
 
 mod batch;
+mod chat;
 mod columns;
 mod config;
 mod dataset;
@@ -65,6 +66,7 @@ mod tokenize;
 mod tokenizer;
 
 pub use batch::{Batch, IGNORE_INDEX};
+pub use chat::{ChatMessage, apply_chat_template};
 pub use columns::{Columns, Layout};
 pub use config::{DataConfig, EvalSplit, Format, TrainOn, Truncation};
 pub use dataset::{Dataset, DatasetStats, FileRecords, Sample};

@@ -129,6 +129,16 @@ impl ModelSource {
         Ok(tokenizer)
     }
 
+    /// The model's chat template, if it has one: a GGUF file's `tokenizer.chat_template`, or a
+    /// directory's (see [`dir_chat_template`]).
+    pub fn chat_template(&self) -> Result<Option<String>> {
+        if let Some(file) = &self.gguf {
+            return Ok(file.get_str("tokenizer.chat_template")?.map(str::to_string));
+        }
+        let config = read_json(&self.path.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+        dir_chat_template(&self.path, &config)
+    }
+
     /// Writes what a checkpoint directory of this model in `dtype` holds besides its weights:
     /// `config.json` with the new dtype, and the tokenizer and generation files (copied from a
     /// directory, or made from a GGUF file's metadata as `ember convert` makes them).
@@ -219,5 +229,25 @@ pub(crate) fn special_token(value: Option<&Value>) -> Option<&str> {
         Value::String(s) => Some(s),
         Value::Object(o) => o.get("content")?.as_str(),
         _ => None,
+    }
+}
+
+/// The chat template of `tokenizer_config.json` (a string, or a list whose `default` entry is
+/// used), else `chat_template.jinja`.
+pub(crate) fn dir_chat_template(dir: &Path, tokenizer_config: &Value) -> Result<Option<String>> {
+    match tokenizer_config.get("chat_template") {
+        Some(Value::String(template)) => return Ok(Some(template.clone())),
+        Some(Value::Array(named)) => {
+            let default = named.iter().find(|t| t["name"] == "default");
+            return Ok(default.and_then(|t| t["template"].as_str()).map(str::to_string));
+        }
+        _ => {}
+    }
+    let path = dir.join("chat_template.jinja");
+    match path.exists() {
+        true => std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(|e| ModelError::io(&path, e)),
+        false => Ok(None),
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::Bool;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use ember_model::{
-    GemmaForCausalLM, HEAD_CHUNK_ROWS, LayerContext, LayerGrads, LayerKeep, RopeTables, cross_entropy_sum,
+    DecodeStep, GemmaForCausalLM, HEAD_CHUNK_ROWS, LayerContext, LayerGrads, LayerKeep, RopeTables, cross_entropy_sum,
 };
 
 use crate::error::Result;

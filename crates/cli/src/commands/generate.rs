@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_data::TextStream;
+use ember_data::{ChatMessage, TextStream, Tokenizer, apply_chat_template};
 use ember_model::{
     DecodeStep, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelError, ModelSource, SamplingConfig, generate_with,
 };
@@ -32,6 +32,11 @@ pub struct Args {
     /// both as token ids, and the speed.
     #[arg(long)]
     pub json: bool,
+    /// Ask as a user turn in the model's own chat template (its tokenizer files' or GGUF's),
+    /// ending with the model's turn, as transformers' `apply_chat_template(...,
+    /// add_generation_prompt=True)` renders it.
+    #[arg(long)]
+    pub chat: bool,
     #[arg(long, default_value_t = 256, value_parser = ranges::at_least_one)]
     pub max_new_tokens: usize,
     /// 0 is greedy.
@@ -69,6 +74,10 @@ impl TrainTask for Args {
                 std::fs::read_to_string(path).with_context(|| format!("reading the prompt from {}", path.display()))?
             }
             (None, None) => bail!("give the text to continue with --prompt or --prompt-file"),
+        };
+        let text = match self.chat {
+            true => chat_prompt(&source, &tokenizer, &text)?,
+            false => text,
         };
         let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, &device)?;
         let prompt = tokenizer.encode(&text)?;
@@ -126,6 +135,22 @@ impl TrainTask for Args {
         );
         Ok(())
     }
+}
+
+/// `text` as the user's turn in the model's chat template, with the prompt for the model's turn.
+fn chat_prompt(source: &ModelSource, tokenizer: &Tokenizer, text: &str) -> Result<String> {
+    let template = source.chat_template()?.with_context(|| {
+        format!(
+            "{} has no chat template (tokenizer_config.json's chat_template, chat_template.jinja or \
+             the GGUF's tokenizer.chat_template): leave out --chat, or use the instruction-tuned \
+             model's tokenizer files",
+            source.path().display()
+        )
+    })?;
+    let piece = |id: u32| tokenizer.inner().id_to_token(id).unwrap_or_default();
+    let (bos, eos) = (piece(tokenizer.bos_id()), piece(tokenizer.eos_id()));
+    let user = [ChatMessage::new("user", text)];
+    Ok(apply_chat_template(&template, &user, &bos, &eos, true)?)
 }
 
 /// One generation's steps on `kernels` where they decode (Ember's CUDA kernels), else in

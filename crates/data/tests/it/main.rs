@@ -4,6 +4,7 @@
 //! naming it, and with `EMBER_SKIP_ASSET_TESTS=1` they print "skipped" and pass.
 
 mod batching;
+mod chat;
 mod common;
 mod config;
 mod errors;

@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use super::reader::{GgufFile, Value};
 use crate::config::GemmaConfig;
 use crate::error::{ModelError, Result};
-use crate::source::{read_json, special_token};
+use crate::source::{dir_chat_template, read_json, special_token};
 
 /// llama.cpp's token types (`llama_token_type`).
 const NORMAL: i32 = 1;
@@ -150,7 +150,7 @@ pub(super) fn vocab_of_dir(dir: &Path, config: &GemmaConfig) -> Result<Vec<(Stri
         "tokenizer.ggml.add_eos_token".into(),
         Value::Bool(flag("add_eos_token", false)),
     ));
-    if let Some(template) = chat_template(dir, &tokenizer_config)? {
+    if let Some(template) = dir_chat_template(dir, &tokenizer_config)? {
         metadata.push(("tokenizer.chat_template".into(), Value::String(template)));
     }
     Ok(metadata)
@@ -183,24 +183,4 @@ fn merges(value: &Json) -> std::result::Result<Vec<(String, String)>, String> {
             other => Err(format!("merge {other} is not two pieces")),
         })
         .collect()
-}
-
-/// The chat template of `tokenizer_config.json` (a string, or a list whose `default` entry is
-/// used), else `chat_template.jinja`.
-fn chat_template(dir: &Path, tokenizer_config: &Json) -> Result<Option<String>> {
-    match tokenizer_config.get("chat_template") {
-        Some(Json::String(template)) => return Ok(Some(template.clone())),
-        Some(Json::Array(named)) => {
-            let default = named.iter().find(|t| t["name"] == "default");
-            return Ok(default.and_then(|t| t["template"].as_str()).map(str::to_string));
-        }
-        _ => {}
-    }
-    let path = dir.join("chat_template.jinja");
-    match path.exists() {
-        true => std::fs::read_to_string(&path)
-            .map(Some)
-            .map_err(|e| ModelError::io(&path, e)),
-        false => Ok(None),
-    }
 }
