@@ -28,10 +28,8 @@ pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: Option<u
     for start in (0..run.tokens).step_by(d.head_rows) {
         let len = d.head_rows.min(run.tokens - start);
         let x_rows = x + start as u64 * row_bytes;
-        cx.rms_norm(e, x_rows, run.norm, p.head_normed, len, d.hidden, run.eps)?;
-        let normed = Mat::new(p.head_normed, len, d.hidden, e);
         let logits = Mat::new(p.logits, len, d.vocab, e);
-        cx.gemm("gemm head", logits, normed, false, head, true, 1.0, 0.0)?;
+        chunk_logits(cx, s, run, x_rows, logits)?;
         let targets = run.targets + 4 * start as u64;
         let losses = p.losses + 4 * start as u64;
         let inv = (1.0 / run.normaliser) as f32;
@@ -57,27 +55,25 @@ pub fn head_loss(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, dx: Option<u
 
 /// Writes the soft-capped logits `[tokens, vocab]` of `x` into `out`, in the model dtype.
 pub fn head_logits(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, out: u64) -> Result<()> {
-    let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
-    let head = Mat::new(run.head, d.vocab, d.hidden, e);
+    let (d, e) = (&s.dims, s.dims.elem);
     for start in (0..run.tokens).step_by(d.head_rows) {
         let len = d.head_rows.min(run.tokens - start);
         let x_rows = x + (start * d.hidden * e.size()) as u64;
-        cx.rms_norm(e, x_rows, run.norm, p.head_normed, len, d.hidden, run.eps)?;
-        let normed = Mat::new(p.head_normed, len, d.hidden, e);
-        let rows = out + (start * d.vocab * e.size()) as u64;
-        cx.gemm(
-            "gemm head",
-            Mat::new(rows, len, d.vocab, e),
-            normed,
-            false,
-            head,
-            true,
-            1.0,
-            0.0,
-        )?;
+        let rows = Mat::new(out + (start * d.vocab * e.size()) as u64, len, d.vocab, e);
+        chunk_logits(cx, s, run, x_rows, rows)?;
         if run.cap != 0.0 {
-            cx.softcap(e, rows, len * d.vocab, run.cap)?;
+            cx.softcap(e, rows.ptr, len * d.vocab, run.cap)?;
         }
     }
     Ok(())
+}
+
+/// The final norm of `logits.rows` rows of `x` (into the scratch), then their LM-head
+/// logits, before any soft-cap.
+fn chunk_logits(cx: &mut Cuda, s: &Scratch, run: &HeadRun, x: u64, logits: Mat) -> Result<()> {
+    let (d, e) = (&s.dims, s.dims.elem);
+    cx.rms_norm(e, x, run.norm, s.ptrs.head_normed, logits.rows, d.hidden, run.eps)?;
+    let normed = Mat::new(s.ptrs.head_normed, logits.rows, d.hidden, e);
+    let head = Mat::new(run.head, d.vocab, d.hidden, e);
+    cx.gemm("gemm head", logits, normed, false, head, true, 1.0, 0.0)
 }

@@ -25,24 +25,6 @@ pub fn load<Bk: Backend>(dir: &Path) -> GemmaForCausalLM<Bk> {
     GemmaForCausalLM::load(dir, &LoadOptions::new(DType::F32), &Default::default()).unwrap()
 }
 
-/// Reads every tensor of a safetensors file as f32 values with its shape.
-pub fn read_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
-        .map(|(name, v)| {
-            let values = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, v.shape().to_vec(), values)
-        })
-        .collect()
-}
-
 /// The padded two-row batch of the model fixtures: ids, segments and labels.
 pub struct Batch {
     pub ids: Vec<i64>,

@@ -5,10 +5,11 @@ mod common;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use common::{AD, Batch, load, model_dir, read_f32, relative_error, repo, to_vec};
+use common::{AD, Batch, load, model_dir, relative_error, repo, to_vec};
 use ember_lora::load_adapter;
 use ember_model::{causal_lm_loss_sum, named_params};
 use ember_testkit::max_abs_diff;
+use ember_testkit::read_f32;
 
 const CASES: &[&str] = &["plain", "rslora", "patterns"];
 

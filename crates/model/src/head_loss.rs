@@ -5,7 +5,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor};
 
-use crate::loss::IGNORE_INDEX;
+use crate::loss::{IGNORE_INDEX, cross_entropy_sum};
 use crate::matmul::{matmul, matmul_transposed};
 use crate::model::GemmaForCausalLM;
 
@@ -38,6 +38,20 @@ impl<B: Backend> GemmaForCausalLM<B> {
             grads.push(grad);
         }
         (Tensor::cat(losses, 0).sum(), Tensor::cat(grads, 0))
+    }
+
+    /// The summed cross-entropy `[1]` of `x` `[n, hidden]` against `targets`, without a
+    /// gradient (evaluation): what [`Self::head_loss`] sums, in the same chunks of rows.
+    pub fn head_loss_sum(&self, x: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+        let [n, hidden] = x.dims();
+        let sums = (0..n).step_by(HEAD_CHUNK_ROWS).map(|start| {
+            let len = HEAD_CHUNK_ROWS.min(n - start);
+            let rows = x.clone().narrow(0, start, len).reshape([1, len, hidden]);
+            let logits = self.logits(self.final_norm(rows));
+            let vocab = logits.dims()[2];
+            cross_entropy_sum(logits.reshape([len, vocab]), targets.clone().narrow(0, start, len))
+        });
+        Tensor::cat(sums.collect(), 0).sum()
     }
 
     fn head_chunk(&self, x: Tensor<B, 2>, targets: Tensor<B, 1, Int>, normaliser: f64) -> (Tensor<B, 1>, Tensor<B, 2>) {

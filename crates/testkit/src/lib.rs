@@ -157,6 +157,24 @@ fn assets_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ember/assets"))
 }
 
+/// Every f32 tensor of a safetensors file: name, shape and values (fixtures, saved adapters).
+pub fn read_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .filter(|(_, view)| view.dtype() == safetensors::Dtype::F32)
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name, view.shape().to_vec(), values)
+        })
+        .collect()
+}
+
 /// The largest |a − b| over two equally long slices; NaN when any difference is NaN, so that
 /// `max_abs_diff(..) < tolerance` fails for a model that computes NaN (`f32::max` drops NaN).
 ///

@@ -7,7 +7,7 @@ use ember_model::GemmaForCausalLM;
 
 use crate::error::{Result, TrainError};
 use crate::grads::MicroBatch;
-use crate::kernels::{BurnKernels, TrainKernels};
+use crate::kernels::{BurnKernels, TrainKernels, forward_layers};
 
 /// Loss per trained token over a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,16 +34,11 @@ pub fn evaluate<B: Backend>(
         Some(_) => &BurnKernels,
         None => kernels,
     };
-    let device = model.model.embed_tokens.weight.device();
     let (mut sum, mut tokens) = (0.0, 0);
     for batch in eval_batches(dataset, batch_size, pad_id) {
         let micro = MicroBatch::from_batch(&batch, pad_to_multiple_of);
         let mut step = kernels.prepare(model, &micro)?;
-        let mut x = model.embed(micro.input::<B>(&device).input_ids);
-        for index in 0..model.model.layers.len() {
-            // No dropout masks: evaluation runs the adapters whole.
-            x = step.forward(index, x, Default::default())?;
-        }
+        let x = forward_layers(model, step.as_mut(), &micro)?;
         sum += step.loss(x)?.into_scalar().elem::<f64>();
         tokens += micro.num_trained_tokens;
     }

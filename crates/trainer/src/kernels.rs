@@ -9,9 +9,7 @@
 use burn::tensor::Bool;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use ember_model::{
-    DecodeStep, GemmaForCausalLM, HEAD_CHUNK_ROWS, LayerContext, LayerGrads, LayerKeep, RopeTables, cross_entropy_sum,
-};
+use ember_model::{DecodeStep, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
 
 use crate::error::Result;
 use crate::grads::{AdapterGrads, MicroBatch};
@@ -97,6 +95,21 @@ pub trait BatchKernels<B: Backend> {
     fn logits(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>>;
 }
 
+/// The last decoder layer's output for `batch`: the embeddings, then each layer on `step`
+/// without dropout masks (evaluation and logit checks run the adapters whole).
+pub fn forward_layers<B: Backend>(
+    model: &GemmaForCausalLM<B>,
+    step: &mut dyn BatchKernels<B>,
+    batch: &MicroBatch,
+) -> Result<Tensor<B, 3>> {
+    let device = model.model.embed_tokens.weight.device();
+    let mut x = model.embed(batch.input::<B>(&device).input_ids);
+    for index in 0..model.model.layers.len() {
+        x = step.forward(index, x, Default::default())?;
+    }
+    Ok(x)
+}
+
 /// The reference kernels: the model's forward and explicit backward in burn ops.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BurnKernels;
@@ -166,17 +179,9 @@ impl<B: Backend> BatchKernels<B> for BurnBatch<'_, B> {
 
     fn loss(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 1>> {
         let [batch, seq, hidden] = x.dims();
-        let (n, x) = (batch * seq, x.reshape([1, batch * seq, hidden]));
-        // In chunks of rows, as the training step's head: `[n, vocab]` logits would not fit.
-        let sums = (0..n).step_by(HEAD_CHUNK_ROWS).map(|start| {
-            let len = HEAD_CHUNK_ROWS.min(n - start);
-            let logits = self
-                .model
-                .logits(self.model.final_norm(x.clone().narrow(1, start, len)));
-            let vocab = logits.dims()[2];
-            cross_entropy_sum(logits.reshape([len, vocab]), self.targets.clone().narrow(0, start, len))
-        });
-        Ok(Tensor::cat(sums.collect(), 0).sum())
+        Ok(self
+            .model
+            .head_loss_sum(x.reshape([batch * seq, hidden]), self.targets.clone()))
     }
 
     fn logits(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>> {

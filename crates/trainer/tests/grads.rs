@@ -9,7 +9,7 @@ use burn::tensor::{DType, ElementConversion};
 use ember_lora::{load_adapter, projections_mut};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, cross_entropy_sum, shift_labels};
 use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
-use ember_trainer::kernels::{BurnKernels, TrainKernels};
+use ember_trainer::kernels::{BurnKernels, TrainKernels, forward_layers};
 use safetensors::SafeTensors;
 
 type AD = Autodiff<NdArray<f32>>;
@@ -213,10 +213,7 @@ fn kernel_loss_and_logits_equal_the_models_forward() {
     let batch = reference_batch();
     let device = Default::default();
     let mut step = BurnKernels.prepare(&model, &batch).unwrap();
-    let mut x = model.embed(batch.input::<B>(&device).input_ids);
-    for index in 0..model.model.layers.len() {
-        x = step.forward(index, x, Default::default()).unwrap();
-    }
+    let x = forward_layers(&model, step.as_mut(), &batch).unwrap();
     let loss = step.loss(x.clone()).unwrap().into_scalar().elem::<f64>();
     let logits = step.logits(x).unwrap();
 

@@ -8,7 +8,6 @@ use std::path::Path;
 use common::{config_table, repo, run};
 use ember_trainer::config::RunConfig;
 use ember_trainer::trainer::Start;
-use safetensors::SafeTensors;
 
 /// The common run config with `[lora]` replaced by `lora` (TOML) and `changes` to `[training]`.
 fn with_lora(out: &Path, lora: &str, training: &[(&str, toml::Value)]) -> ember_trainer::Result<RunConfig> {
@@ -25,23 +24,11 @@ fn plain() -> String {
     repo().join("fixtures/lora/plain").display().to_string()
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+/// The adapter file's tensors, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut tensors = ember_testkit::read_f32(path);
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
 }
 
 #[test]
@@ -67,7 +54,7 @@ fn a_run_starts_from_the_adapter_it_is_given() {
     let start = tensors(&repo().join("fixtures/lora/plain/adapter_model.safetensors"));
     let saved = tensors(&dir.path().join("checkpoint-1/adapter_model.safetensors"));
     assert_eq!(start.len(), saved.len());
-    for ((name, a), (saved_name, b)) in start.iter().zip(&saved) {
+    for ((name, _, a), (saved_name, _, b)) in start.iter().zip(&saved) {
         assert_eq!(name, saved_name);
         let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-12, "{name} moved by {worst}");

@@ -16,7 +16,7 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LogitsReference};
 use ember_trainer::grads::MicroBatch;
-use ember_trainer::kernels::TrainKernels;
+use ember_trainer::kernels::{TrainKernels, forward_layers};
 
 use super::generate::{decoder, load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
@@ -119,12 +119,8 @@ fn kernel_logits<B: Backend>(
         num_trained_tokens: 0,
         seed: 0,
     };
-    let device = model.model.embed_tokens.weight.device();
     let mut step = kernels.prepare(model, &micro)?;
-    let mut x = model.embed(micro.input::<B>(&device).input_ids);
-    for index in 0..model.model.layers.len() {
-        x = step.forward(index, x, Default::default())?;
-    }
+    let x = forward_layers(model, step.as_mut(), &micro)?;
     step.logits(x)?
         .cast(DType::F32)
         .into_data()
