@@ -1,6 +1,7 @@
-//! A micro-batch's token layout on the device: positions, segments (0 = padding), next-token
-//! targets, the RoPE frequencies of both layer types, and per-32-token segment statistics that
-//! let the fused attention skip tiles its masks leave empty.
+//! A micro-batch's token layout on the device: token ids, positions, segments (0 = padding),
+//! next-token targets, the RoPE frequencies of both layer types, and per-32-token segment
+//! statistics that let the fused attention skip tiles its masks leave empty. One buffer, one
+//! upload: a decoder rewrites it every token.
 
 use ember_model::{GemmaConfig, Rope};
 use ember_trainer::grads::MicroBatch;
@@ -11,41 +12,84 @@ use crate::error::Result;
 pub struct BatchData {
     pub batch: usize,
     pub seq: usize,
-    pub positions: Buffer,
-    pub segments: Buffer,
-    pub targets: Buffer,
+    /// Device pointers into `buffer`: token ids, positions, segments, targets (i32 per token),
+    /// tile statistics, and the RoPE frequencies (f32).
+    pub ids: u64,
+    pub positions: u64,
+    pub segments: u64,
+    pub targets: u64,
     /// `{lo, hi, uniform}` per batch row and 32-token tile (see `Span` in attention_flash.cu).
-    pub stats: Buffer,
-    pub inv_freq_full: Buffer,
-    pub inv_freq_sliding: Buffer,
+    pub stats: u64,
+    pub inv_freq_full: u64,
+    pub inv_freq_sliding: u64,
+    /// Tokens `buffer` has room for.
+    capacity: usize,
+    buffer: Buffer,
 }
 
 impl BatchData {
+    /// `mb` on the device.
     pub fn upload(gpu: &Gpu, config: &GemmaConfig, mb: &MicroBatch) -> Result<Self> {
-        let ints = |values: &[i64]| -> Result<Buffer> {
-            let v: Vec<i32> = values.iter().map(|&x| x as i32).collect();
-            let buffer = Buffer::new(v.len() * 4)?;
-            gpu.upload(buffer.ptr, &v)?;
-            Ok(buffer)
+        let mut data = Self::with_capacity(config, mb.batch * mb.seq)?;
+        data.write(gpu, config, mb)?;
+        Ok(data)
+    }
+
+    /// Room for micro-batches of up to `tokens` tokens, written by [`Self::write`]: a decoder's
+    /// steps reuse one.
+    pub fn with_capacity(config: &GemmaConfig, tokens: usize) -> Result<Self> {
+        let tokens = tokens.max(1);
+        let half = config.head_dim / 2;
+        // Every row may start a tile: at most `tokens / 32 + rows` tiles of three ints.
+        let words = 4 * tokens + 3 * (tokens.div_ceil(32) + tokens) + 2 * half;
+        let buffer = Buffer::new(words * 4)?;
+        let mut data = Self {
+            batch: 0,
+            seq: 0,
+            ids: 0,
+            positions: 0,
+            segments: 0,
+            targets: 0,
+            stats: 0,
+            inv_freq_full: 0,
+            inv_freq_sliding: 0,
+            capacity: tokens,
+            buffer,
         };
-        let floats = |v: Vec<f32>| -> Result<Buffer> {
-            let buffer = Buffer::new(v.len() * 4)?;
-            gpu.upload(buffer.ptr, &v)?;
-            Ok(buffer)
-        };
-        let stats = tile_stats(&mb.segments, mb.batch, mb.seq);
-        let stats_buffer = Buffer::new(stats.len() * 4)?;
-        gpu.upload(stats_buffer.ptr, &stats)?;
-        Ok(Self {
-            batch: mb.batch,
-            seq: mb.seq,
-            positions: ints(&mb.positions)?,
-            segments: ints(&mb.segments)?,
-            targets: ints(&mb.targets)?,
-            stats: stats_buffer,
-            inv_freq_full: floats(inv_freq(config.rope_full, config.head_dim))?,
-            inv_freq_sliding: floats(inv_freq(config.rope_sliding, config.head_dim))?,
-        })
+        let at = |words: usize| data.buffer.ptr + 4 * words as u64;
+        (data.ids, data.positions, data.segments, data.targets) = (at(0), at(tokens), at(2 * tokens), at(3 * tokens));
+        (data.inv_freq_full, data.inv_freq_sliding) = (at(4 * tokens), at(4 * tokens + half));
+        data.stats = at(4 * tokens + 2 * half);
+        Ok(data)
+    }
+
+    /// Writes `mb` (at most the capacity's tokens) in one upload.
+    pub fn write(&mut self, gpu: &Gpu, config: &GemmaConfig, mb: &MicroBatch) -> Result<()> {
+        let tokens = mb.batch * mb.seq;
+        assert!(tokens <= self.capacity, "{tokens} tokens in room for {}", self.capacity);
+        let n = self.capacity;
+        let half = config.head_dim / 2;
+        let mut words = vec![0u32; 4 * n + 2 * half];
+        let ints = [&mb.input_ids, &mb.positions, &mb.segments, &mb.targets];
+        for (part, values) in ints.iter().enumerate() {
+            for (word, &v) in words[part * n..].iter_mut().zip(values.iter()) {
+                *word = v as i32 as u32;
+            }
+        }
+        let freqs = [
+            inv_freq(config.rope_full, config.head_dim),
+            inv_freq(config.rope_sliding, config.head_dim),
+        ];
+        for (part, values) in freqs.iter().enumerate() {
+            for (word, &v) in words[4 * n + part * half..].iter_mut().zip(values) {
+                *word = v.to_bits();
+            }
+        }
+        words.extend(tile_stats(&mb.segments, mb.batch, mb.seq).iter().map(|&v| v as u32));
+        gpu.upload(self.buffer.ptr, &words)?;
+        self.batch = mb.batch;
+        self.seq = mb.seq;
+        Ok(())
     }
 
     pub fn tokens(&self) -> usize {

@@ -3,14 +3,12 @@
 //! fixed capacity that a decoding attention kernel reads, then the LM head on the last
 //! position. Sizes are run-time arguments everywhere: nothing compiles per token or length.
 
-use burn::tensor::{Int, Tensor};
-use cubecl::cuda::CudaDevice;
 use ember_model::{DecodeStep, GemmaForCausalLM, IGNORE_INDEX, ModelError};
 use ember_trainer::grads::MicroBatch;
 
 use crate::adapters::Adapters;
 use crate::batch::BatchData;
-use crate::bridge::{CudaBackend, Holds, elem, wait_for_burn};
+use crate::bridge::{CudaBackend, elem, wait_for_burn};
 use crate::driver::Buffer;
 use crate::error::{CudaError, Result};
 use crate::gemm::Elem;
@@ -22,7 +20,6 @@ use crate::scratch::{Dims, Scratch};
 /// One generation's state on the device.
 pub struct CudaDecoder<'a> {
     model: &'a GemmaForCausalLM<CudaBackend>,
-    device: CudaDevice,
     elem: Elem,
     cuda: Cuda,
     adapters: Adapters,
@@ -33,6 +30,8 @@ pub struct CudaDecoder<'a> {
     capacity: usize,
     /// Positions filled.
     len: usize,
+    /// The step's tokens, rewritten every step.
+    data: BatchData,
     /// The hidden states between layers, `[tokens, hidden]` each (in, out).
     hidden: [Buffer; 2],
     logits: Buffer,
@@ -50,11 +49,13 @@ impl<'a> CudaDecoder<'a> {
         adapters.pack(&mut cuda, model, e)?;
         let dims = Dims::new(config, max_step.max(1), adapters.ranks(), e, false);
         let kv = config.num_key_value_heads * config.head_dim;
+        // The weights' last writes (loading, packing) may still be queued on burn's stream.
+        wait_for_burn(&device)?;
         let layers = model.model.layers.len();
         Ok(Self {
             model,
-            device,
             elem: e,
+            data: BatchData::with_capacity(config, dims.tokens)?,
             weights: ModelWeights::hold(model)?,
             scratch: Scratch::new(dims)?,
             cache: Buffer::new(layers * 2 * capacity * kv * e.size())?,
@@ -78,21 +79,6 @@ impl<'a> CudaDecoder<'a> {
         KvSlot { k, v: k + part, start }
     }
 
-    /// The scaled embeddings of `ids` (burn's op: one shape per step length, compiled once)
-    /// copied into the first hidden buffer.
-    fn embed(&mut self, ids: &[u32]) -> Result<()> {
-        let ids = Tensor::<CudaBackend, 1, Int>::from_data(ids, &self.device).reshape([1, ids.len()]);
-        let x = self.model.embed(ids);
-        let mut holds = Holds::default();
-        holds.add(&x);
-        let held = holds.hold()?;
-        wait_for_burn(&self.device)?;
-        let bytes = x.shape().num_elements() * self.elem.size();
-        self.cuda.gpu.bind()?;
-        self.cuda.gpu.copy(self.hidden[0].ptr, held[0].ptr, bytes)?;
-        self.cuda.finish()
-    }
-
     fn run(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let (n, start) = (ids.len(), self.len);
         if start + n > self.capacity || n > self.scratch.dims.tokens {
@@ -102,7 +88,7 @@ impl<'a> CudaDecoder<'a> {
                 self.capacity, self.scratch.dims.tokens
             )));
         }
-        self.embed(ids)?;
+        self.cuda.gpu.bind()?;
         let config = &self.model.config;
         let step = MicroBatch {
             batch: 1,
@@ -114,15 +100,20 @@ impl<'a> CudaDecoder<'a> {
             num_trained_tokens: 0,
             seed: 0,
         };
-        let data = BatchData::upload(&self.cuda.gpu, config, &step)?;
+        self.data.write(&self.cuda.gpu, config, &step)?;
+        let data = &self.data;
         let (mut x, mut y) = (self.hidden[0].ptr, self.hidden[1].ptr);
+        let scale = self.model.model.embed_tokens.scale();
+        let hidden = config.hidden_size;
+        self.cuda
+            .embed(self.elem, data.ids, self.weights.embed, x, n, hidden, scale)?;
         for (index, layer) in self.model.model.layers.iter().enumerate() {
             let mut run = LayerRun::new(
                 index,
                 layer,
                 &self.weights.layers[index],
                 &self.adapters,
-                &data,
+                data,
                 config.sliding_window,
                 config.rms_norm_eps,
                 [None; 7],
@@ -134,7 +125,7 @@ impl<'a> CudaDecoder<'a> {
         let head = HeadRun {
             norm: self.weights.final_norm,
             head: self.weights.head,
-            targets: data.targets.ptr,
+            targets: data.targets,
             tokens: 1,
             cap: config.final_logit_softcapping.unwrap_or(0.0) as f32,
             eps: config.rms_norm_eps as f32,

@@ -8,7 +8,7 @@ use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
 use ember_model::{DecodeStep, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
 use ember_trainer::grads::{AdapterGrads, MicroBatch};
-use ember_trainer::kernels::{BatchKernels, TrainKernels};
+use ember_trainer::kernels::{BatchKernels, Offloaded, TrainKernels};
 use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
 
 use crate::adapters::{Adapters, projections};
@@ -18,6 +18,7 @@ use crate::decode::CudaDecoder;
 use crate::error::{CudaError, Result};
 use crate::head::{HeadRun, head_logits, head_loss};
 use crate::layer::{GradOut, LayerRun, ModelWeights, backward, forward};
+use crate::offload::Offload;
 use crate::ops::Cuda;
 use crate::scratch::{Dims, Scratch};
 
@@ -35,6 +36,8 @@ struct State {
     cuda: Cuda,
     adapters: Adapters,
     scratch: Option<Scratch>,
+    /// Where offloaded layer inputs go (made on first use).
+    offload: Option<Offload>,
 }
 
 impl CudaKernels {
@@ -181,6 +184,7 @@ impl<'a> CudaBatch<'a> {
                 cuda,
                 adapters: Adapters::new(),
                 scratch: None,
+                offload: None,
             });
         }
         let st = state.as_mut().expect("set up above");
@@ -349,6 +353,34 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         Ok(self.run_head(&x, None, 1.0)?)
     }
 
+    fn offload(&mut self, index: usize, x: Tensor<CudaBackend, 3>) -> ember_trainer::Result<Offloaded<CudaBackend>> {
+        let layers = self.model.model.layers.len();
+        let st = self.state.as_mut().expect("set up in new");
+        st.cuda.gpu.bind()?;
+        let offload = match &mut st.offload {
+            Some(offload) => offload,
+            none => none.insert(Offload::new()?),
+        };
+        offload.put(&st.cuda.gpu, &self.device, layers, index, x)?;
+        Ok(Offloaded::Kernels)
+    }
+
+    fn reload(
+        &mut self,
+        index: usize,
+        offloaded: Offloaded<CudaBackend>,
+    ) -> ember_trainer::Result<Tensor<CudaBackend, 3>> {
+        let shape = self.hidden_shape();
+        let (dtype, device) = (self.dtype, self.device.clone());
+        let st = self.state.as_mut().expect("set up in new");
+        match (offloaded, st.offload.as_mut()) {
+            (Offloaded::Kernels, Some(offload)) => Ok(offload.take(&st.cuda.gpu, &device, index, shape, dtype)?),
+            _ => Err(
+                CudaError::Unsupported(format!("layer {index}'s input was not offloaded by the CUDA kernels")).into(),
+            ),
+        }
+    }
+
     fn logits(&mut self, x: Tensor<CudaBackend, 3>) -> ember_trainer::Result<Tensor<CudaBackend, 3>> {
         let [batch, seq, _] = self.hidden_shape();
         let out = empty(&self.device, [batch, seq, self.model.config.vocab_size], self.dtype);
@@ -370,7 +402,7 @@ impl CudaBatch<'_> {
         HeadRun {
             norm: self.weights.final_norm,
             head: self.weights.head,
-            targets: self.data.targets.ptr,
+            targets: self.data.targets,
             tokens: self.data.tokens(),
             cap: config.final_logit_softcapping.unwrap_or(0.0) as f32,
             eps: config.rms_norm_eps as f32,

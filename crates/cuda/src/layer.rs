@@ -62,12 +62,13 @@ impl LayerWeights {
     }
 }
 
-/// Every frozen tensor's pointer: each layer's, the final norm's and the LM head's (the tied
-/// embedding or `lm_head`), valid while this lives.
+/// Every frozen tensor's pointer: each layer's, the final norm's, the LM head's (the tied
+/// embedding or `lm_head`) and the embedding's, valid while this lives.
 pub struct ModelWeights {
     pub layers: Vec<LayerWeights>,
     pub final_norm: u64,
     pub head: u64,
+    pub embed: u64,
     _held: Vec<Held>,
 }
 
@@ -76,16 +77,21 @@ impl ModelWeights {
         let (layers, mut held) = LayerWeights::hold_all(&model.model.layers)?;
         let mut holds = Holds::default();
         holds.add(&model.model.norm.weight.val());
-        holds.add(&match &model.lm_head {
-            Some(head) => head.weight.val(),
-            None => model.model.embed_tokens.weight.val(),
-        });
+        let embed = model.model.embed_tokens.weight.val();
+        holds.add(
+            &model
+                .lm_head
+                .as_ref()
+                .map_or_else(|| embed.clone(), |head| head.weight.val()),
+        );
+        holds.add(&embed);
         held.extend(holds.hold()?);
         let n = held.len();
         Ok(Self {
             layers,
-            final_norm: held[n - 2].ptr,
-            head: held[n - 1].ptr,
+            final_norm: held[n - 3].ptr,
+            head: held[n - 2].ptr,
+            embed: held[n - 1].ptr,
             _held: held,
         })
     }
@@ -148,9 +154,9 @@ impl<'a> LayerRun<'a> {
                 cap: attn.softcap.unwrap_or(0.0) as f32,
             },
             inv_freq: if sliding {
-                data.inv_freq_sliding.ptr
+                data.inv_freq_sliding
             } else {
-                data.inv_freq_full.ptr
+                data.inv_freq_full
             },
             sandwich: layer.pre_feedforward_layernorm.is_some(),
             erf: layer.mlp.activation == Activation::GeluErf,
@@ -244,7 +250,7 @@ fn attention_block(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, attend: b
         p.q_raw,
         p.q,
         w.norm(4),
-        b.positions.ptr,
+        b.positions,
         run.inv_freq,
         n,
         a.heads,
@@ -256,7 +262,7 @@ fn attention_block(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, attend: b
         p.k_raw,
         p.k,
         w.norm(5),
-        b.positions.ptr,
+        b.positions,
         run.inv_freq,
         n,
         a.kv_heads,
@@ -365,7 +371,7 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
     let io = attn_io(s, run);
     project_backward(cx, s, run, 1, io.o, &[d_attn], p.d_o, grads, all)?;
     cx.attention_backward(e, *a, io, p.d_o, p.dots, p.dkv_part, p.dq, p.dk, p.dv)?;
-    let pos = b.positions.ptr;
+    let pos = b.positions;
     cx.rope_backward(
         e,
         p.dq,
@@ -408,8 +414,8 @@ fn attn_io(s: &Scratch, run: &LayerRun) -> AttnIo {
         v: p.v,
         o,
         lse,
-        segs: run.data.segments.ptr,
-        stats: run.data.stats.ptr,
+        segs: run.data.segments,
+        stats: run.data.stats,
     }
 }
 
@@ -522,9 +528,11 @@ fn dropped_input(cx: &mut Cuda, s: &Scratch, run: &LayerRun, p: usize, x: Mat, r
 
 /// The backward of [`project`] on `rows`: `dx` from the members' output gradients `grads_out`,
 /// and each adapter's `dA`, `dB` into `grads`, added to what earlier chunks of rows left there
-/// (`dA` adds up in the scratch and is copied out with the last chunk). Without dropout the
-/// adapters' `dz·A` is written first and the base GEMMs accumulate onto it (see [`project`]);
-/// with dropout each member's `dz·A` goes through its mask onto the base GEMMs' `dx`.
+/// (`dA` adds up in the scratch and is copied out with the last chunk). `dA` reads the input
+/// before `dx` is written, so `dx` may take the input's buffer (the down projection's does).
+/// Without dropout the adapters' `dz·A` is written first and the base GEMMs accumulate onto it
+/// (see [`project`]); with dropout each member's `dz·A` goes through its mask onto the base
+/// GEMMs' `dx`.
 #[allow(clippy::too_many_arguments)]
 fn project_backward(
     cx: &mut Cuda,
@@ -552,6 +560,13 @@ fn project_backward(
     let dropout = adapters
         .as_ref()
         .is_some_and(|a| a.members.iter().any(|&(p, _, _)| run.keep[p].is_some()));
+    let add = if rows.first() { 0.0 } else { 1.0 };
+    let d_a = Mat::new(
+        s.ptrs.d_a[g],
+        adapters.as_ref().map_or(0, |a| a.rank),
+        in_features,
+        Elem::F32,
+    );
     let mut dx_written = false;
     if let Some(adapters) = &adapters {
         let dz = Mat::new(rows.at(s.ptrs.dz[g], adapters.rank * e.size()), n, adapters.rank, e);
@@ -569,7 +584,22 @@ fn project_backward(
                 0.0,
             )?;
         }
-        if !dropout {
+        if dropout {
+            for &(p, column, rank) in &adapters.members {
+                let x = dropped_input(cx, s, run, p, x, rows)?;
+                cx.gemm(
+                    "gemm adapters dA",
+                    d_a.rows(column, rank),
+                    dz.cols(column, rank),
+                    true,
+                    x,
+                    false,
+                    1.0,
+                    add,
+                )?;
+            }
+        } else {
+            cx.gemm("gemm adapters dA", d_a, dz, true, x, false, 1.0, add)?;
             let a = Mat::new(adapters.a, adapters.rank, in_features, e);
             cx.gemm("gemm adapters dz·A", dx, dz, false, a, false, 1.0, 0.0)?;
             dx_written = true;
@@ -597,8 +627,6 @@ fn project_backward(
     let dz = Mat::new(rows.at(s.ptrs.dz[g], rank_row), n, adapters.rank, e);
     let z = Mat::new(rows.at(s.ptrs.z[g], rank_row), n, adapters.rank, e);
     let a = Mat::new(adapters.a, adapters.rank, in_features, e);
-    let d_a = Mat::new(s.ptrs.d_a[g], adapters.rank, in_features, Elem::F32);
-    let add = if rows.first() { 0.0 } else { 1.0 };
     if dropout {
         for &(p, column, rank) in &adapters.members {
             let (dz, a) = (dz.cols(column, rank), a.rows(column, rank));
@@ -611,11 +639,7 @@ fn project_backward(
                 }
                 None => cx.gemm("gemm adapters dz·A", dx, dz, false, a, false, 1.0, 1.0)?,
             }
-            let x = dropped_input(cx, s, run, p, x, rows)?;
-            cx.gemm("gemm adapters dA", d_a.rows(column, rank), dz, true, x, false, 1.0, add)?;
         }
-    } else {
-        cx.gemm("gemm adapters dA", d_a, dz, true, x, false, 1.0, add)?;
     }
     for &(p, column, rank) in &adapters.members {
         let Some((grad_a, grad_b)) = grads[p] else { continue };

@@ -19,6 +19,7 @@ mod gemm;
 mod head;
 mod layer;
 mod module;
+mod offload;
 mod ops;
 mod optimizer;
 mod profile;

@@ -427,6 +427,22 @@ impl Cuda {
     }
 
     /// The final soft-cap `tanh(l / cap) · cap` over `n` logits, in place.
+    /// `out[t] = table[ids[t]] · scale` for `tokens` i32 ids, rows of `hidden`.
+    pub fn embed(
+        &mut self,
+        e: Elem,
+        ids: u64,
+        table: u64,
+        out: u64,
+        tokens: usize,
+        hidden: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let name = pick(e, "embed_f32", "embed_bf16");
+        let args = [Ptr(ids), Ptr(table), Ptr(out), I32(hidden as i32), F32(scale)];
+        self.launch(name, (tokens as u32, 1, 1), 256, 0, &args)
+    }
+
     pub fn softcap(&mut self, e: Elem, logits: u64, n: usize, cap: f32) -> Result<()> {
         let name = pick(e, "softcap_f32", "softcap_bf16");
         let args = [Ptr(logits), I64(n as i64), F32(cap)];

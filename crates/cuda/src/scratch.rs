@@ -34,9 +34,9 @@ pub struct Dims {
 
 impl Dims {
     pub fn new(config: &GemmaConfig, tokens: usize, ranks: [usize; 4], elem: Elem, dropout: bool) -> Self {
-        // A chunk of logits takes at most ~256 MiB (Gemma's vocabulary is 256k): 512 rows in
+        // A chunk of logits takes at most ~128 MiB (Gemma's vocabulary is 256k): 256 rows in
         // bf16 still keep the head's GEMMs at full speed, and larger chunks only cost memory.
-        let head_rows = ((256usize << 20) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
+        let head_rows = ((128usize << 20) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
         let mlp_rows = mlp_rows(config.intermediate_size * elem.size()).min(tokens.max(1));
         Self {
             tokens,
@@ -123,6 +123,7 @@ pub struct Ptrs {
     pub z: [u64; 4],
     // Backward.
     pub dd: u64,
+    /// Shares `p`'s buffer.
     pub dp: u64,
     pub dm: u64,
     pub dh: u64,
@@ -211,7 +212,7 @@ impl Scratch {
             d: take(n * h * t),
             z: ranks.map(|r| take(n * r * t)),
             dd: take(n * h * t),
-            dp: take(rows * i * t),
+            dp: 0,
             dm: take(n * h * t),
             dh: take(n * h * t),
             dattn: take(n * h * t),
@@ -235,6 +236,8 @@ impl Scratch {
             saved_attn: 0,
             saved_stride: 0,
         };
+        // The down projection's input gradient overwrites its input, once its dA has read it.
+        p.dp = p.p;
         let stride = (n * q * t).next_multiple_of(256) + (heads * n * 4).next_multiple_of(256);
         if layers * stride <= SAVED_ATTENTION_LIMIT {
             p.saved_attn = take(layers * stride);

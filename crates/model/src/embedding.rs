@@ -12,10 +12,14 @@ pub struct Embedding<B: Backend> {
 impl<B: Backend> Embedding<B> {
     /// `[batch, seq]` token ids -> `[batch, seq, hidden]`.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let weight = self.weight.val();
-        let [_, hidden] = weight.dims();
-        let scale = round_to(weight.dtype(), (hidden as f32).sqrt());
-        burn::tensor::module::embedding(weight, ids) * scale
+        let scale = self.scale();
+        burn::tensor::module::embedding(self.weight.val(), ids) * scale
+    }
+
+    /// The factor embeddings are scaled by: `sqrt(hidden_size)` as stored in the model dtype.
+    pub fn scale(&self) -> f32 {
+        let [_, hidden] = self.weight.dims();
+        round_to(self.weight.dtype(), (hidden as f32).sqrt())
     }
 }
 

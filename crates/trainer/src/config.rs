@@ -90,6 +90,11 @@ pub struct TrainingArgs {
     /// Default true, as in the seed (transformers' default is false).
     #[serde(default = "defaults::yes")]
     pub gradient_checkpointing: bool,
+    /// With checkpointing, keep each decoder layer's input in host memory between its forward
+    /// and its backward instead of on the device (Unsloth's "unsloth" checkpointing). On CUDA
+    /// the copies run beside the compute; elsewhere they wait for it.
+    #[serde(default)]
+    pub offload_activations: bool,
     #[serde(default = "defaults::seed")]
     pub seed: u64,
     #[serde(default = "defaults::one")]

@@ -7,7 +7,8 @@
 //! time), collects that layer's adapter gradients and the gradient of its input, and drops
 //! everything else. Peak activation memory is one layer's, not the model's. The LM head and
 //! the loss run in chunks of rows so the `[tokens, vocab]` logits never exist all at once.
-//! Without checkpointing, burn's autodiff records the whole graph.
+//! With `offload_activations` the kept layer inputs wait in host memory instead
+//! ([`BatchKernels::offload`]). Without checkpointing, burn's autodiff records the whole graph.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,7 @@ use ember_lora::{peft_key, projections};
 use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, cross_entropy_sum, shift_labels};
 
 use crate::error::Result;
-use crate::kernels::TrainKernels;
+use crate::kernels::{BatchKernels, Offloaded, TrainKernels};
 use crate::phases::{Clock, MemoryProbe, Phase, Phases};
 
 /// Gradients of the adapter matrices by PEFT key, summed over micro-batches.
@@ -85,23 +86,58 @@ impl MicroBatch {
 
 /// Adds the gradient of `sum(token losses) / normaliser` to `grads` and returns the
 /// micro-batch's summed token loss. With checkpointing, `kernels` compute each layer and the
-/// loss; without, burn's autodiff records the whole graph. With `phases`, the time of each
-/// phase is added to it (and, with `probe`, what the allocator holds at its end).
+/// loss, and with `offload` the layer inputs wait off the device; without checkpointing, burn's
+/// autodiff records the whole graph. With `phases`, the time of each phase is added to it (and,
+/// with `probe`, what the allocator holds at its end).
 pub fn accumulate<B: AutodiffBackend>(
     model: &GemmaForCausalLM<B>,
     batch: &MicroBatch,
     normaliser: f64,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
     kernels: &dyn TrainKernels<B::InnerBackend>,
     grads: &mut AdapterGrads<B::InnerBackend>,
     phases: Option<&mut Phases>,
     probe: Option<MemoryProbe>,
 ) -> Result<f64> {
     let clock = Clock::<B>::start(phases, probe, &model.model.embed_tokens.weight.device());
-    if checkpointing {
-        accumulate_checkpointed(model, batch, normaliser, kernels, grads, clock)
-    } else {
-        Ok(accumulate_full(model, batch, normaliser, grads, clock))
+    match checkpointing {
+        Checkpointing::Off => Ok(accumulate_full(model, batch, normaliser, grads, clock)),
+        Checkpointing::Layers { offload } => {
+            accumulate_checkpointed(model, batch, normaliser, offload, kernels, grads, clock)
+        }
+    }
+}
+
+/// How a micro-batch's activations are kept for its backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpointing {
+    /// burn's autodiff keeps the whole graph.
+    Off,
+    /// Each decoder layer's input is kept and the layer recomputed; with `offload`, the inputs
+    /// wait in host memory.
+    Layers { offload: bool },
+}
+
+/// A layer input kept for the backward.
+enum Kept<B: Backend> {
+    Device(Tensor<B, 3>),
+    Offloaded(Offloaded<B>),
+}
+
+impl<B: Backend> Kept<B> {
+    fn new(step: &mut dyn BatchKernels<B>, index: usize, x: Tensor<B, 3>, offload: bool) -> Result<Self> {
+        Ok(if offload {
+            Self::Offloaded(step.offload(index, x)?)
+        } else {
+            Self::Device(x)
+        })
+    }
+
+    fn take(self, step: &mut dyn BatchKernels<B>, index: usize) -> Result<Tensor<B, 3>> {
+        match self {
+            Self::Device(x) => Ok(x),
+            Self::Offloaded(offloaded) => step.reload(index, offloaded),
+        }
     }
 }
 
@@ -149,6 +185,7 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     model: &GemmaForCausalLM<B>,
     batch: &MicroBatch,
     normaliser: f64,
+    offload: bool,
     kernels: &dyn TrainKernels<B::InnerBackend>,
     grads: &mut AdapterGrads<B::InnerBackend>,
     mut clock: Clock<B>,
@@ -164,7 +201,7 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     let mut layer_inputs = Vec::with_capacity(layers);
     let mut x = frozen.embed(batch.input::<B::InnerBackend>(&device).input_ids);
     for index in 0..layers {
-        layer_inputs.push(x.clone());
+        layer_inputs.push(Kept::new(step.as_mut(), index, x.clone(), offload)?);
         x = step.forward(index, x, keep(index))?;
     }
     clock.lap(Phase::Forward);
@@ -174,7 +211,10 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     clock.lap(Phase::Head);
 
     for index in (0..layers).rev() {
-        let input = layer_inputs.pop().expect("one input per layer");
+        let input = layer_inputs
+            .pop()
+            .expect("one input per layer")
+            .take(step.as_mut(), index)?;
         let (grad_x, layer_grads) = step.backward(index, input, grad_y, keep(index))?;
         for (name, lora) in PROJECTION_NAMES.iter().zip(layer_grads) {
             let Some(lora) = lora else { continue };

@@ -6,9 +6,8 @@
 //! backward in burn ops, on any backend. A backend may bring faster kernels for the same
 //! functions (`ember-cuda`), checked against it.
 
-use burn::tensor::Bool;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorCreationOptions, TensorData};
 use ember_model::{DecodeStep, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
 
 use crate::error::Result;
@@ -93,6 +92,40 @@ pub trait BatchKernels<B: Backend> {
     /// The soft-capped logits `[batch, seq, vocab]` of the last layer's output `x`, in the
     /// model dtype (checks against transformers' logits).
     fn logits(&mut self, x: Tensor<B, 3>) -> Result<Tensor<B, 3>>;
+
+    /// Moves layer `index`'s input `x` off the device until [`Self::reload`] (training's
+    /// `offload_activations`); the step keeps what this returns meanwhile. By default a copy in
+    /// host memory, made at once; the CUDA kernels copy into pinned memory beside the compute.
+    fn offload(&mut self, index: usize, x: Tensor<B, 3>) -> Result<Offloaded<B>> {
+        let _ = index;
+        let device = x.device();
+        Ok(Offloaded::Host(x.into_data(), device))
+    }
+
+    /// Layer `index`'s input as [`Self::offload`] left it, on the device again. Called for
+    /// the layers in reverse order, each once.
+    fn reload(&mut self, index: usize, offloaded: Offloaded<B>) -> Result<Tensor<B, 3>> {
+        match offloaded {
+            Offloaded::Host(data, device) => {
+                let dtype = data.dtype;
+                Ok(Tensor::from_data(
+                    data,
+                    TensorCreationOptions::new(device).with_dtype(dtype),
+                ))
+            }
+            Offloaded::Kernels => Err(crate::TrainError::Kernels(format!(
+                "layer {index}'s input was offloaded by other kernels"
+            ))),
+        }
+    }
+}
+
+/// A layer input [`BatchKernels::offload`] moved off the device.
+pub enum Offloaded<B: Backend> {
+    /// Its values in host memory.
+    Host(TensorData, B::Device),
+    /// The kernels keep it themselves.
+    Kernels,
 }
 
 /// The last decoder layer's output for `batch`: the embeddings, then each layer on `step`

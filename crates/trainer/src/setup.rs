@@ -15,6 +15,7 @@ use crate::checkpoint::{self, FORMAT_VERSION, TrainerState};
 use crate::config::{OptimKind, RunConfig};
 use crate::error::{Result, TrainError};
 use crate::eval::check_token_ids;
+use crate::grads::Checkpointing;
 use crate::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer, StateTensors};
 use crate::output_dir::{MetricsLog, OutputDir};
 use crate::resume;
@@ -172,7 +173,12 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         },
         settings: StepSettings {
             max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
-            gradient_checkpointing: args.gradient_checkpointing,
+            checkpointing: match args.gradient_checkpointing {
+                true => Checkpointing::Layers {
+                    offload: args.offload_activations,
+                },
+                false => Checkpointing::Off,
+            },
             profile: false,
             memory_probe: None,
         },

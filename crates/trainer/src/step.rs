@@ -9,7 +9,7 @@ use ember_lora::{peft_key, projections, projections_mut};
 use ember_model::GemmaForCausalLM;
 
 use crate::error::Result;
-use crate::grads::{AdapterGrads, MicroBatch, accumulate};
+use crate::grads::{AdapterGrads, Checkpointing, MicroBatch, accumulate};
 use crate::kernels::TrainKernels;
 use crate::optim::Optimizer;
 use crate::phases::{Clock, MemoryProbe, Phase, Phases};
@@ -33,7 +33,9 @@ pub struct StepOutcome {
 pub struct StepSettings {
     /// Clip the global gradient norm to this (`max_grad_norm`); `None` disables clipping.
     pub max_grad_norm: Option<f64>,
-    pub gradient_checkpointing: bool,
+    /// Layer-level checkpointing (`gradient_checkpointing`), with the kept inputs offloaded
+    /// or not (`offload_activations`).
+    pub checkpointing: Checkpointing,
     /// Measure [`Phases`]: each phase then waits for the device, which costs time.
     pub profile: bool,
     /// With `profile`, also read the allocator at the end of each phase.
@@ -62,7 +64,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
             &model,
             batch,
             normaliser,
-            settings.gradient_checkpointing,
+            settings.checkpointing,
             kernels,
             &mut grads,
             timing,

@@ -8,7 +8,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{DType, ElementConversion};
 use ember_lora::{load_adapter, projections_mut};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, cross_entropy_sum, shift_labels};
-use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
+use ember_trainer::grads::{AdapterGrads, Checkpointing, MicroBatch, accumulate};
 use ember_trainer::kernels::{BurnKernels, TrainKernels, forward_layers};
 use safetensors::SafeTensors;
 
@@ -61,11 +61,14 @@ fn reference_batch() -> MicroBatch {
     }
 }
 
-fn grads(checkpointing: bool) -> (f64, AdapterGrads<B>) {
+const FULL: Checkpointing = Checkpointing::Off;
+const LAYERS: Checkpointing = Checkpointing::Layers { offload: false };
+
+fn grads(checkpointing: Checkpointing) -> (f64, AdapterGrads<B>) {
     grads_with_dropout(checkpointing, 0.0)
 }
 
-fn grads_with_dropout(checkpointing: bool, dropout: f64) -> (f64, AdapterGrads<B>) {
+fn grads_with_dropout(checkpointing: Checkpointing, dropout: f64) -> (f64, AdapterGrads<B>) {
     let mut model = model_with_adapter();
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (_, linear) in projections_mut(i, layer) {
@@ -107,8 +110,8 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn checkpointed_gradients_equal_full_graph_gradients_and_peft() {
-    let (loss_full, full) = grads(false);
-    let (loss_ckpt, ckpt) = grads(true);
+    let (loss_full, full) = grads(FULL);
+    let (loss_ckpt, ckpt) = grads(LAYERS);
     assert_eq!(full.len(), 7 * 7 * 2);
     assert_eq!(full.keys().collect::<Vec<_>>(), ckpt.keys().collect::<Vec<_>>());
     assert!((loss_full - loss_ckpt).abs() < 1e-5, "{loss_full} vs {loss_ckpt}");
@@ -138,9 +141,9 @@ fn checkpointed_gradients_equal_full_graph_gradients_and_peft() {
 
 #[test]
 fn checkpointing_replays_the_dropout_masks() {
-    let (loss_full, full) = grads_with_dropout(false, 0.3);
-    let (loss_ckpt, ckpt) = grads_with_dropout(true, 0.3);
-    let (loss_plain, plain) = grads(false);
+    let (loss_full, full) = grads_with_dropout(FULL, 0.3);
+    let (loss_ckpt, ckpt) = grads_with_dropout(LAYERS, 0.3);
+    let (loss_plain, plain) = grads(FULL);
     assert!((loss_full - loss_ckpt).abs() < 1e-5, "{loss_full} vs {loss_ckpt}");
     assert!(
         (loss_full - loss_plain).abs() > 1e-4,
@@ -156,6 +159,17 @@ fn checkpointing_replays_the_dropout_masks() {
         err > 1e-3
     });
     assert!(moved.count() > 0, "dropout changed no gradient");
+}
+
+#[test]
+fn offloaded_layer_inputs_change_no_bit() {
+    let (loss, kept) = grads_with_dropout(LAYERS, 0.3);
+    let (loss_offloaded, offloaded) = grads_with_dropout(Checkpointing::Layers { offload: true }, 0.3);
+    assert_eq!(loss.to_bits(), loss_offloaded.to_bits());
+    assert_eq!(kept.keys().collect::<Vec<_>>(), offloaded.keys().collect::<Vec<_>>());
+    for (key, g) in &kept {
+        assert_eq!(values(g), values(&offloaded[key]), "{key}");
+    }
 }
 
 #[test]
@@ -183,7 +197,7 @@ fn padding_to_a_multiple_changes_no_loss_or_gradient() {
             &model_with_adapter(),
             &micro,
             micro.num_trained_tokens as f64,
-            true,
+            LAYERS,
             &BurnKernels,
             &mut grads,
             None,

@@ -8,7 +8,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::DType;
 use ember_lora::{adapter_tensors, load_adapter};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
-use ember_trainer::grads::MicroBatch;
+use ember_trainer::grads::{Checkpointing, MicroBatch};
 use ember_trainer::kernels::BurnKernels;
 use ember_trainer::optim::{AdamW, AdamWConfig};
 use ember_trainer::schedule::{Schedule, ScheduleKind};
@@ -79,7 +79,7 @@ fn optimizer_steps_match_transformers_peft_and_torch_adamw() {
     };
     let step_settings = StepSettings {
         max_grad_norm: settings["max_grad_norm"].as_f64(),
-        gradient_checkpointing: true,
+        checkpointing: Checkpointing::Layers { offload: false },
         profile: false,
         memory_probe: None,
     };

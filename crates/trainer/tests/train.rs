@@ -93,6 +93,19 @@ fn resume_matches_uninterrupted_run() {
 }
 
 #[test]
+fn offloading_activations_changes_no_loss_and_no_adapter_bit() {
+    let run_with = |offload: bool| {
+        let out = tempfile::tempdir().unwrap();
+        let mut config = config(out.path(), 3, "adamw_8bit", true);
+        config.training.offload_activations = offload;
+        config.lora.lora_dropout = 0.1;
+        let losses: Vec<u64> = run(&config, Start::Fresh).iter().map(|l| l.to_bits()).collect();
+        (losses, files(&out.path().join("checkpoint-3")))
+    };
+    assert_eq!(run_with(false), run_with(true));
+}
+
+#[test]
 fn a_resume_reports_changed_settings() {
     let out = tempfile::tempdir().unwrap();
     run(&config(out.path(), 3, "adamw_torch", false), Start::Fresh);

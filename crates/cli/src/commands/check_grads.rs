@@ -12,7 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
 use ember_lora::{LoraConfig, add_lora, load_adapter, peft_key, projections, projections_mut};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, shift_labels};
-use ember_trainer::grads::{AdapterGrads, MicroBatch, accumulate};
+use ember_trainer::grads::{AdapterGrads, Checkpointing, MicroBatch, accumulate};
 use ember_trainer::kernels::{BurnKernels, TrainKernels};
 use ember_trainer::optim::{AdamW8bit, AdamWConfig, Optimizer};
 use ember_trainer::step::global_norm;
@@ -123,9 +123,10 @@ impl TrainTask for Check {
             None => random_batch(model.config.vocab_size, a.batch, a.seq, &a.layout, a.seed)?,
         };
         let normaliser = batch.num_trained_tokens.max(1) as f64;
+        let layers = Checkpointing::Layers { offload: false };
         let run = |k: &dyn TrainKernels<B>| -> Result<(f64, AdapterGrads<B>)> {
             let mut grads = AdapterGrads::new();
-            let loss = accumulate(&model, &batch, normaliser, true, k, &mut grads, None, None)?;
+            let loss = accumulate(&model, &batch, normaliser, layers, k, &mut grads, None, None)?;
             Ok((loss / normaliser, grads))
         };
         let started = std::time::Instant::now();

@@ -49,10 +49,10 @@ pub struct Args {
     /// Seed of the sampler: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// What computes each step: burn's ops, or cuda (Ember's kernels: the training step's layer
-    /// kernels and a decoding attention over a KV cache of fixed capacity, so nothing compiles
-    /// per token; burn's where they cannot run the model).
-    #[arg(long, value_enum, default_value = "burn")]
+    /// What computes each step: cuda (Ember's kernels: the training step's layer kernels and a
+    /// decoding attention over a KV cache of fixed capacity, so nothing compiles per token;
+    /// burn's ops where they cannot run the model), burn, or auto (cuda on a CUDA device).
+    #[arg(long, value_enum, default_value = "auto")]
     pub kernels: KernelChoice,
     #[command(flatten)]
     pub device: DeviceArgs,

@@ -6,14 +6,14 @@ use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_model::{GenerationConfig, SamplingConfig};
+use ember_model::{GenerationConfig, SamplingConfig, generate_with};
 use ember_trainer::checkpoint;
 use ember_trainer::config::RunConfig;
 use ember_trainer::kernels::TrainKernels;
 use ember_trainer::trainer::{Start, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::generate::{load_model, open_model};
+use super::generate::{decoder, load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
 use crate::memory;
 use crate::ranges;
@@ -143,14 +143,28 @@ impl TrainTask for Train {
             );
         }
         if !self.asks.instructions.is_empty() {
-            ask::<B>(&self.config, &self.asks, &summary.last_checkpoint, &device, dtype)?;
+            ask::<B>(
+                &self.config,
+                &self.asks,
+                &summary.last_checkpoint,
+                &device,
+                dtype,
+                kernels,
+            )?;
         }
         Ok(())
     }
 }
 
 /// Greedy answers from the base model with the adapter just written, as `ember generate` gives.
-fn ask<B: Backend>(config: &RunConfig, asks: &Asks, adapter: &Path, device: &B::Device, dtype: DType) -> Result<()> {
+fn ask<B: Backend>(
+    config: &RunConfig,
+    asks: &Asks,
+    adapter: &Path,
+    device: &B::Device,
+    dtype: DType,
+    kernels: &dyn TrainKernels<B>,
+) -> Result<()> {
     let source = open_model(&config.model.path)?;
     let model = load_model::<B>(&source, Some(adapter), dtype, device)?;
     let tokenizer = source.tokenizer()?;
@@ -164,7 +178,8 @@ fn ask<B: Backend>(config: &RunConfig, asks: &Asks, adapter: &Path, device: &B::
     };
     for instruction in &asks.instructions {
         let prompt = tokenizer.encode(&template.prompt_for(&layout, instruction)?)?;
-        let tokens = model.generate(&prompt, &generation, device, |_| Ok(()))?;
+        let steps = |capacity| decoder(&model, kernels, device, capacity, prompt.len());
+        let tokens = generate_with(&model.config, &prompt, &generation, steps, |_| Ok(()))?;
         println!("### {instruction}\n{}\n", tokenizer.decode(&tokens)?.trim_end());
     }
     Ok(())

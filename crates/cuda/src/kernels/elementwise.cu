@@ -1,4 +1,5 @@
-// Element-wise kernels: the gated GELU of the MLP and its backward, LoRA dropout, and casts.
+// Element-wise kernels: token embeddings, the gated GELU of the MLP and its backward, LoRA
+// dropout, and casts.
 
 // Grid-stride over `n` elements: `eight(i)` for elements i..i+8 (16-byte accesses; buffers are
 // 16-byte aligned), then `one(i)` for the last `n % 8`.
@@ -77,7 +78,19 @@ __device__ void dropout(const T* x, const float* keep, T* out, long n, float kee
     });
 }
 
+// out[t] = table[ids[t]] · scale, rounded to T: one block per token. `scale` is sqrt(hidden)
+// already rounded to T, as transformers multiplies by a scalar tensor of the model dtype.
+template <typename T>
+__device__ void embed(const int* ids, const T* table, T* out, int hidden, float scale) {
+    const T* row = table + (long)ids[blockIdx.x] * hidden;
+    T* dst = out + (long)blockIdx.x * hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) dst[j] = from_f32<T>(to_f32(row[j]) * scale);
+}
+
 #define EMBER_ELEMENTWISE_KERNELS(T, S)                                                                    \
+    extern "C" __global__ void embed_##S(const int* ids, const T* table, T* out, int hidden, float scale) { \
+        embed<T>(ids, table, out, hidden, scale);                                                          \
+    }                                                                                                      \
     extern "C" __global__ void geglu_##S(const T* g, const T* u, T* p, long n, int erf_gelu) {             \
         geglu<T>(g, u, p, n, erf_gelu);                                                                    \
     }                                                                                                      \

@@ -17,7 +17,7 @@ use burn::tensor::backend::Backend;
 use ember_lora::{LoraConfig, add_lora, projections};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX};
 use ember_trainer::config::OptimKind;
-use ember_trainer::grads::MicroBatch;
+use ember_trainer::grads::{Checkpointing, MicroBatch};
 use ember_trainer::kernels::TrainKernels;
 use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use ember_trainer::phases::{Allocated, Phase, Phases};
@@ -48,6 +48,9 @@ pub struct Args {
     pub optim: OptimKind,
     #[arg(long)]
     pub no_checkpointing: bool,
+    /// Keep the checkpointed layer inputs in host memory (`offload_activations`).
+    #[arg(long, conflicts_with = "no_checkpointing")]
+    pub offload_activations: bool,
     /// Also time each phase of a step, and the matmuls and attention alone.
     #[arg(long)]
     pub breakdown: bool,
@@ -149,7 +152,12 @@ impl TrainTask for Bench {
         };
         let mut settings = StepSettings {
             max_grad_norm: Some(1.0),
-            gradient_checkpointing: !a.no_checkpointing,
+            checkpointing: match a.no_checkpointing {
+                true => Checkpointing::Off,
+                false => Checkpointing::Layers {
+                    offload: a.offload_activations,
+                },
+            },
             profile: false,
             memory_probe: Some(memory::allocated),
         };
@@ -195,6 +203,7 @@ impl TrainTask for Bench {
             "seq": a.seq,
             "optim": match a.optim { OptimKind::AdamW => "adamw_torch", OptimKind::AdamW8bit => "adamw_8bit" },
             "ckpt": !a.no_checkpointing,
+            "offload_activations": a.offload_activations,
             "dtype": dtype_name(dtype),
             "device": B::name(&device),
             "kernels": kernels.name(),
@@ -211,8 +220,9 @@ impl TrainTask for Bench {
                 loaded,
                 driver_loaded,
                 optimizer_state: optimizer.state_bytes() as u64,
-                // With checkpointing, each decoder layer's input is kept from the forward to its backward.
-                saved_layer_inputs: (!a.no_checkpointing).then(|| {
+                // With checkpointing, each decoder layer's input is kept from the forward to its
+                // backward, on the device unless offloaded.
+                saved_layer_inputs: (!a.no_checkpointing && !a.offload_activations).then(|| {
                     (config.num_hidden_layers() * a.batch * a.seq * config.hidden_size * dtype.size()) as u64
                 }),
                 kernels_own: kernels.device_bytes(),
@@ -271,8 +281,7 @@ impl TrainTask for Bench {
             }
             // burn's matmuls and attention timed alone: what its kernels spend inside the layers.
             if kernels.name() == "burn" {
-                let e =
-                    breakdown::estimate::<B>(&config, a.batch, a.seq, settings.gradient_checkpointing, dtype, &device);
+                let e = breakdown::estimate::<B>(&config, a.batch, a.seq, !a.no_checkpointing, dtype, &device);
                 let layers = (phases.time(Phase::Forward) + phases.time(Phase::Backward)).as_secs_f64();
                 report["breakdown"]["alone"] = e.to_json();
                 report["breakdown"]["layers_other_s"] = json!(layers - e.layer_gemm_s - e.attention_s);
