@@ -98,9 +98,11 @@ pub trait TrainTask {
     fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<Self::Output>;
 }
 
-/// Runs `task` on the device `args` ask for with the kernels `kernels` asks for. Ember's CUDA
-/// kernels train on burn's CUDA backend without fusion (they replace what fusion would fuse);
-/// burn's kernels on CUDA keep fusion.
+/// Runs `task` on the device `args` ask for with the kernels `kernels` asks for. On CUDA both
+/// kernel sets run on burn's CUDA backend without fusion: Ember's replace what fusion would fuse,
+/// and burn's training step under fusion gave a wrong loss on the real Gemma 3 270M in bf16
+/// (7.1 at the first step where the pretrained model has 1.9) while the same ops unfused agree
+/// with Ember's kernels there (`ember check-grads`; BENCHMARKS.md, 2026-12-02).
 pub fn run_training_on<T: TrainTask>(args: &DeviceArgs, kernels: KernelChoice, task: T) -> Result<T::Output> {
     let chosen = choose(args.device)?;
     if !matches!(chosen, Chosen::Cpu) {
@@ -113,8 +115,8 @@ pub fn run_training_on<T: TrainTask>(args: &DeviceArgs, kernels: KernelChoice, t
             task.run::<CudaBackend>(CudaDevice::new(*i), dtype, &CudaKernels::new())
         }
         (Chosen::Cuda(i), KernelChoice::Burn) => {
-            let dtype = resolve_dtype::<Cuda>(&chosen, &CudaDevice::new(*i), args.dtype)?;
-            task.run::<Cuda>(CudaDevice::new(*i), dtype, &BurnKernels)
+            let dtype = resolve_dtype::<CudaBackend>(&chosen, &CudaDevice::new(*i), args.dtype)?;
+            task.run::<CudaBackend>(CudaDevice::new(*i), dtype, &BurnKernels)
         }
         (_, KernelChoice::Cuda) => bail!("--kernels cuda needs a CUDA device; {chosen} was chosen"),
         (Chosen::Wgpu(device), _) => {
