@@ -93,6 +93,16 @@ impl Drop for Gpu {
     }
 }
 
+/// Free bytes on device `ordinal` now (its primary context made current, created if need be).
+pub fn free_memory(ordinal: usize) -> Result<u64> {
+    result::init()?;
+    let device = result::device::get(ordinal as i32)?;
+    // SAFETY: the primary context, which cubecl retains too; never released while in use.
+    let ctx = unsafe { result::primary_ctx::retain(device)? };
+    unsafe { result::ctx::set_current(ctx)? };
+    Ok(result::mem_get_info()?.0 as u64)
+}
+
 /// A device allocation of Ember's own (scratch and packed adapters), freed on drop.
 pub struct Buffer {
     pub ptr: u64,

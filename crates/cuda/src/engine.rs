@@ -6,7 +6,8 @@ use std::cell::{Cell, RefCell, RefMut};
 
 use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
-use ember_model::{DecodeStep, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
+use ember_model::{DecodeStep, GemmaConfig, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
+use ember_trainer::estimate::{StepShape, burn_step_bytes};
 use ember_trainer::grads::{AdapterGrads, MicroBatch};
 use ember_trainer::kernels::{BatchKernels, Offloaded, TrainKernels};
 use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
@@ -77,6 +78,29 @@ impl TrainKernels<CudaBackend> for CudaKernels {
             ));
         }
         None
+    }
+
+    fn step_bytes(&self, model: &GemmaConfig, shape: StepShape) -> u64 {
+        let Ok(e) = elem(shape.dtype) else {
+            return burn_step_bytes(model, shape);
+        };
+        let tokens = shape.batch * shape.seq;
+        let r = shape.rank;
+        // Every projection adapted at the largest rank: q/k/v, o, gate/up, down.
+        let dims = Dims::new(model, tokens, [3 * r, r, 2 * r, r], e, shape.dropout);
+        // Beside the scratch: a layer's output and input gradient, the head's gradient
+        // (burn tensors), and the step's adapter gradients (small).
+        let hidden = (tokens * model.hidden_size * e.size()) as u64;
+        Scratch::bytes_for(dims) as u64 + 3 * hidden
+    }
+
+    /// The CUDA context and cuBLAS's handles and workspace, as measured on an H200.
+    fn runtime_bytes(&self) -> u64 {
+        512 << 20
+    }
+
+    fn free_bytes(&self, device: &CudaDevice) -> Option<u64> {
+        crate::driver::free_memory(device.index).ok()
     }
 
     fn set_profiling(&self, on: bool) {

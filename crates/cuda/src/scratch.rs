@@ -166,84 +166,90 @@ pub struct Scratch {
     arena: Buffer,
 }
 
+/// Each named buffer's offset in the arena, and the arena's size.
+fn layout(dims: Dims) -> (Ptrs, usize) {
+    let Dims {
+        tokens: n,
+        hidden: h,
+        q,
+        kv,
+        intermediate: i,
+        heads,
+        layers,
+        ranks,
+        head_rows,
+        mlp_rows: rows,
+        vocab,
+        elem,
+        dropout,
+    } = dims;
+    // Input features of each projection group, and the largest input an adapter reads at
+    // once (whole rows for attention, one chunk for the MLP).
+    let group_in = [h, q, h, i];
+    let adapter_input = (n * h.max(q)).max(rows * i);
+    let t = elem.size();
+    let mut end = 0usize;
+    let mut take = |bytes: usize| {
+        let offset = end.next_multiple_of(256);
+        end = offset + bytes;
+        offset as u64
+    };
+    let mut p = Ptrs {
+        a: take(n * h * t),
+        q_raw: take(n * q * t),
+        q: take(n * q * t),
+        k_raw: take(n * kv * t),
+        k: take(n * kv * t),
+        v: take(n * kv * t),
+        o: take(n * q * t),
+        lse: take(heads * n * 4),
+        attn: take(n * h * t),
+        h: take(n * h * t),
+        m: take(n * h * t),
+        g: take(rows * i * t),
+        u: take(rows * i * t),
+        p: take(rows * i * t),
+        d: take(n * h * t),
+        z: ranks.map(|r| take(n * r * t)),
+        dd: take(n * h * t),
+        dp: 0,
+        dm: take(n * h * t),
+        dh: take(n * h * t),
+        dattn: take(n * h * t),
+        d_o: take(n * q * t),
+        dots: take(heads * n * 4),
+        dq: take(n * q * t),
+        dk: take(n * kv * t),
+        dv: take(n * kv * t),
+        dkv_part: take(if q > kv { n * q * 8 } else { 0 }),
+        dq_raw: take(n * q * t),
+        dk_raw: take(n * kv * t),
+        da: take(n * h * t),
+        dz: ranks.map(|r| take(n * r * t)),
+        d_a: [0, 1, 2, 3].map(|g| take(ranks[g] * group_in[g] * 4)),
+        dropped: take(if dropout { adapter_input * t } else { 0 }),
+        dropped_grad: take(if dropout { adapter_input * t } else { 0 }),
+        head_normed: take(head_rows * h * t),
+        logits: take(head_rows * vocab * t),
+        head_grad: take(head_rows * h * t),
+        losses: take(n * 4),
+        saved_attn: 0,
+        saved_stride: 0,
+    };
+    // The down projection's input gradient overwrites its input, once its dA has read it.
+    p.dp = p.p;
+    let stride = (n * q * t).next_multiple_of(256) + (heads * n * 4).next_multiple_of(256);
+    if layers * stride <= SAVED_ATTENTION_LIMIT {
+        p.saved_attn = take(layers * stride);
+        p.saved_stride = stride as u64;
+    }
+    (p, end)
+}
+
 impl Scratch {
     pub fn new(dims: Dims) -> Result<Self> {
-        let Dims {
-            tokens: n,
-            hidden: h,
-            q,
-            kv,
-            intermediate: i,
-            heads,
-            layers,
-            ranks,
-            head_rows,
-            mlp_rows: rows,
-            vocab,
-            elem,
-            dropout,
-        } = dims;
-        // Input features of each projection group, and the largest input an adapter reads at
-        // once (whole rows for attention, one chunk for the MLP).
-        let group_in = [h, q, h, i];
-        let adapter_input = (n * h.max(q)).max(rows * i);
-        let t = elem.size();
-        let mut end = 0usize;
-        let mut take = |bytes: usize| {
-            let offset = end.next_multiple_of(256);
-            end = offset + bytes;
-            offset as u64
-        };
-        let mut p = Ptrs {
-            a: take(n * h * t),
-            q_raw: take(n * q * t),
-            q: take(n * q * t),
-            k_raw: take(n * kv * t),
-            k: take(n * kv * t),
-            v: take(n * kv * t),
-            o: take(n * q * t),
-            lse: take(heads * n * 4),
-            attn: take(n * h * t),
-            h: take(n * h * t),
-            m: take(n * h * t),
-            g: take(rows * i * t),
-            u: take(rows * i * t),
-            p: take(rows * i * t),
-            d: take(n * h * t),
-            z: ranks.map(|r| take(n * r * t)),
-            dd: take(n * h * t),
-            dp: 0,
-            dm: take(n * h * t),
-            dh: take(n * h * t),
-            dattn: take(n * h * t),
-            d_o: take(n * q * t),
-            dots: take(heads * n * 4),
-            dq: take(n * q * t),
-            dk: take(n * kv * t),
-            dv: take(n * kv * t),
-            dkv_part: take(if q > kv { n * q * 8 } else { 0 }),
-            dq_raw: take(n * q * t),
-            dk_raw: take(n * kv * t),
-            da: take(n * h * t),
-            dz: ranks.map(|r| take(n * r * t)),
-            d_a: [0, 1, 2, 3].map(|g| take(ranks[g] * group_in[g] * 4)),
-            dropped: take(if dropout { adapter_input * t } else { 0 }),
-            dropped_grad: take(if dropout { adapter_input * t } else { 0 }),
-            head_normed: take(head_rows * h * t),
-            logits: take(head_rows * vocab * t),
-            head_grad: take(head_rows * h * t),
-            losses: take(n * 4),
-            saved_attn: 0,
-            saved_stride: 0,
-        };
-        // The down projection's input gradient overwrites its input, once its dA has read it.
-        p.dp = p.p;
-        let stride = (n * q * t).next_multiple_of(256) + (heads * n * 4).next_multiple_of(256);
-        if layers * stride <= SAVED_ATTENTION_LIMIT {
-            p.saved_attn = take(layers * stride);
-            p.saved_stride = stride as u64;
-        }
-        let arena = Buffer::new(end)?;
+        let (mut p, bytes) = layout(dims);
+        let arena = Buffer::new(bytes)?;
         let base = arena.ptr;
         let shift = |x: &mut u64| *x += base;
         for x in [
@@ -290,6 +296,11 @@ impl Scratch {
             shift(x);
         }
         Ok(Self { dims, ptrs: p, arena })
+    }
+
+    /// The bytes a scratch for `dims` allocates.
+    pub fn bytes_for(dims: Dims) -> usize {
+        layout(dims).1
     }
 
     /// Where layer `layer`'s attention output `[tokens, heads·head_dim]` and logsumexp

@@ -91,10 +91,12 @@ pub struct TrainingArgs {
     #[serde(default = "defaults::yes")]
     pub gradient_checkpointing: bool,
     /// With checkpointing, keep each decoder layer's input in host memory between its forward
-    /// and its backward instead of on the device (Unsloth's "unsloth" checkpointing). On CUDA
-    /// the copies run beside the compute; elsewhere they wait for it.
+    /// and its backward instead of on the device (Unsloth's "unsloth" checkpointing): `true`,
+    /// `false` or `"auto"` (the default: only when the run would not fit otherwise, where the
+    /// device's free memory is known). On CUDA the copies run beside the compute; elsewhere
+    /// they wait for it.
     #[serde(default)]
-    pub offload_activations: bool,
+    pub offload_activations: Offload,
     #[serde(default = "defaults::seed")]
     pub seed: u64,
     #[serde(default = "defaults::one")]
@@ -113,6 +115,43 @@ pub struct TrainingArgs {
     /// set 1 on a CPU to save the padding's compute.
     #[serde(default = "defaults::pad_multiple")]
     pub pad_to_multiple_of: usize,
+}
+
+/// `offload_activations`: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Offload {
+    Off,
+    On,
+    #[default]
+    Auto,
+}
+
+impl Serialize for Offload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Off => s.serialize_bool(false),
+            Self::On => s.serialize_bool(true),
+            Self::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Offload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Bool(on)) => Ok(if on { Self::On } else { Self::Off }),
+            Ok(Raw::Word(w)) if w == "auto" => Ok(Self::Auto),
+            _ => Err(serde::de::Error::custom(
+                "expected true, false or \"auto\" (offload only when the run would not fit)",
+            )),
+        }
+    }
 }
 
 mod defaults {

@@ -20,6 +20,15 @@ pub enum TrainError {
     Diverged(String),
     #[error("training kernels: {0}")]
     Kernels(String),
+    #[error(
+        "the run needs about {needed} on the device but {free:.2} GiB are free: lower [training] \
+         per_device_train_batch_size or [data] max_seq_length, set [training] \
+         offload_activations = true and gradient_checkpointing = true, or train in bf16"
+    )]
+    DoesNotFit {
+        needed: crate::estimate::MemoryEstimate,
+        free: f64,
+    },
     #[error(transparent)]
     Model(#[from] ember_model::ModelError),
     #[error(transparent)]

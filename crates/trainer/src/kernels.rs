@@ -8,9 +8,10 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorCreationOptions, TensorData};
-use ember_model::{DecodeStep, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
+use ember_model::{DecodeStep, GemmaConfig, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
 
 use crate::error::Result;
+use crate::estimate::{StepShape, burn_step_bytes};
 use crate::grads::{AdapterGrads, MicroBatch};
 use crate::optim::BlockwiseAdamKernel;
 
@@ -54,6 +55,22 @@ pub trait TrainKernels<B: Backend> {
         _capacity: usize,
         _max_step: usize,
     ) -> Option<Result<Box<dyn DecodeStep + 'a>>> {
+        None
+    }
+
+    /// Device bytes of the kernels' own buffers for one micro-batch of `shape` (one layer's
+    /// recompute and backward, an LM-head chunk): what [`crate::estimate`] counts for them.
+    fn step_bytes(&self, model: &GemmaConfig, shape: StepShape) -> u64 {
+        burn_step_bytes(model, shape)
+    }
+
+    /// Fixed device bytes of the runtime the kernels bring (a CUDA context, libraries).
+    fn runtime_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Free memory on `device` now, where the kernels can tell.
+    fn free_bytes(&self, _device: &B::Device) -> Option<u64> {
         None
     }
 

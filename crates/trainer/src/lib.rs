@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod estimate;
 pub mod eval;
 pub mod grads;
 mod init_from;

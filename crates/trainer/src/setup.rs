@@ -14,8 +14,10 @@ use ember_model::{GemmaForCausalLM, LoadOptions, ModelSource, named_params};
 use crate::checkpoint::{self, FORMAT_VERSION, TrainerState};
 use crate::config::{OptimKind, RunConfig};
 use crate::error::{Result, TrainError};
+use crate::estimate::plan;
 use crate::eval::check_token_ids;
 use crate::grads::Checkpointing;
+use crate::kernels::TrainKernels;
 use crate::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer, StateTensors};
 use crate::output_dir::{MetricsLog, OutputDir};
 use crate::resume;
@@ -61,9 +63,11 @@ pub(crate) fn prepare<B: AutodiffBackend>(
     start: Start,
     device: &B::Device,
     dtype: DType,
+    kernels: &dyn TrainKernels<B::InnerBackend>,
 ) -> Result<Prepared<B>> {
     let args = &config.training;
     let source = ModelSource::open(&config.model.path)?;
+    let offload = plan(config, source.config(), device, dtype, kernels)?.offload;
     let tokenizer = source.tokenizer()?;
     let splits = ember_data::load(&config.data, &tokenizer)?;
     let vocab = source.config().vocab_size;
@@ -174,9 +178,7 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         settings: StepSettings {
             max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
             checkpointing: match args.gradient_checkpointing {
-                true => Checkpointing::Layers {
-                    offload: args.offload_activations,
-                },
+                true => Checkpointing::Layers { offload },
                 false => Checkpointing::Off,
             },
             profile: false,

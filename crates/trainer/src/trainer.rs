@@ -78,7 +78,7 @@ pub fn train<B: AutodiffBackend>(
     stop: &AtomicBool,
     on_log: impl FnMut(&StepLog),
 ) -> Result<TrainSummary> {
-    match prepare::<B>(config, start, device, dtype)? {
+    match prepare::<B>(config, start, device, dtype, kernels)? {
         Prepared::Ready(run) => {
             let kernels: &dyn TrainKernels<B::InnerBackend> = match kernels.unsupported(&run.model.valid()) {
                 Some(why) => {

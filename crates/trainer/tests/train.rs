@@ -11,7 +11,7 @@ use common::{AD, config, repo, run};
 use ember_data::DataConfig;
 use ember_lora::LoraConfig;
 use ember_model::gguf::{self, ConvertOptions};
-use ember_trainer::config::{OptimKind, RunConfig, TrainingArgs};
+use ember_trainer::config::{Offload, OptimKind, RunConfig, TrainingArgs};
 use ember_trainer::kernels::BurnKernels;
 use ember_trainer::trainer::{Start, train};
 
@@ -97,7 +97,7 @@ fn offloading_activations_changes_no_loss_and_no_adapter_bit() {
     let run_with = |offload: bool| {
         let out = tempfile::tempdir().unwrap();
         let mut config = config(out.path(), 3, "adamw_8bit", true);
-        config.training.offload_activations = offload;
+        config.training.offload_activations = if offload { Offload::On } else { Offload::Off };
         config.lora.lora_dropout = 0.1;
         let losses: Vec<u64> = run(&config, Start::Fresh).iter().map(|l| l.to_bits()).collect();
         (losses, files(&out.path().join("checkpoint-3")))

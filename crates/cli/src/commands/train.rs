@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use ember_model::{GenerationConfig, SamplingConfig, generate_with};
 use ember_trainer::checkpoint;
 use ember_trainer::config::RunConfig;
+use ember_trainer::estimate::plan;
 use ember_trainer::kernels::TrainKernels;
 use ember_trainer::trainer::{Start, train};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -91,6 +92,15 @@ impl TrainTask for Train {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        let source = open_model(&self.config.model.path)?;
+        let plan = plan(&self.config, source.config(), &device, dtype, kernels)?;
+        let offloaded = if plan.offload {
+            ", layer inputs offloaded to host memory"
+        } else {
+            ""
+        };
+        eprintln!("ember: device memory estimate {}{offloaded}", plan.estimate);
+        drop(source);
         let mut memory_shown = false;
         let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, kernels, &stop, |log| {
             if !memory_shown {
