@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use ember_lora::{LoraConfig, Resolver};
 use ember_model::{Family, GemmaConfig};
 
-use crate::config::{Offload, OptimKind, RunConfig, TrainingArgs};
+use crate::config::{Offload, OptimKind, RunConfig};
 use crate::error::{Result, TrainError};
 use crate::kernels::TrainKernels;
 
@@ -77,7 +77,16 @@ pub fn plan<B: Backend>(
         .data
         .max_seq_length
         .next_multiple_of(args.pad_to_multiple_of.max(1));
-    let needs = |offload| estimate(model, &config.lora, args, seq, dtype, kernels, offload);
+    let needs = |offload| {
+        let run = RunShape {
+            batch: args.per_device_train_batch_size,
+            seq,
+            optim: args.optim,
+            checkpointing: args.gradient_checkpointing,
+            offload,
+        };
+        estimate(model, &config.lora, run, dtype, kernels)
+    };
     let free = kernels.free_bytes(device);
     let offload = args.gradient_checkpointing
         && match args.offload_activations {
@@ -98,6 +107,18 @@ pub fn plan<B: Backend>(
     }
 }
 
+/// The settings of a run the estimate depends on besides the model and the adapters.
+#[derive(Debug, Clone, Copy)]
+pub struct RunShape {
+    /// Samples per micro-batch, and tokens per sample (padded).
+    pub batch: usize,
+    pub seq: usize,
+    pub optim: OptimKind,
+    pub checkpointing: bool,
+    /// Whether the kept layer inputs leave the device.
+    pub offload: bool,
+}
+
 /// What a micro-batch looks like to the kernels, for [`TrainKernels::step_bytes`].
 #[derive(Debug, Clone, Copy)]
 pub struct StepShape {
@@ -109,17 +130,14 @@ pub struct StepShape {
     pub dropout: bool,
 }
 
-/// The estimate for `model` with adapters `lora`, micro-batches of `training`'s batch size and
-/// `seq` tokens, in `dtype`, trained by `kernels`; `offload`: whether the layer inputs leave
-/// the device.
+/// The estimate for `model` with adapters `lora`, run as `run` says, in `dtype`, trained by
+/// `kernels`.
 pub fn estimate<B: Backend>(
     model: &GemmaConfig,
     lora: &LoraConfig,
-    training: &TrainingArgs,
-    seq: usize,
+    run: RunShape,
     dtype: DType,
     kernels: &dyn TrainKernels<B>,
-    offload: bool,
 ) -> Result<MemoryEstimate> {
     let (h, i, layers) = (model.hidden_size, model.intermediate_size, model.num_hidden_layers());
     let (q, kv) = (
@@ -164,13 +182,13 @@ pub fn estimate<B: Backend>(
     }
     // f32 parameter and gradient, then two moments: f32, or 8-bit codes with an f32 absmax
     // per block of 256.
-    let optimizer = match training.optim {
+    let optimizer = match run.optim {
         OptimKind::AdamW => 8.0,
         OptimKind::AdamW8bit => 2.0 + 8.0 / 256.0,
     };
     let adapters = (adapter_params as f64 * (8.0 + optimizer)) as u64;
 
-    let batch = training.per_device_train_batch_size;
+    let (batch, seq) = (run.batch, run.seq);
     let input = batch * seq * h * dtype.size();
     let shape = StepShape {
         batch,
@@ -180,13 +198,13 @@ pub fn estimate<B: Backend>(
         dropout: lora.lora_dropout > 0.0,
     };
     let step = kernels.step_bytes(model, shape);
-    let saved_inputs = match (training.gradient_checkpointing, offload) {
+    let saved_inputs = match (run.checkpointing, run.offload) {
         (true, false) => layers * input,
         (true, true) => layers.min(2) * input,
         // autodiff keeps every layer's activations: about one recompute's buffers each.
         (false, _) => 0,
     } as u64;
-    let step = if training.gradient_checkpointing {
+    let step = if run.checkpointing {
         step
     } else {
         step * layers as u64

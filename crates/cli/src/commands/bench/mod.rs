@@ -17,6 +17,7 @@ use burn::tensor::backend::Backend;
 use ember_lora::{LoraConfig, add_lora, projections};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX};
 use ember_trainer::config::OptimKind;
+use ember_trainer::estimate::{RunShape, estimate};
 use ember_trainer::grads::{Checkpointing, MicroBatch};
 use ember_trainer::kernels::TrainKernels;
 use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
@@ -145,6 +146,15 @@ impl TrainTask for Bench {
         );
 
         let batch = random_batch(config.vocab_size, a.batch, a.seq, a.seed);
+        // What `ember train` would estimate for this run, beside what it measures.
+        let run = RunShape {
+            batch: a.batch,
+            seq: a.seq,
+            optim: a.optim,
+            checkpointing: !a.no_checkpointing,
+            offload: a.offload_activations,
+        };
+        let estimate = estimate(&config, &LoraConfig::seed_recipe(), run, dtype, kernels)?;
         let adamw = AdamWConfig::default();
         let mut optimizer: Box<dyn Optimizer<B>> = match a.optim {
             OptimKind::AdamW => Box::new(AdamW::new(adamw)),
@@ -214,6 +224,7 @@ impl TrainTask for Bench {
             "approx_tflops": tflops,
             "mfu": tflops / a.peak_tflops,
             "allocator_reserved_gib": reserved.map(|r| r as f64 / GIB),
+            "estimate_gib": estimate.total() as f64 / GIB,
             "driver_peak_gib": driver.as_ref().map(|d| d.peak_bytes() as f64 / GIB),
             "optimizer_state_bytes": optimizer.state_bytes(),
             "memory": memory_report(&MemoryParts {
