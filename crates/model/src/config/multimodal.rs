@@ -1,0 +1,88 @@
+//! Multimodal configs (`gemma3n`, `gemma4`, `gemma4_unified`): Ember runs their text decoder,
+//! described by `text_config` and stored under `model.language_model` in the checkpoint. The
+//! vision and audio towers are not loaded; their tensors are skipped by name and reported when
+//! the checkpoint is read.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::Fields;
+use crate::error::Result;
+
+/// The text decoder's part of a multimodal config.
+pub(super) struct TextConfig {
+    map: Map<String, Value>,
+}
+
+/// Keys of the multimodal wrapper that describe the towers Ember does not run or the files.
+const WRAPPER_KEYS: &[&str] = &[
+    "model_type",
+    "text_config",
+    "vision_config",
+    "audio_config",
+    "architectures",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "initializer_range",
+    "tie_word_embeddings",
+    "use_cache",
+    "boi_token_id",
+    "eoi_token_id",
+    "boa_token_id",
+    "eoa_token_id",
+    "eoa_token_index",
+    "image_token_id",
+    "video_token_id",
+    "audio_token_id",
+    "vision_soft_tokens_per_image",
+    "audio_soft_tokens_per_image",
+    "mm_tokens_per_image",
+    "processor_class",
+];
+
+impl Fields<'_> {
+    /// The text part of a multimodal config, or `None` for a text model's config.
+    pub(super) fn multimodal(&self) -> Result<Option<TextConfig>> {
+        let text_type = match self.str("model_type")? {
+            Some("gemma3n") => "gemma3n_text",
+            Some("gemma4") => "gemma4_text",
+            Some("gemma4_unified") => "gemma4_unified_text",
+            _ => return Ok(None),
+        };
+        let mut map = match self.get("text_config") {
+            Some(Value::Object(map)) => map.clone(),
+            Some(other) => return Err(self.error("text_config", format!("expected an object, found {other}"))),
+            None => return Err(self.error("text_config", "missing; Ember runs a multimodal model's text decoder")),
+        };
+        for key in self.map.keys().filter(|k| !WRAPPER_KEYS.contains(&k.as_str())) {
+            tracing::warn!(
+                "{}: key `{key}` is not used: Ember runs the text decoder",
+                self.path.display()
+            );
+        }
+        map.entry("model_type")
+            .or_insert_with(|| Value::String(text_type.into()));
+        // The saved dtype and the tying are stated once, at the top, by some writers.
+        for key in ["dtype", "torch_dtype", "tie_word_embeddings"] {
+            if let Some(value) = self.get(key)
+                && !map.contains_key(key)
+            {
+                map.insert(key.into(), value.clone());
+            }
+        }
+        Ok(Some(TextConfig { map }))
+    }
+}
+
+impl TextConfig {
+    pub(super) fn fields<'a>(&'a self, path: &'a Path) -> Fields<'a> {
+        Fields {
+            map: &self.map,
+            path,
+            key_prefix: "text_config.",
+            module_prefix: "model.language_model",
+        }
+    }
+}
