@@ -337,6 +337,18 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
+/// The module paths of a layer's seven projections under `model.layers.<i>`, in
+/// [`LayerKeep`]'s order.
+pub const PROJECTION_NAMES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 impl<B: Backend> DecoderLayer<B> {
     /// The layer's seven projections in [`LayerKeep`]'s order; `None` where the layer has none
     /// (the keys and values of a layer that shares another's).

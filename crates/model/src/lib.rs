@@ -53,7 +53,7 @@ pub use generate::{DecodeStep, GenerationConfig, generate_with};
 pub use head_loss::HEAD_CHUNK_ROWS;
 pub use kv_share::SharedKv;
 pub use laurel::Laurel;
-pub use layer::{DecoderLayer, LayerGrads, LayerInput, LayerKeep, LayerSaved};
+pub use layer::{DecoderLayer, LayerGrads, LayerInput, LayerKeep, LayerSaved, PROJECTION_NAMES};
 pub use linear::{Linear, LinearSaved};
 pub use load::LoadOptions;
 pub use lora::{Lora, LoraGrads, LoraSaved};
