@@ -6,8 +6,8 @@ use ember_model::{DecoderLayer, GemmaForCausalLM, Linear, Lora, PROJECTION_NAMES
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Init, LoraConfig};
-use crate::error::Result;
+use crate::config::{Init, LoraConfig, PROJECTIONS};
+use crate::error::{LoraError, Result};
 use crate::targets::Resolver;
 
 /// The projections of layer `index` with their module paths (`model.layers.3.mlp.up_proj`):
@@ -29,6 +29,12 @@ pub fn projections_mut<B: Backend>(index: usize, layer: &mut DecoderLayer<B>) ->
         .collect()
 }
 
+/// The layer index in a module path (`model.layers.3.…` → 3).
+fn layer_index(path: &str) -> Option<usize> {
+    let rest = path.split_once("layers.")?.1;
+    rest.split('.').next()?.parse().ok()
+}
+
 /// Adds a freshly initialised adapter to every targeted projection. Initialisation draws
 /// from `seed` on the host, so it is the same on every backend.
 ///
@@ -39,14 +45,32 @@ pub fn add_lora<B: Backend>(
     seed: u64,
 ) -> Result<GemmaForCausalLM<B>> {
     let resolver = Resolver::new(config)?;
+    // PEFT matches module paths as the checkpoint has them (`model.language_model.layers.…`
+    // in a multimodal one).
+    let checkpoint = |path: &str| model.config.checkpoint_name(path);
     let paths: Vec<String> = (model.model.layers.iter().enumerate())
-        .flat_map(|(i, layer)| projections(i, layer).into_iter().map(|(p, _)| p))
+        .flat_map(|(i, layer)| projections(i, layer).into_iter().map(|(p, _)| checkpoint(&p)))
         .collect();
     resolver.check_names_match(&paths)?;
+    for path in model.other_linear_paths() {
+        let layer = layer_index(&path).unwrap_or(usize::MAX);
+        if resolver.target(&checkpoint(&path), layer).is_some() {
+            return Err(LoraError::Config {
+                path: "adapter_config.json".into(),
+                key: "target_modules".into(),
+                message: format!(
+                    "it also selects `{}`, which PEFT would adapt but Ember cannot; on this model \
+                     name the attention and MLP projections ({})",
+                    checkpoint(&path),
+                    PROJECTIONS.join(", ")
+                ),
+            });
+        }
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (path, linear) in projections_mut(i, layer) {
-            let Some(target) = resolver.target(&path, i) else {
+            let Some(target) = resolver.target(&checkpoint(&path), i) else {
                 continue;
             };
             let [out_features, in_features] = linear.shape();

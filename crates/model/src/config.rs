@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::error::{ModelError, Result};
 
 pub use extensions::{AltUp, Moe, PerLayerInputs};
+pub(crate) use multimodal::standalone_text_config;
 
 /// The Gemma generations Ember runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -231,6 +231,39 @@ impl<B: Backend> GemmaForCausalLM<B> {
         self.logits(self.hidden_states(input, cache))
     }
 
+    /// The module paths (`model.layers.0.per_layer_input_gate`) of the linear layers LoRA
+    /// cannot adapt in Ember, outside the layers' seven projections: Gemma 3n's and 4's
+    /// per-layer input blocks, AltUp, Laurel and expert routers. PEFT's `all-linear` adapts them.
+    pub fn other_linear_paths(&self) -> Vec<String> {
+        let mut paths = Vec::new();
+        let m = &self.model;
+        if m.per_layer_model_projection.is_some() {
+            paths.push("model.per_layer_model_projection".to_string());
+        }
+        for (kind, list) in [
+            ("altup_projections", &m.altup_projections),
+            ("altup_unembed_projections", &m.altup_unembed_projections),
+        ] {
+            paths.extend((0..list.len()).map(|i| format!("model.{kind}.{i}")));
+        }
+        for (i, layer) in m.layers.iter().enumerate() {
+            let mut add = |present: bool, name: &str| {
+                if present {
+                    paths.push(format!("model.layers.{i}.{name}"));
+                }
+            };
+            add(layer.per_layer_input_gate.is_some(), "per_layer_input_gate");
+            add(layer.per_layer_projection.is_some(), "per_layer_projection");
+            add(layer.router.is_some(), "router.proj");
+            add(layer.laurel.is_some(), "laurel.linear_left");
+            add(layer.laurel.is_some(), "laurel.linear_right");
+            for name in ["correction_coefs", "prediction_coefs", "modality_router"] {
+                add(layer.altup.is_some(), &format!("altup.{name}"));
+            }
+        }
+        paths
+    }
+
     /// An empty KV cache for this model, holding up to `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
         KvCache::new(self.model.layers.len(), capacity)

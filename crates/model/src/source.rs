@@ -9,7 +9,7 @@ use ember_data::Tokenizer;
 use serde_json::Value;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::GemmaConfig;
+use crate::config::{GemmaConfig, standalone_text_config};
 use crate::error::{ModelError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
 use crate::load::LoadOptions;
@@ -157,6 +157,10 @@ impl ModelSource {
             path: config_path.clone(),
             source,
         })?;
+        // Ember's model of a multimodal checkpoint is its text decoder, and so is the export.
+        if let Some(text) = standalone_text_config(&config) {
+            config = text;
+        }
         if let Some(map) = config.as_object_mut() {
             // transformers 5 writes `dtype`, 4.x `torch_dtype`: keep whichever the base used.
             let key = if map.contains_key("dtype") {

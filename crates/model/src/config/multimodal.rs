@@ -76,6 +76,30 @@ impl Fields<'_> {
     }
 }
 
+/// A multimodal config's text part as a text model's own `config.json`: what an export of the
+/// text decoder (which Ember's model is) carries, so transformers loads it as the text model's
+/// `*ForCausalLM`. `None` for a text model's config.
+pub(crate) fn standalone_text_config(config: &Value) -> Option<Value> {
+    let map = config.as_object()?;
+    let (text_type, class) = match map.get("model_type")?.as_str()? {
+        "gemma3n" => ("gemma3n_text", "Gemma3nForCausalLM"),
+        "gemma4" => ("gemma4_text", "Gemma4ForCausalLM"),
+        "gemma4_unified" => ("gemma4_unified_text", "Gemma4UnifiedForCausalLM"),
+        _ => return None,
+    };
+    let mut text = map.get("text_config")?.as_object()?.clone();
+    text.insert("model_type".into(), Value::String(text_type.into()));
+    text.insert("architectures".into(), Value::Array(vec![Value::String(class.into())]));
+    for key in ["dtype", "torch_dtype", "tie_word_embeddings", "transformers_version"] {
+        if let Some(value) = map.get(key)
+            && !text.contains_key(key)
+        {
+            text.insert(key.into(), value.clone());
+        }
+    }
+    Some(Value::Object(text))
+}
+
 impl TextConfig {
     pub(super) fn fields<'a>(&'a self, path: &'a Path) -> Fields<'a> {
         Fields {
