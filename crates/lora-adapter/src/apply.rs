@@ -51,7 +51,6 @@ pub fn add_lora<B: Backend>(
     let paths: Vec<String> = (model.model.layers.iter().enumerate())
         .flat_map(|(i, layer)| projections(i, layer).into_iter().map(|(p, _)| checkpoint(&p)))
         .collect();
-    resolver.check_names_match(&paths)?;
     for path in model.other_linear_paths() {
         let layer = layer_index(&path).unwrap_or(usize::MAX);
         if resolver.target(&checkpoint(&path), layer).is_some() {
@@ -67,6 +66,7 @@ pub fn add_lora<B: Backend>(
             });
         }
     }
+    resolver.check_names_match(&paths)?;
     let mut rng = StdRng::seed_from_u64(seed);
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (path, linear) in projections_mut(i, layer) {
