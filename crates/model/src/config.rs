@@ -573,7 +573,10 @@ impl<'a> Fields<'a> {
         let layer_types = self.layer_types(family, num_layers)?;
         let sliding_window = match family {
             Family::Gemma => None,
-            Family::Gemma3n | Family::Gemma4 => Some(self.usize("sliding_window")?.unwrap_or(512)),
+            Family::Gemma3n | Family::Gemma4 => {
+                let default = if self.is_gemma4_unified()? { 1024 } else { 512 };
+                Some(self.usize("sliding_window")?.unwrap_or(default))
+            }
             _ => Some(
                 self.usize("sliding_window")?
                     .or(self.usize("sliding_window_size")?)
@@ -607,6 +610,7 @@ impl<'a> Fields<'a> {
         let ext = self.extensions(family, &layer_types, head_dim, num_key_value_heads, intermediate_sizes)?;
         let max_position_default = match family {
             Family::Gemma3n => 32_768,
+            Family::Gemma4 if self.is_gemma4_unified()? => 262_144,
             Family::Gemma4 => 131_072,
             _ => 8192,
         };
@@ -977,6 +981,207 @@ mod tests {
         // Absent soft-capping keys take transformers' Gemma 2 defaults.
         assert_eq!(config.attn_logit_softcapping, Some(50.0));
         assert_eq!(config.final_logit_softcapping, Some(30.0));
+    }
+
+    fn gemma4(extra: serde_json::Value) -> serde_json::Value {
+        gemma(
+            serde_json::json!({"model_type": "gemma4_text", "num_hidden_layers": 7})
+                .as_object()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .chain(extra.as_object().unwrap().clone())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn gemma4_absent_keys_take_transformers_defaults() {
+        let config = parse(gemma4(serde_json::json!({}))).unwrap();
+        use LayerType::*;
+        // 5:1 local/global, and the last layer made global.
+        assert_eq!(
+            config.layer_types,
+            vec![Sliding, Sliding, Sliding, Sliding, Sliding, Full, Full]
+        );
+        assert_eq!(
+            config.rope_full,
+            Rope {
+                theta: 1e6,
+                factor: 1.0,
+                partial_rotary_factor: 0.25
+            }
+        );
+        assert_eq!(config.rope_sliding, Rope::new(10_000.0));
+        assert_eq!((config.full_head_dim, config.full_key_value_heads), (512, 1));
+        assert_eq!(
+            config.per_layer_inputs,
+            Some(PerLayerInputs {
+                hidden_size: 256,
+                vocab_size: 262_144
+            })
+        );
+        assert_eq!((config.num_kv_shared_layers, config.sliding_window), (0, Some(512)));
+        assert_eq!(
+            (config.final_logit_softcapping, config.query_pre_attn_scalar),
+            (None, 1.0)
+        );
+        assert_eq!(config.norm_weight_offset(), 0.0);
+        assert!(config.moe.is_none() && !config.attention_k_eq_v);
+    }
+
+    #[test]
+    fn global_head_settings_come_from_either_format() {
+        let old = gemma4(serde_json::json!({
+            "global_head_dim": 8, "num_global_key_value_heads": 2, "attention_k_eq_v": true,
+        }));
+        let new = gemma4(serde_json::json!({
+            "attention_k_eq_v": true,
+            "per_layer_config": {"5": {"head_dim": 8, "num_key_value_heads": 2}, "6": {"head_dim": 8, "num_key_value_heads": 2}},
+        }));
+        for json in [old, new] {
+            let config = parse(json).unwrap();
+            assert_eq!((config.full_head_dim, config.full_key_value_heads), (8, 2));
+            assert_eq!((config.head_dim, config.num_key_value_heads), (4, 1));
+            assert!(config.values_from_keys(6) && !config.values_from_keys(0));
+        }
+        // Without keys as values, the global key/value head count is not overridden.
+        let config = parse(gemma4(
+            serde_json::json!({"global_head_dim": 8, "num_global_key_value_heads": 2}),
+        ))
+        .unwrap();
+        assert_eq!(config.full_key_value_heads, 1);
+    }
+
+    #[test]
+    fn shared_keys_and_values_come_from_the_last_earlier_layer_of_their_type() {
+        let json = gemma4(serde_json::json!({
+            "num_hidden_layers": 6, "num_kv_shared_layers": 2, "use_double_wide_mlp": true,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
+                            "sliding_attention", "sliding_attention", "full_attention"],
+        }));
+        let config = parse(json).unwrap();
+        let sources: Vec<_> = (0..6).map(|i| config.kv_source(i)).collect();
+        assert_eq!(sources, vec![None, None, None, None, Some(3), Some(2)]);
+        assert!(config.shares_kv(2) && config.shares_kv(3) && !config.shares_kv(1));
+        assert_eq!(config.layer_intermediate_sizes, vec![16, 16, 16, 16, 32, 32]);
+    }
+
+    #[test]
+    fn multimodal_configs_are_read_for_their_text_decoder() {
+        let text = gemma4(serde_json::json!({}));
+        let mut text = text.as_object().unwrap().clone();
+        text.remove("model_type");
+        let json = serde_json::json!({
+            "model_type": "gemma4", "text_config": text, "vision_config": {"hidden_size": 16},
+            "audio_config": {}, "image_token_id": 9, "dtype": "bfloat16",
+        });
+        let config = parse(json.clone()).unwrap();
+        assert_eq!(
+            (config.family, config.module_prefix.as_str()),
+            (Family::Gemma4, "model.language_model")
+        );
+        assert_eq!(config.torch_dtype.as_deref(), Some("bfloat16"));
+        assert_eq!(
+            config.checkpoint_name("model.layers.0.mlp.up_proj.weight"),
+            "model.language_model.layers.0.mlp.up_proj.weight"
+        );
+        assert_eq!(config.checkpoint_name("lm_head.weight"), "lm_head.weight");
+        // The export of the text decoder is a text model's config.
+        let standalone = standalone_text_config(&json).unwrap();
+        assert_eq!(standalone["model_type"], "gemma4_text");
+        assert_eq!(standalone["architectures"][0], "Gemma4ForCausalLM");
+        // A bad text key is named with its place.
+        let mut bad = json;
+        bad["text_config"]["attention_bias"] = true.into();
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.contains("text_config.attention_bias"), "{err}");
+    }
+
+    #[test]
+    fn gemma4_unified_is_gemma4_without_per_layer_inputs_or_experts() {
+        let json = serde_json::json!({"model_type": "gemma4_unified", "text_config": gemma4(serde_json::json!({}))});
+        let mut json = json;
+        json["text_config"]["model_type"] = "gemma4_unified_text".into();
+        let config = parse(json).unwrap();
+        assert_eq!(config.family, Family::Gemma4);
+        assert_eq!(
+            (config.per_layer_inputs, config.moe, config.sliding_window),
+            (None, None, Some(1024))
+        );
+    }
+
+    #[test]
+    fn gemma3n_reads_its_per_layer_lists_and_altup() {
+        let json = gemma(serde_json::json!({
+            "model_type": "gemma3n_text", "num_hidden_layers": 3, "intermediate_size": [8, 16, 8],
+            "activation_sparsity_pattern": [0.95, 0.0, 0.0], "num_kv_shared_layers": 0,
+            "hidden_size_per_layer_input": 2, "altup_num_inputs": 3, "laurel_rank": 2,
+        }));
+        let config = parse(json).unwrap();
+        assert_eq!(config.layer_intermediate_sizes, vec![8, 16, 8]);
+        assert_eq!(config.activation_sparsity, vec![0.95, 0.0, 0.0]);
+        assert_eq!(
+            config.altup.map(|a| (a.num_inputs, a.active_idx, a.coef_clip)),
+            Some((3, 0, Some(120.0)))
+        );
+        assert_eq!(
+            (config.laurel_rank, config.final_logit_softcapping),
+            (Some(2), Some(30.0))
+        );
+        assert_eq!(config.residual_width(), 24);
+        assert_eq!(config.rope_full.theta, 1e6);
+    }
+
+    #[test]
+    fn gemma3n_and_4_settings_ember_cannot_apply_are_refused_by_name() {
+        let layers = serde_json::json!([
+            "sliding_attention",
+            "full_attention",
+            "sliding_attention",
+            "full_attention"
+        ]);
+        for (json, key) in [
+            (
+                gemma4(serde_json::json!({"use_bidirectional_attention": "all"})),
+                "use_bidirectional_attention",
+            ),
+            (
+                gemma4(serde_json::json!({"per_layer_config": {"6": {"head_dim": 8, "sliding_window": 3}}})),
+                "per_layer_config.6.sliding_window",
+            ),
+            (
+                gemma4(serde_json::json!({"per_layer_config": {"0": {"head_dim": 8}}})),
+                "per_layer_config",
+            ),
+            (
+                gemma4(serde_json::json!({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}})),
+                "rope_parameters.partial_rotary_factor",
+            ),
+            (
+                gemma4(serde_json::json!({"num_hidden_layers": 4, "layer_types": layers, "num_kv_shared_layers": 3})),
+                "num_kv_shared_layers",
+            ),
+            (
+                gemma4(serde_json::json!({"enable_moe_block": true, "num_experts": 4})),
+                "top_k_experts",
+            ),
+            (
+                gemma(
+                    serde_json::json!({"model_type": "gemma3n_text", "intermediate_size": [8], "num_kv_shared_layers": 0}),
+                ),
+                "intermediate_size",
+            ),
+            (
+                gemma(
+                    serde_json::json!({"model_type": "gemma3n_text", "activation_sparsity_pattern": 0.9, "num_kv_shared_layers": 0}),
+                ),
+                "activation_sparsity_pattern",
+            ),
+        ] {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

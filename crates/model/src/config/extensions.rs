@@ -104,14 +104,17 @@ impl Fields<'_> {
         if !matches!(family, Family::Gemma3n | Family::Gemma4) {
             return Ok(ext);
         }
-        // Absent keys take transformers' class defaults.
+        // Absent keys take transformers' class defaults; Gemma 4 "unified" has no per-layer
+        // embeddings or experts at all.
         let gemma3n = family == Family::Gemma3n;
+        let unified = self.is_gemma4_unified()?;
         ext.num_kv_shared_layers = self
             .usize("num_kv_shared_layers")?
             .unwrap_or(if gemma3n { 15 } else { 0 });
         let per_layer_width = self.usize("hidden_size_per_layer_input")?;
         let per_layer_width = match self.map.contains_key("hidden_size_per_layer_input") {
             true => per_layer_width.unwrap_or(0),
+            false if unified => 0,
             false => 256,
         };
         if per_layer_width > 0 {
@@ -160,6 +163,11 @@ impl Fields<'_> {
             }
         }
         Ok(ext)
+    }
+
+    /// Whether this is Gemma 4 "unified"'s text config, whose class lacks some of Gemma 4's keys.
+    pub(super) fn is_gemma4_unified(&self) -> Result<bool> {
+        Ok(self.str("model_type")? == Some("gemma4_unified_text"))
     }
 
     /// `activation_sparsity_pattern`: one share per layer; by default the first 10 layers of a
