@@ -249,7 +249,11 @@ impl<B: Backend> GemmaModel<B> {
         for (u, projection) in projected.into_iter().zip(&self.altup_unembed_projections) {
             // o = u·t/m, m = sqrt(max(mean(u²), ε)): do/du = t/m − u·(u·do)·t/(H·m³) where unclamped.
             let mean_square = u.clone().square().mean_dim(1);
-            let unclamped = mean_square.clone().greater_elem(MIN_MEAN_SQUARE).float();
+            let unclamped = mean_square
+                .clone()
+                .greater_elem(MIN_MEAN_SQUARE)
+                .float()
+                .cast(u.dtype());
             let m = mean_square.clamp_min(MIN_MEAN_SQUARE).sqrt();
             let dot = (d_version.clone() * u.clone()).sum_dim(1);
             d_target = d_target + dot.clone() / m.clone();
