@@ -1072,6 +1072,14 @@ mod tests {
         let text = gemma4(serde_json::json!({}));
         let mut text = text.as_object().unwrap().clone();
         text.remove("model_type");
+        // As transformers 5.17 writes a sub-config: its descriptive keys, `dtype` null.
+        text.extend(
+            serde_json::json!({"dtype": null, "id2label": {"0": "LABEL_0"}, "return_dict": true,
+            "_name_or_path": "", "architectures": null})
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
         let json = serde_json::json!({
             "model_type": "gemma4", "text_config": text, "vision_config": {"hidden_size": 16},
             "audio_config": {}, "image_token_id": 9, "dtype": "bfloat16",

@@ -82,3 +82,24 @@ fn parameter_paths_are_the_checkpoint_names() {
     names.sort();
     assert_eq!(names, expected);
 }
+
+#[test]
+fn gemma3n_reads_ids_past_its_per_layer_table_as_row_0() {
+    // As transformers 5.24's Gemma 3n text model (and 5.17's multimodal one) do: audio and
+    // image token ids lie past the per-layer table.
+    use burn::tensor::{Distribution, Int, Tensor};
+    let model = load(&fixture("gemma3n"));
+    let device = Default::default();
+    let rows = model.config.per_layer_inputs.unwrap().vocab_size as i64;
+    let embeds = Tensor::<B, 3>::random([1, 3, model.config.hidden_size], Distribution::Default, &device);
+    let inputs = |ids: [i64; 3]| {
+        let ids = Tensor::<B, 1, Int>::from_data(ids.as_slice(), &device).reshape([1, 3]);
+        let out = model
+            .model
+            .per_layer_inputs(model.config.family, ids, embeds.clone())
+            .unwrap();
+        out.into_data().into_vec::<f32>().unwrap()
+    };
+    assert_eq!(inputs([0, 7, rows + 5]), inputs([0, 7, 0]));
+    assert_ne!(inputs([0, 7, rows - 1]), inputs([0, 7, 0]));
+}

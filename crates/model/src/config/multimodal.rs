@@ -66,8 +66,9 @@ impl Fields<'_> {
             .or_insert_with(|| Value::String(text_type.into()));
         // The saved dtype and the tying are stated once, at the top, by some writers.
         for key in ["dtype", "torch_dtype", "tie_word_embeddings"] {
+            // transformers 5.17 writes `"dtype": null` into the sub-configs.
             if let Some(value) = self.get(key)
-                && !map.contains_key(key)
+                && map.get(key).is_none_or(Value::is_null)
             {
                 map.insert(key.into(), value.clone());
             }
