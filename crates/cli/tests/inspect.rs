@@ -47,6 +47,47 @@ fn a_sound_checkpoint_is_described_and_checked() {
 }
 
 #[test]
+fn gemma_3n_and_4_are_described_and_a_multimodal_checkpoint_s_towers_named() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models");
+    for (name, expected) in [
+        (
+            "gemma3n",
+            vec![
+                "Gemma3n",
+                "altup          4 versions",
+                "reuse the keys and values of layer(s) 2, 3",
+            ],
+        ),
+        (
+            "gemma4",
+            vec![
+                "Gemma4",
+                "not loaded: model.audio_tower (",
+                "model.vision_tower (",
+                "per-layer      inputs of 8",
+            ],
+        ),
+        (
+            "gemma4-dense",
+            vec!["values from the key projection", "0.25 of dims rotated"],
+        ),
+        ("gemma4-moe", vec!["experts        8 (top 2, intermediate 16)"]),
+    ] {
+        let out = inspect(&models.join(name));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("checked        every tensor's"), "{name}: {stdout}");
+        for text in expected {
+            assert!(stdout.contains(text), "{name}: no `{text}` in {stdout}");
+        }
+    }
+}
+
+#[test]
 fn tensors_that_do_not_match_the_config_are_each_named() {
     let dir = copy_with_config(|config| config["intermediate_size"] = 96.into());
     let out = inspect(dir.path());

@@ -50,18 +50,13 @@ pub struct Adapters {
     pub layers: Vec<[Option<Slot>; 7]>,
 }
 
-/// A layer's projections in [`Q`]..[`DOWN`] order.
+/// A layer's projections in [`Q`]..[`DOWN`] order. The kernels run Gemma 1 to 3 only
+/// (`CudaKernels::unsupported` refuses the others before any layer gets here), whose layers
+/// have all seven.
 pub fn projections<B: Backend>(layer: &DecoderLayer<B>) -> [&Linear<B>; 7] {
-    let (attn, mlp) = (&layer.self_attn, &layer.mlp);
-    [
-        &attn.q_proj,
-        &attn.k_proj,
-        &attn.v_proj,
-        &attn.o_proj,
-        &mlp.gate_proj,
-        &mlp.up_proj,
-        &mlp.down_proj,
-    ]
+    layer
+        .projections()
+        .map(|linear| linear.expect("a Gemma 1 to 3 layer has all seven projections"))
 }
 
 impl Adapters {

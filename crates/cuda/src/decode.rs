@@ -103,7 +103,7 @@ impl<'a> CudaDecoder<'a> {
         self.data.write(&self.cuda.gpu, config, &step)?;
         let data = &self.data;
         let (mut x, mut y) = (self.hidden[0].ptr, self.hidden[1].ptr);
-        let scale = self.model.model.embed_tokens.scale();
+        let scale = self.model.model.embed_tokens.rounded_scale();
         let hidden = config.hidden_size;
         self.cuda
             .embed(self.elem, data.ids, self.weights.embed, x, n, hidden, scale)?;

@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell, RefMut};
 
 use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
-use ember_model::{DecodeStep, GemmaConfig, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
+use ember_model::{DecodeStep, Family, GemmaConfig, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
 use ember_trainer::estimate::{StepShape, burn_step_bytes};
 use ember_trainer::grads::{AdapterGrads, MicroBatch};
 use ember_trainer::kernels::{BatchKernels, Offloaded, TrainKernels};
@@ -63,6 +63,13 @@ impl TrainKernels<CudaBackend> for CudaKernels {
     }
 
     fn unsupported(&self, model: &GemmaForCausalLM<CudaBackend>) -> Option<String> {
+        let family = model.config.family;
+        if !matches!(family, Family::Gemma | Family::Gemma2 | Family::Gemma3) {
+            return Some(format!(
+                "they run Gemma 1 to 3 layers; {family:?}'s (per-layer inputs, shared keys and values, \
+                 AltUp, experts, norms scaled by w) run on burn's kernels"
+            ));
+        }
         let dtype = model.dtype();
         if elem(dtype).is_err() {
             return Some(format!("they run in bf16 or f32, not {dtype:?}"));
@@ -166,6 +173,10 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
     ) -> ember_trainer::Result<Box<dyn BatchKernels<CudaBackend> + 'a>> {
+        // Callers choose burn's kernels for what these refuse; one that did not gets an error.
+        if let Some(why) = self.unsupported(model) {
+            return Err(CudaError::Unsupported(format!("Ember's CUDA kernels cannot run this model: {why}")).into());
+        }
         Ok(Box::new(CudaBatch::new(
             self.state.borrow_mut(),
             model,

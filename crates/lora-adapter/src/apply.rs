@@ -2,45 +2,37 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
-use ember_model::{DecoderLayer, GemmaForCausalLM, Linear, Lora};
+use ember_model::{DecoderLayer, GemmaForCausalLM, Linear, Lora, PROJECTION_NAMES};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Init, LoraConfig};
-use crate::error::Result;
+use crate::config::{Init, LoraConfig, PROJECTIONS};
+use crate::error::{LoraError, Result};
 use crate::targets::Resolver;
 
-/// The seven projections of layer `index` with their module paths (`model.layers.3.mlp.up_proj`).
-pub fn projections<B: Backend>(index: usize, layer: &DecoderLayer<B>) -> [(String, &Linear<B>); 7] {
-    let attn = |name: &str| format!("model.layers.{index}.self_attn.{name}");
-    let mlp = |name: &str| format!("model.layers.{index}.mlp.{name}");
-    let (a, m) = (&layer.self_attn, &layer.mlp);
-    [
-        (attn("q_proj"), &a.q_proj),
-        (attn("k_proj"), &a.k_proj),
-        (attn("v_proj"), &a.v_proj),
-        (attn("o_proj"), &a.o_proj),
-        (mlp("gate_proj"), &m.gate_proj),
-        (mlp("up_proj"), &m.up_proj),
-        (mlp("down_proj"), &m.down_proj),
-    ]
+/// The projections of layer `index` with their module paths (`model.layers.3.mlp.up_proj`):
+/// the seven, less those a layer that shares another's keys and values lacks.
+pub fn projections<B: Backend>(index: usize, layer: &DecoderLayer<B>) -> Vec<(String, &Linear<B>)> {
+    PROJECTION_NAMES
+        .iter()
+        .zip(layer.projections())
+        .filter_map(|(name, linear)| Some((format!("model.layers.{index}.{name}"), linear?)))
+        .collect()
 }
 
 /// [`projections`], mutably.
-pub fn projections_mut<B: Backend>(index: usize, layer: &mut DecoderLayer<B>) -> [(String, &mut Linear<B>); 7] {
-    let attn = |name: &str| format!("model.layers.{index}.self_attn.{name}");
-    let mlp = |name: &str| format!("model.layers.{index}.mlp.{name}");
-    let a = &mut layer.self_attn;
-    let m = &mut layer.mlp;
-    [
-        (attn("q_proj"), &mut a.q_proj),
-        (attn("k_proj"), &mut a.k_proj),
-        (attn("v_proj"), &mut a.v_proj),
-        (attn("o_proj"), &mut a.o_proj),
-        (mlp("gate_proj"), &mut m.gate_proj),
-        (mlp("up_proj"), &mut m.up_proj),
-        (mlp("down_proj"), &mut m.down_proj),
-    ]
+pub fn projections_mut<B: Backend>(index: usize, layer: &mut DecoderLayer<B>) -> Vec<(String, &mut Linear<B>)> {
+    PROJECTION_NAMES
+        .iter()
+        .zip(layer.projections_mut())
+        .filter_map(|(name, linear)| Some((format!("model.layers.{index}.{name}"), linear?)))
+        .collect()
+}
+
+/// The layer index in a module path (`model.layers.3.…` → 3).
+fn layer_index(path: &str) -> Option<usize> {
+    let rest = path.split_once("layers.")?.1;
+    rest.split('.').next()?.parse().ok()
 }
 
 /// Adds a freshly initialised adapter to every targeted projection. Initialisation draws
@@ -53,14 +45,32 @@ pub fn add_lora<B: Backend>(
     seed: u64,
 ) -> Result<GemmaForCausalLM<B>> {
     let resolver = Resolver::new(config)?;
-    let paths: Vec<String> = (0..model.model.layers.len())
-        .flat_map(|i| projections_mut(i, &mut model.model.layers[i]).map(|(p, _)| p))
+    // PEFT matches module paths as the checkpoint has them (`model.language_model.layers.…`
+    // in a multimodal one).
+    let checkpoint = |path: &str| model.config.checkpoint_name(path);
+    let paths: Vec<String> = (model.model.layers.iter().enumerate())
+        .flat_map(|(i, layer)| projections(i, layer).into_iter().map(|(p, _)| checkpoint(&p)))
         .collect();
+    for path in model.other_linear_paths() {
+        let layer = layer_index(&path).unwrap_or(usize::MAX);
+        if resolver.target(&checkpoint(&path), layer).is_some() {
+            return Err(LoraError::Config {
+                path: "adapter_config.json".into(),
+                key: "target_modules".into(),
+                message: format!(
+                    "it also selects `{}`, which PEFT would adapt but Ember cannot; on this model \
+                     name the attention and MLP projections ({})",
+                    checkpoint(&path),
+                    PROJECTIONS.join(", ")
+                ),
+            });
+        }
+    }
     resolver.check_names_match(&paths)?;
     let mut rng = StdRng::seed_from_u64(seed);
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (path, linear) in projections_mut(i, layer) {
-            let Some(target) = resolver.target(&path, i) else {
+            let Some(target) = resolver.target(&checkpoint(&path), i) else {
                 continue;
             };
             let [out_features, in_features] = linear.shape();

@@ -268,7 +268,10 @@ impl Reader<'_> {
             "trainable_token_indices",
             "trainable token embeddings are not supported",
         )?;
-        self.refuse_if_set("target_parameters", "LoRA on raw parameters is not supported")?;
+        self.refuse_if_set(
+            "target_parameters",
+            "LoRA on raw parameters (PEFT's way to adapt Gemma 4's experts) is not supported",
+        )?;
         self.refuse_if_set("use_qalora", "QA-LoRA is not supported")?;
         self.refuse_if_set("alora_invocation_tokens", "activated LoRA is not supported")?;
         self.refuse_if_set("arrow_config", "Arrow routing is not supported")?;

@@ -21,7 +21,7 @@ use crate::error::{LoraError, Result};
 /// each B carries its own scale and alpha is 0, which llama.cpp reads as "scale 1".
 pub fn export_gguf_lora<B: Backend>(model: &GemmaForCausalLM<B>, base_path: &Path, path: &Path) -> Result<()> {
     let config = &model.config;
-    let arch = Architecture::of_family(config.family);
+    let arch = Architecture::of_family(config.family, base_path)?;
     // The base GGUF carries llama.cpp's query scale folded into q_proj (Gemma, Gemma 2); the
     // adapter's update to q_proj must carry it too.
     let query_factor = llama_cpp_query_factor(config, base_path)?;

@@ -27,7 +27,9 @@ pub fn peft_key(path: &str, matrix: char) -> String {
 /// Adapter tensors by PEFT key: shape and f32 values.
 pub type AdapterTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// The adapter tensors of `model` under PEFT's keys, as f32 values with their shapes.
+/// The adapter tensors of `model` under PEFT's keys, as f32 values with their shapes. Keys
+/// follow the checkpoint's module paths (`model.language_model.layers.…` for a multimodal
+/// base), so PEFT applies the adapter to the model the checkpoint loads as.
 pub fn adapter_tensors<B: Backend>(model: &GemmaForCausalLM<B>) -> Result<AdapterTensors> {
     let mut tensors = BTreeMap::new();
     for param in named_params(model) {
@@ -42,7 +44,10 @@ pub fn adapter_tensors<B: Backend>(model: &GemmaForCausalLM<B>) -> Result<Adapte
             .into_data()
             .into_vec::<f32>()
             .map_err(|e| LoraError::io(path, std::io::Error::other(format!("{e:?}"))))?;
-        tensors.insert(peft_key(path, matrix), (param.shape, values));
+        tensors.insert(
+            peft_key(&model.config.checkpoint_name(path), matrix),
+            (param.shape, values),
+        );
     }
     Ok(tensors)
 }
@@ -95,13 +100,15 @@ pub fn load_adapter_as<B: Backend>(
     let bytes = std::fs::read(&path).map_err(|e| LoraError::io(&path, e))?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| safetensors_error(&path, e))?;
     let mut unused: Vec<String> = file.names().into_iter().map(String::from).collect();
+    let config = model.config.clone();
+    let checkpoint_name = |path: &str| config.checkpoint_name(path);
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (module, linear) in projections_mut(i, layer) {
             let Some(lora) = linear.lora.as_mut() else {
                 continue;
             };
             for (matrix, param) in [('A', &mut lora.a), ('B', &mut lora.b)] {
-                let key = peft_key(&module, matrix);
+                let key = peft_key(&checkpoint_name(&module), matrix);
                 *param = read_param(&file, &path, &key, param.val().dims(), &param.val().device())?;
                 unused.retain(|k| k != &key);
             }

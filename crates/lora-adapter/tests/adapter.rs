@@ -151,6 +151,41 @@ fn a_target_that_matches_no_projection_is_refused() {
 }
 
 #[test]
+fn targets_peft_would_adapt_beyond_the_seven_projections_are_refused_by_name() {
+    // "all-linear" would also adapt Gemma 3n's and 4's per-layer input projections (and AltUp, Laurel) and
+    // Gemma 4's expert router, which Ember's adapters do not cover.
+    for (base, target, module) in [
+        ("gemma3n", Targets::AllLinear, "model.per_layer_model_projection"),
+        (
+            "gemma4",
+            Targets::AllLinear,
+            "model.language_model.per_layer_model_projection",
+        ),
+        (
+            "gemma4-moe",
+            Targets::Names(vec!["q_proj".into(), "proj".into()]),
+            "model.layers.0.router.proj",
+        ),
+        (
+            "gemma3n",
+            Targets::Regex(r".*\.linear_left".into()),
+            "model.layers.0.laurel.linear_left",
+        ),
+    ] {
+        let config = LoraConfig {
+            target_modules: target,
+            ..LoraConfig::seed_recipe()
+        };
+        let err = add_lora(load::<B>(&model_dir(base)), &config, 0).unwrap_err();
+        assert!(err.to_string().contains(module), "{base}: {err}");
+    }
+    // The seven by name are what Ember adapts there, the shared layers' absent k/v included.
+    let model = add_lora(load::<B>(&model_dir("gemma3n")), &LoraConfig::seed_recipe(), 0).unwrap();
+    let layer = &model.model.layers[5];
+    assert!(layer.self_attn.k_proj.is_none() && layer.self_attn.q_proj.lora.is_some());
+}
+
+#[test]
 fn merged_model_and_its_export_compute_what_base_plus_adapter_computes() {
     let model = add_lora(load::<B>(&model_dir("gemma2")), &random_config(), 9).unwrap();
     let with_adapter = logits_of(&model, "gemma2");

@@ -11,7 +11,7 @@ use ember_model::{causal_lm_loss_sum, named_params};
 use ember_testkit::max_abs_diff;
 use ember_testkit::read_f32;
 
-const CASES: &[&str] = &["plain", "rslora", "patterns"];
+const CASES: &[&str] = &["plain", "rslora", "patterns", "gemma3n", "gemma4", "gemma4-moe"];
 
 fn base_of(case: &str) -> String {
     let json: serde_json::Value = serde_json::from_str(
@@ -58,7 +58,9 @@ fn peft_adapters_give_peft_logits_loss_and_gradients() {
             let Some((path, matrix)) = param.name.rsplit_once(".lora.") else {
                 continue;
             };
-            let key = ember_lora::peft_key(path, if matrix == "a" { 'A' } else { 'B' }) + ".grad";
+            // PEFT names the checkpoint's module paths (`model.language_model.…`, multimodal).
+            let module = model.config.checkpoint_name(path);
+            let key = ember_lora::peft_key(&module, if matrix == "a" { 'A' } else { 'B' }) + ".grad";
             let grad = grads
                 .get::<burn::backend::NdArray<f32>, 2>(param.id)
                 .unwrap_or_else(|| panic!("{case}: no gradient for {key}"));

@@ -13,32 +13,44 @@ use std::process::Command;
 
 use burn::tensor::DType;
 use common::{B, Batch, load, model_dir, repo, to_vec};
-use ember_lora::{Init, LoraConfig, add_lora, export_checkpoint, merge_lora, save_adapter};
+use ember_lora::{Init, LoraConfig, Targets, add_lora, export_checkpoint, merge_lora, save_adapter};
 use ember_model::ModelSource;
 use safetensors::tensor::TensorView;
 
-const BASE: &str = "gemma3";
+/// The bases: Gemma 3, and Gemma 3n and 4 (the multimodal one with its adapter under
+/// `model.language_model`, its export as the text model).
+const BASES: &[&str] = &["gemma3", "gemma3n", "gemma4", "gemma4-moe"];
 
-fn config() -> LoraConfig {
+fn config(base: &str) -> LoraConfig {
+    let recipe = LoraConfig::seed_recipe();
     LoraConfig {
         r: 8,
         lora_alpha: 16.0,
         init_lora_weights: Init::Random,
-        base_model_name_or_path: Some("fixtures/models/gemma3".into()),
+        base_model_name_or_path: Some(format!("fixtures/models/{base}")),
         rank_pattern: vec![("o_proj".into(), 4)],
-        ..LoraConfig::seed_recipe()
+        // A multimodal model's towers have projections of the same names that PEFT cannot
+        // adapt: users select the text decoder's by a pattern.
+        target_modules: match base {
+            "gemma4" => {
+                Targets::Regex(r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)".into())
+            }
+            _ => recipe.target_modules.clone(),
+        },
+        ..recipe
     }
 }
 
 /// `adapter/`, `merged/` (f32, so the comparison measures the merge, not a cast) and
 /// `ember_logits.safetensors` (the adapter's logits on the base's reference batch) in `out`.
-fn write_ember_side(out: &Path) {
-    let model = add_lora(load::<B>(&model_dir(BASE)), &config(), 2024).unwrap();
-    save_adapter(&model, &config(), &out.join("adapter")).unwrap();
-    let batch = Batch::of(BASE);
+fn write_ember_side(base_name: &str, out: &Path) {
+    let config = config(base_name);
+    let model = add_lora(load::<B>(&model_dir(base_name)), &config, 2024).unwrap();
+    save_adapter(&model, &config, &out.join("adapter")).unwrap();
+    let batch = Batch::of(base_name);
     let logits = to_vec(model.forward(batch.input(), None));
     let merged = merge_lora(model).unwrap();
-    let base = ModelSource::open(&model_dir(BASE)).unwrap();
+    let base = ModelSource::open(&model_dir(base_name)).unwrap();
     export_checkpoint(&merged, &base, &out.join("merged"), DType::F32, 500_000).unwrap();
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let shape = vec![batch.batch, batch.seq, logits.len() / (batch.batch * batch.seq)];
@@ -57,15 +69,22 @@ fn peft_and_transformers_load_what_ember_writes() {
     let Some(python) = ember_testkit::reference_python() else {
         return;
     };
-    let out = tempfile::tempdir().unwrap();
-    write_ember_side(out.path());
-    let run = Command::new(&python)
-        .arg(repo().join("fixtures/check_peft_roundtrip.py"))
-        .arg(out.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    eprintln!("{stdout}");
-    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
-    assert_eq!(stdout.matches(": max |dlogit|").count(), 2, "{stdout}");
+    for base in BASES {
+        let out = tempfile::tempdir().unwrap();
+        write_ember_side(base, out.path());
+        let run = Command::new(&python)
+            .arg(repo().join("fixtures/check_peft_roundtrip.py"))
+            .arg(out.path())
+            .arg(base)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        eprintln!("{base}: {stdout}");
+        assert!(
+            run.status.success(),
+            "{base}: {stdout}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(stdout.matches(": max |dlogit|").count(), 2, "{base}: {stdout}");
+    }
 }

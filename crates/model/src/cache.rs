@@ -39,7 +39,7 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Writes this step's keys and values of layer `layer` at the current length and returns
-    /// the whole storage. The length advances once the last layer has written.
+    /// the whole storage. The length advances when the step is over ([`KvCache::advance`]).
     pub(crate) fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, heads, steps, head_dim] = k.dims();
         let (start, end) = (self.len, self.len + steps);
@@ -58,9 +58,13 @@ impl<B: Backend> KvCache<B> {
         let keys = keys.slice_assign([0..batch, 0..heads, start..end, 0..head_dim], k);
         let values = values.slice_assign([0..batch, 0..heads, start..end, 0..head_dim], v);
         self.layers[layer] = Some((keys.clone(), values.clone()));
-        if layer + 1 == self.layers.len() {
-            self.len = end;
-        }
         (keys, values)
+    }
+
+    /// Ends a step of `steps` positions, once every layer has written its keys and values (the
+    /// layers that share another's write none).
+    pub(crate) fn advance(&mut self, steps: usize) {
+        assert!(self.len + steps <= self.capacity, "KV cache overflow");
+        self.len += steps;
     }
 }

@@ -2,7 +2,11 @@
 //!
 //! Every key that changes the computation is either used or refused; keys that only
 //! describe the file (`architectures`, `transformers_version`, …) are accepted; any other
-//! key is reported with a warning, so nothing is dropped silently.
+//! key is reported with a warning, so nothing is dropped silently. A multimodal config
+//! (Gemma 3n, Gemma 4) is read for its `text_config` ([`multimodal`]).
+
+mod extensions;
+mod multimodal;
 
 use std::path::Path;
 
@@ -10,7 +14,10 @@ use serde_json::{Map, Value};
 
 use crate::error::{ModelError, Result};
 
-/// The three Gemma generations Ember runs.
+pub use extensions::{AltUp, Moe, PerLayerInputs};
+pub(crate) use multimodal::standalone_text_config;
+
+/// The Gemma generations Ember runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     /// Gemma 1 / 1.1 (`model_type: gemma`).
@@ -19,6 +26,13 @@ pub enum Family {
     Gemma2,
     /// Gemma 3 text (`gemma3_text`): q/k norms, 5:1 local/global layers, two RoPE bases.
     Gemma3,
+    /// Gemma 3n text (`gemma3n_text`): AltUp, Laurel, per-layer embeddings, sparse
+    /// activations, layers that share keys and values.
+    Gemma3n,
+    /// Gemma 4 text (`gemma4_text`, `gemma4_unified_text`): per-layer embeddings, shared
+    /// keys and values, wider full-attention heads with proportional RoPE, keys as values,
+    /// a mixture of experts.
+    Gemma4,
 }
 
 /// Which attention a decoder layer uses.
@@ -43,6 +57,20 @@ pub struct Rope {
     pub theta: f64,
     /// Linear position scaling (`rope_type: linear`); 1.0 for `default`.
     pub factor: f64,
+    /// The share of the `head_dim / 2` frequencies that rotate (`rope_type: proportional`,
+    /// Gemma 4's full-attention layers); the others are 0, leaving their dimensions as they are.
+    pub partial_rotary_factor: f64,
+}
+
+impl Rope {
+    /// Plain RoPE with base `theta`.
+    pub fn new(theta: f64) -> Self {
+        Self {
+            theta,
+            factor: 1.0,
+            partial_rotary_factor: 1.0,
+        }
+    }
 }
 
 /// The architecture of a Gemma checkpoint, normalised across config generations.
@@ -73,6 +101,35 @@ pub struct GemmaConfig {
     pub pad_token_id: Option<u32>,
     /// The dtype the checkpoint was saved in (`torch_dtype`/`dtype`), if stated.
     pub torch_dtype: Option<String>,
+    /// The text decoder's module path in the checkpoint: `model`, or `model.language_model` in
+    /// a multimodal one, whose other towers Ember does not load.
+    pub module_prefix: String,
+    /// The MLP's intermediate size of each layer: `intermediate_size` everywhere before Gemma 3n,
+    /// which may list one per layer; Gemma 4 doubles it on KV-sharing layers
+    /// (`use_double_wide_mlp`).
+    pub layer_intermediate_sizes: Vec<usize>,
+    /// Head size and key/value heads of full-attention layers (Gemma 4's `global_head_dim`,
+    /// `num_global_key_value_heads`); `head_dim` and `num_key_value_heads` are the sliding
+    /// layers'. Equal to those before Gemma 4.
+    pub full_head_dim: usize,
+    pub full_key_value_heads: usize,
+    /// Full-attention layers take their values from the key projection (Gemma 4's
+    /// `attention_k_eq_v`): they have no `v_proj`.
+    pub attention_k_eq_v: bool,
+    /// The last `num_kv_shared_layers` layers compute no keys or values: each uses those of the
+    /// last earlier layer of its type (Gemma 3n, Gemma 4).
+    pub num_kv_shared_layers: usize,
+    /// Per-layer embeddings (Gemma 3n, Gemma 4's E models).
+    pub per_layer_inputs: Option<PerLayerInputs>,
+    /// Gemma 3n's alternating updates of several copies of the residual stream.
+    pub altup: Option<AltUp>,
+    /// Gemma 3n's learned augmented residual: a rank-`laurel_rank` side path of attention.
+    pub laurel_rank: Option<usize>,
+    /// Per layer: the share of the MLP's gate activations zeroed by Gemma 3n's Gaussian top-k
+    /// (0 = dense).
+    pub activation_sparsity: Vec<f64>,
+    /// Gemma 4's mixture of experts beside each layer's dense MLP.
+    pub moe: Option<Moe>,
 }
 
 /// Keys every transformers config may carry that do not change the forward pass.
@@ -169,6 +226,39 @@ const GEMMA2_KEYS: &[&str] = &[
     "final_logit_softcapping",
     "layer_types",
 ];
+const GEMMA3N_KEYS: &[&str] = &[
+    "sliding_window",
+    "layer_types",
+    "final_logit_softcapping",
+    "rope_local_base_freq",
+    "rope_scaling",
+    "vocab_size_per_layer_input",
+    "hidden_size_per_layer_input",
+    "altup_active_idx",
+    "altup_coef_clip",
+    "altup_correct_scale",
+    "altup_num_inputs",
+    "num_kv_shared_layers",
+    "laurel_rank",
+    "activation_sparsity_pattern",
+];
+const GEMMA4_KEYS: &[&str] = &[
+    "sliding_window",
+    "layer_types",
+    "final_logit_softcapping",
+    "vocab_size_per_layer_input",
+    "hidden_size_per_layer_input",
+    "attention_k_eq_v",
+    "num_kv_shared_layers",
+    "enable_moe_block",
+    "use_double_wide_mlp",
+    "num_experts",
+    "top_k_experts",
+    "moe_intermediate_size",
+    "global_head_dim",
+    "num_global_key_value_heads",
+    "per_layer_config",
+];
 const GEMMA3_KEYS: &[&str] = &[
     "rope_local_base_freq",
     "rope_scaling",
@@ -193,7 +283,11 @@ impl GemmaConfig {
         let Value::Object(map) = value else {
             return Err(Fields::new(&Map::new(), path).error("(root)", "expected a JSON object"));
         };
-        Fields::new(&map, path).gemma_config()
+        let fields = Fields::new(&map, path);
+        match fields.multimodal()? {
+            Some(text) => text.fields(path).gemma_config(),
+            None => fields.gemma_config(),
+        }
     }
 
     /// Number of decoder layers.
@@ -214,24 +308,129 @@ impl GemmaConfig {
         self.family != Family::Gemma
     }
 
-    /// Gemma 3 normalises queries and keys per head.
+    /// Gemma 3, 3n and 4 normalise queries and keys per head.
     pub fn has_qk_norm(&self) -> bool {
-        self.family == Family::Gemma3
+        matches!(self.family, Family::Gemma3 | Family::Gemma3n | Family::Gemma4)
+    }
+
+    /// Gemma 3n and 4 scale their norms by `w`, the earlier generations by `1 + w`; they also
+    /// normalise values (without a weight) and scale attention scores by 1, the q/k norms
+    /// having taken the query scale's place.
+    pub fn norm_weight_offset(&self) -> f64 {
+        match self.family {
+            Family::Gemma3n | Family::Gemma4 => 0.0,
+            _ => 1.0,
+        }
+    }
+
+    /// Whether values are normalised per head before attention (Gemma 3n, Gemma 4).
+    pub fn has_v_norm(&self) -> bool {
+        self.norm_weight_offset() == 0.0
+    }
+
+    /// Gemma 4 multiplies each layer's output by a stored scalar (`layer_scalar`).
+    pub fn has_layer_scalar(&self) -> bool {
+        self.family == Family::Gemma4
+    }
+
+    /// The width of the residual stream between layers: `hidden_size`, or Gemma 3n's AltUp
+    /// versions side by side.
+    pub fn residual_width(&self) -> usize {
+        self.altup.map_or(1, |a| a.num_inputs) * self.hidden_size
+    }
+
+    /// Head size of layers of this type.
+    pub fn head_dim_of(&self, layer_type: LayerType) -> usize {
+        match layer_type {
+            LayerType::Full => self.full_head_dim,
+            LayerType::Sliding => self.head_dim,
+        }
+    }
+
+    /// Key/value heads of layers of this type.
+    pub fn key_value_heads_of(&self, layer_type: LayerType) -> usize {
+        match layer_type {
+            LayerType::Full => self.full_key_value_heads,
+            LayerType::Sliding => self.num_key_value_heads,
+        }
+    }
+
+    /// Whether layer `layer` projects values with the key projection (`attention_k_eq_v`).
+    pub fn values_from_keys(&self, layer: usize) -> bool {
+        self.attention_k_eq_v && self.layer_types[layer] == LayerType::Full
+    }
+
+    /// For a layer that shares keys and values, the layer whose it uses: the last layer of its
+    /// type before the shared ones. `None` for a layer that computes its own.
+    pub fn kv_source(&self, layer: usize) -> Option<usize> {
+        let first_shared = self.num_hidden_layers() - self.num_kv_shared_layers;
+        if layer < first_shared {
+            return None;
+        }
+        let layer_type = self.layer_types[layer];
+        (0..first_shared).rev().find(|&i| self.layer_types[i] == layer_type)
+    }
+
+    /// Whether a later layer uses layer `layer`'s keys and values.
+    pub fn shares_kv(&self, layer: usize) -> bool {
+        (0..self.num_hidden_layers()).any(|i| self.kv_source(i) == Some(layer))
+    }
+
+    /// The checkpoint name of a tensor of the text model, whose own paths start with `model.`
+    /// (`model.layers.0.mlp.up_proj.weight`): under [`Self::module_prefix`].
+    pub fn checkpoint_name(&self, name: &str) -> String {
+        match name.strip_prefix("model.") {
+            Some(rest) if self.module_prefix != "model" => format!("{}.{rest}", self.module_prefix),
+            _ => name.to_string(),
+        }
     }
 
     /// Number of parameters, counting the tied embedding once.
     pub fn parameter_count(&self) -> usize {
-        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let q = self.num_attention_heads * d;
-        let kv = self.num_key_value_heads * d;
-        let norms = if self.has_sandwich_norms() { 4 } else { 2 } * h + if self.has_qk_norm() { 2 * d } else { 0 };
-        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + norms;
+        let h = self.hidden_size;
+        let offset_norms = |n: usize| n * h;
+        let layers: usize = (0..self.num_hidden_layers())
+            .map(|i| {
+                let layer_type = self.layer_types[i];
+                let d = self.head_dim_of(layer_type);
+                let q = self.num_attention_heads * d;
+                let kv = self.key_value_heads_of(layer_type) * d;
+                let own_kv = self.kv_source(i).is_none();
+                let kv_projections = match (own_kv, self.values_from_keys(i)) {
+                    (false, _) => 0,
+                    (true, true) => h * kv,
+                    (true, false) => 2 * h * kv,
+                };
+                let qk_norms = match (self.has_qk_norm(), own_kv) {
+                    (false, _) => 0,
+                    (true, true) => 2 * d,
+                    (true, false) => d,
+                };
+                let norms = offset_norms(if self.has_sandwich_norms() { 4 } else { 2 }) + qk_norms;
+                let mlp = 3 * h * self.layer_intermediate_sizes[i];
+                let ple = self.per_layer_inputs.map_or(0, |p| 2 * h * p.hidden_size + h);
+                let altup = self.altup.map_or(0, |a| {
+                    h + a.num_inputs * a.num_inputs * (1 + a.num_inputs) + a.num_inputs * h + h
+                });
+                let laurel = self.laurel_rank.map_or(0, |r| 2 * h * r + h);
+                let moe = self.moe.map_or(0, |m| {
+                    h * m.num_experts + h + m.num_experts + m.num_experts * 3 * h * m.intermediate_size + 3 * h
+                });
+                let scalar = usize::from(self.has_layer_scalar());
+                h * q + kv_projections + q * h + mlp + norms + ple + altup + laurel + moe + scalar
+            })
+            .sum();
+        let per_layer = self.per_layer_inputs.map_or(0, |p| {
+            let width = self.num_hidden_layers() * p.hidden_size;
+            p.vocab_size * width + h * width + p.hidden_size
+        });
+        let altup = self.altup.map_or(0, |a| 2 * (a.num_inputs - 1) * h * h);
         let head = if self.tie_word_embeddings {
             0
         } else {
             self.vocab_size * h
         };
-        self.vocab_size * h + self.num_hidden_layers() * layer + h + head
+        self.vocab_size * h + layers + per_layer + altup + h + head
     }
 }
 
@@ -239,17 +438,26 @@ impl GemmaConfig {
 struct Fields<'a> {
     map: &'a Map<String, Value>,
     path: &'a Path,
+    /// Where the object sits in the file, for messages: `text_config.` in a multimodal config.
+    key_prefix: &'static str,
+    /// The text decoder's module path in the checkpoint (see [`GemmaConfig::module_prefix`]).
+    module_prefix: &'static str,
 }
 
 impl<'a> Fields<'a> {
     fn new(map: &'a Map<String, Value>, path: &'a Path) -> Self {
-        Self { map, path }
+        Self {
+            map,
+            path,
+            key_prefix: "",
+            module_prefix: "model",
+        }
     }
 
     fn error(&self, key: &str, message: impl Into<String>) -> ModelError {
         ModelError::Config {
             path: self.path.to_path_buf(),
-            key: key.to_string(),
+            key: format!("{}{key}", self.key_prefix),
             message: message.into(),
         }
     }
@@ -315,13 +523,20 @@ impl<'a> Fields<'a> {
     }
 
     fn family(&self) -> Result<Family> {
-        let model_type = self
-            .str("model_type")?
-            .ok_or_else(|| self.error("model_type", "missing; expected gemma, gemma2 or gemma3_text"))?;
+        let model_type = self.str("model_type")?.ok_or_else(|| {
+            self.error(
+                "model_type",
+                "missing; expected gemma, gemma2, gemma3_text, gemma3n_text or gemma4_text",
+            )
+        })?;
         match model_type {
             "gemma" => Ok(Family::Gemma),
             "gemma2" => Ok(Family::Gemma2),
             "gemma3_text" => Ok(Family::Gemma3),
+            "gemma3n_text" => Ok(Family::Gemma3n),
+            // Gemma 4 "unified" is the dense Gemma 4 decoder without per-layer embeddings or
+            // experts (its config has neither key).
+            "gemma4_text" | "gemma4_unified_text" => Ok(Family::Gemma4),
             "gemma3" => Err(self.error(
                 "model_type",
                 "this is a multimodal Gemma 3 checkpoint; Ember runs the text model (gemma3_text): \
@@ -337,7 +552,8 @@ impl<'a> Fields<'a> {
     fn gemma_config(&self) -> Result<GemmaConfig> {
         let family = self.family()?;
         self.check_keys(family);
-        self.refuse_unsupported()?;
+        self.refuse_unsupported(family)?;
+        let gemma3n_or_4 = matches!(family, Family::Gemma3n | Family::Gemma4);
 
         let hidden_size = self.required_usize("hidden_size")?;
         let num_attention_heads = self.required_usize("num_attention_heads")?;
@@ -351,9 +567,16 @@ impl<'a> Fields<'a> {
         // transformers would silently assume 256 (Gemma 7B's value): make the user say it.
         let head_dim = self.required_usize("head_dim")?;
         let num_layers = self.required_usize("num_hidden_layers")?;
+        if num_layers == 0 {
+            return Err(self.error("num_hidden_layers", "must be greater than zero"));
+        }
         let layer_types = self.layer_types(family, num_layers)?;
         let sliding_window = match family {
             Family::Gemma => None,
+            Family::Gemma3n | Family::Gemma4 => {
+                let default = if self.is_gemma4_unified()? { 1024 } else { 512 };
+                Some(self.usize("sliding_window")?.unwrap_or(default))
+            }
             _ => Some(
                 self.usize("sliding_window")?
                     .or(self.usize("sliding_window_size")?)
@@ -363,6 +586,8 @@ impl<'a> Fields<'a> {
         // Absent keys take transformers' class defaults; an explicit `null` disables.
         let query_pre_attn_scalar = match family {
             Family::Gemma => head_dim as f64,
+            // Scores are not scaled: the q/k norms keep them in range.
+            Family::Gemma3n | Family::Gemma4 => 1.0,
             _ => self.f64("query_pre_attn_scalar")?.unwrap_or(256.0),
         };
         let (rope_full, rope_sliding) = self.ropes(family)?;
@@ -373,22 +598,38 @@ impl<'a> Fields<'a> {
                 _ => self.f64(key),
             }
         };
+        let final_logit_softcapping = match (family, self.map.contains_key("final_logit_softcapping")) {
+            (Family::Gemma3n, false) => Some(30.0),
+            _ => softcap("final_logit_softcapping", 30.0)?,
+        };
+        let attn_logit_softcapping = match gemma3n_or_4 {
+            true => None,
+            false => softcap("attn_logit_softcapping", 50.0)?,
+        };
+        let intermediate_sizes = self.intermediate_sizes(family, num_layers)?;
+        let ext = self.extensions(family, &layer_types, head_dim, num_key_value_heads, intermediate_sizes)?;
+        let max_position_default = match family {
+            Family::Gemma3n => 32_768,
+            Family::Gemma4 if self.is_gemma4_unified()? => 262_144,
+            Family::Gemma4 => 131_072,
+            _ => 8192,
+        };
 
         let config = GemmaConfig {
             family,
             vocab_size: self.required_usize("vocab_size")?,
             hidden_size,
-            intermediate_size: self.required_usize("intermediate_size")?,
+            intermediate_size: ext.layer_intermediate_sizes[0],
             num_attention_heads,
             num_key_value_heads,
             head_dim,
             rms_norm_eps: self.f64("rms_norm_eps")?.unwrap_or(1e-6),
             activation: self.activation(family)?,
-            max_position_embeddings: self.usize("max_position_embeddings")?.unwrap_or(8192),
+            max_position_embeddings: self.usize("max_position_embeddings")?.unwrap_or(max_position_default),
             layer_types,
             sliding_window,
-            attn_logit_softcapping: softcap("attn_logit_softcapping", 50.0)?,
-            final_logit_softcapping: softcap("final_logit_softcapping", 30.0)?,
+            attn_logit_softcapping,
+            final_logit_softcapping,
             query_pre_attn_scalar,
             rope_full,
             rope_sliding,
@@ -397,18 +638,30 @@ impl<'a> Fields<'a> {
             eos_token_ids: self.token_ids("eos_token_id")?,
             pad_token_id: self.usize("pad_token_id")?.map(|n| n as u32),
             torch_dtype: self.str("torch_dtype")?.or(self.str("dtype")?).map(str::to_string),
+            module_prefix: self.module_prefix.to_string(),
+            layer_intermediate_sizes: ext.layer_intermediate_sizes,
+            full_head_dim: ext.full_head_dim,
+            full_key_value_heads: ext.full_key_value_heads,
+            attention_k_eq_v: ext.attention_k_eq_v,
+            num_kv_shared_layers: ext.num_kv_shared_layers,
+            per_layer_inputs: ext.per_layer_inputs,
+            altup: ext.altup,
+            laurel_rank: ext.laurel_rank,
+            activation_sparsity: ext.activation_sparsity,
+            moe: ext.moe,
         };
         for (key, value) in [
             ("hidden_size", config.hidden_size),
-            ("intermediate_size", config.intermediate_size),
             ("vocab_size", config.vocab_size),
             ("num_attention_heads", config.num_attention_heads),
             ("head_dim", config.head_dim),
-            ("num_hidden_layers", num_layers),
         ] {
             if value == 0 {
                 return Err(self.error(key, "must be greater than zero"));
             }
+        }
+        if config.layer_intermediate_sizes.contains(&0) {
+            return Err(self.error("intermediate_size", "must be greater than zero"));
         }
         if !config.head_dim.is_multiple_of(2) {
             return Err(self.error("head_dim", "must be even for rotary embeddings"));
@@ -422,6 +675,8 @@ impl<'a> Fields<'a> {
             Family::Gemma => &[COMMON_KEYS],
             Family::Gemma2 => &[COMMON_KEYS, GEMMA2_KEYS],
             Family::Gemma3 => &[COMMON_KEYS, GEMMA2_KEYS, GEMMA3_KEYS],
+            Family::Gemma3n => &[COMMON_KEYS, GEMMA3N_KEYS],
+            Family::Gemma4 => &[COMMON_KEYS, GEMMA4_KEYS],
         };
         for key in self.map.keys() {
             let known =
@@ -436,7 +691,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Refuses settings that would change the computation in ways Ember does not implement.
-    fn refuse_unsupported(&self) -> Result<()> {
+    fn refuse_unsupported(&self, family: Family) -> Result<()> {
         if self.get("quantization_config").is_some() {
             return Err(self.error(
                 "quantization_config",
@@ -454,11 +709,16 @@ impl<'a> Fields<'a> {
         {
             return Err(self.error("attention_dropout", format!("{p} is not supported; set it to 0.0")));
         }
-        if self.bool("use_bidirectional_attention")? == Some(true) {
-            return Err(self.error(
-                "use_bidirectional_attention",
-                "bidirectional encoders (EmbeddingGemma) are not causal language models",
-            ));
+        match self.get("use_bidirectional_attention") {
+            None | Some(Value::Bool(false)) => {}
+            // Gemma 4 lets image tokens see each other; text alone is causal.
+            Some(Value::String(s)) if s == "vision" && family == Family::Gemma4 => {}
+            Some(value) => {
+                return Err(self.error(
+                    "use_bidirectional_attention",
+                    format!("{value}: bidirectional encoders (EmbeddingGemma) are not causal language models"),
+                ));
+            }
         }
         Ok(())
     }
@@ -483,6 +743,19 @@ impl<'a> Fields<'a> {
     }
 
     fn layer_types(&self, family: Family, num_layers: usize) -> Result<Vec<LayerType>> {
+        let mut types = self.listed_layer_types(family, num_layers)?;
+        // transformers makes Gemma 4's last layer global whatever the config says.
+        if family == Family::Gemma4 && types.last() != Some(&LayerType::Full) {
+            tracing::warn!(
+                "{}: the last layer of a Gemma 4 model is a full-attention layer (as transformers makes it)",
+                self.path.display()
+            );
+            *types.last_mut().expect("at least one layer") = LayerType::Full;
+        }
+        Ok(types)
+    }
+
+    fn listed_layer_types(&self, family: Family, num_layers: usize) -> Result<Vec<LayerType>> {
         if let Some(value) = self.get("layer_types").filter(|_| family != Family::Gemma) {
             let items = value
                 .as_array()
@@ -514,6 +787,8 @@ impl<'a> Fields<'a> {
                 .usize("sliding_window_pattern")?
                 .or(self.usize("_sliding_window_pattern")?)
                 .unwrap_or(6),
+            Family::Gemma3n => 5,
+            Family::Gemma4 => 6,
         };
         if pattern == 0 {
             return Err(self.error("sliding_window_pattern", "must be greater than zero"));
@@ -531,6 +806,11 @@ impl<'a> Fields<'a> {
 
     /// RoPE for full and sliding layers, from `rope_parameters` (5.x) or the 4.x keys.
     fn ropes(&self, family: Family) -> Result<(Rope, Rope)> {
+        // Each generation's default bases: Gemma 3 and 3n put global layers at 1e6.
+        let full_theta = match family {
+            Family::Gemma3 | Family::Gemma3n | Family::Gemma4 => 1_000_000.0,
+            _ => 10_000.0,
+        };
         if let Some(params) = self.get("rope_parameters") {
             let params = params
                 .as_object()
@@ -538,11 +818,11 @@ impl<'a> Fields<'a> {
             let nested = |name: &str| params.get(name).and_then(Value::as_object);
             return match (nested("full_attention"), nested("sliding_attention")) {
                 (Some(full), Some(sliding)) => Ok((
-                    self.rope_entry("rope_parameters.full_attention", full)?,
-                    self.rope_entry("rope_parameters.sliding_attention", sliding)?,
+                    self.rope_entry("rope_parameters.full_attention", full, full_theta)?,
+                    self.rope_entry("rope_parameters.sliding_attention", sliding, 10_000.0)?,
                 )),
                 (None, None) => {
-                    let rope = self.rope_entry("rope_parameters", params)?;
+                    let rope = self.rope_entry("rope_parameters", params, full_theta)?;
                     Ok((rope, rope))
                 }
                 _ => Err(self.error(
@@ -551,55 +831,79 @@ impl<'a> Fields<'a> {
                 )),
             };
         }
-        let default_theta = if family == Family::Gemma3 {
-            1_000_000.0
-        } else {
-            10_000.0
-        };
-        let theta = self.f64("rope_theta")?.unwrap_or(default_theta);
+        if family == Family::Gemma4 {
+            // transformers' defaults: proportional RoPE on a quarter of the global layers' dims.
+            let full = Rope {
+                partial_rotary_factor: 0.25,
+                ..Rope::new(full_theta)
+            };
+            return Ok((full, Rope::new(10_000.0)));
+        }
+        let theta = self.f64("rope_theta")?.unwrap_or(full_theta);
         let full = match self.get("rope_scaling") {
             Some(Value::Object(scaling)) => Rope {
                 theta,
-                ..self.rope_entry("rope_scaling", scaling)?
+                ..self.rope_entry("rope_scaling", scaling, theta)?
             },
             Some(v) => return Err(self.error("rope_scaling", format!("expected an object, found {v}"))),
-            None => Rope { theta, factor: 1.0 },
+            None => Rope::new(theta),
         };
         let sliding = match family {
-            Family::Gemma3 => Rope {
-                theta: self.f64("rope_local_base_freq")?.unwrap_or(10_000.0),
-                factor: 1.0,
-            },
+            Family::Gemma3 | Family::Gemma3n => Rope::new(self.f64("rope_local_base_freq")?.unwrap_or(10_000.0)),
             _ => full,
         };
         Ok((full, sliding))
     }
 
-    /// One RoPE description: `{rope_type, rope_theta?, factor?}`.
-    fn rope_entry(&self, key: &str, entry: &Map<String, Value>) -> Result<Rope> {
+    /// One RoPE description: `{rope_type, rope_theta?, factor?, partial_rotary_factor?}`.
+    fn rope_entry(&self, key: &str, entry: &Map<String, Value>, default_theta: f64) -> Result<Rope> {
         let sub = Fields::new(entry, self.path);
         let prefixed = |e: ModelError| match e {
             ModelError::Config { path, key: k, message } => ModelError::Config {
                 path,
-                key: format!("{key}.{k}"),
+                key: format!("{}{key}.{k}", self.key_prefix),
                 message,
             },
             other => other,
         };
         let rope_type = sub.str("rope_type").or_else(|_| sub.str("type")).map_err(prefixed)?;
-        let theta = sub.f64("rope_theta").map_err(prefixed)?.unwrap_or(10_000.0);
-        match rope_type.unwrap_or("default") {
-            "default" => Ok(Rope { theta, factor: 1.0 }),
+        let theta = sub.f64("rope_theta").map_err(prefixed)?.unwrap_or(default_theta);
+        let factor = sub.f64("factor").map_err(prefixed)?;
+        let partial = sub.f64("partial_rotary_factor").map_err(prefixed)?;
+        let rope_type = rope_type.unwrap_or("default");
+        if rope_type != "proportional" && partial.is_some_and(|p| p != 1.0) {
+            return Err(self.error(
+                &format!("{key}.partial_rotary_factor"),
+                format!("Gemma's `{rope_type}` RoPE rotates every dimension; only proportional RoPE takes a share"),
+            ));
+        }
+        match rope_type {
+            "default" => Ok(Rope::new(theta)),
             "linear" => {
-                let factor = sub
-                    .f64("factor")
-                    .map_err(prefixed)?
-                    .ok_or_else(|| self.error(&format!("{key}.factor"), "linear RoPE scaling needs a factor"))?;
-                Ok(Rope { theta, factor })
+                let factor =
+                    factor.ok_or_else(|| self.error(&format!("{key}.factor"), "linear RoPE scaling needs a factor"))?;
+                Ok(Rope {
+                    factor,
+                    ..Rope::new(theta)
+                })
+            }
+            "proportional" => {
+                let partial = partial.unwrap_or(1.0);
+                if !(0.0..=1.0).contains(&partial) {
+                    return Err(self.error(
+                        &format!("{key}.partial_rotary_factor"),
+                        format!("{partial} is not a share in [0, 1]"),
+                    ));
+                }
+                Ok(Rope {
+                    theta,
+                    factor: factor.unwrap_or(1.0),
+                    partial_rotary_factor: partial,
+                })
             }
             other => Err(self.error(
                 &format!("{key}.rope_type"),
-                format!("RoPE type `{other}` is not supported; expected default or linear"),
+                format!("RoPE type `{other}` is not supported; expected default, linear or proportional"),
             )),
         }
     }
@@ -677,6 +981,215 @@ mod tests {
         // Absent soft-capping keys take transformers' Gemma 2 defaults.
         assert_eq!(config.attn_logit_softcapping, Some(50.0));
         assert_eq!(config.final_logit_softcapping, Some(30.0));
+    }
+
+    fn gemma4(extra: serde_json::Value) -> serde_json::Value {
+        gemma(
+            serde_json::json!({"model_type": "gemma4_text", "num_hidden_layers": 7})
+                .as_object()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .chain(extra.as_object().unwrap().clone())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn gemma4_absent_keys_take_transformers_defaults() {
+        let config = parse(gemma4(serde_json::json!({}))).unwrap();
+        use LayerType::*;
+        // 5:1 local/global, and the last layer made global.
+        assert_eq!(
+            config.layer_types,
+            vec![Sliding, Sliding, Sliding, Sliding, Sliding, Full, Full]
+        );
+        assert_eq!(
+            config.rope_full,
+            Rope {
+                theta: 1e6,
+                factor: 1.0,
+                partial_rotary_factor: 0.25
+            }
+        );
+        assert_eq!(config.rope_sliding, Rope::new(10_000.0));
+        assert_eq!((config.full_head_dim, config.full_key_value_heads), (512, 1));
+        assert_eq!(
+            config.per_layer_inputs,
+            Some(PerLayerInputs {
+                hidden_size: 256,
+                vocab_size: 262_144
+            })
+        );
+        assert_eq!((config.num_kv_shared_layers, config.sliding_window), (0, Some(512)));
+        assert_eq!(
+            (config.final_logit_softcapping, config.query_pre_attn_scalar),
+            (None, 1.0)
+        );
+        assert_eq!(config.norm_weight_offset(), 0.0);
+        assert!(config.moe.is_none() && !config.attention_k_eq_v);
+    }
+
+    #[test]
+    fn global_head_settings_come_from_either_format() {
+        let old = gemma4(serde_json::json!({
+            "global_head_dim": 8, "num_global_key_value_heads": 2, "attention_k_eq_v": true,
+        }));
+        let new = gemma4(serde_json::json!({
+            "attention_k_eq_v": true,
+            "per_layer_config": {"5": {"head_dim": 8, "num_key_value_heads": 2}, "6": {"head_dim": 8, "num_key_value_heads": 2}},
+        }));
+        for json in [old, new] {
+            let config = parse(json).unwrap();
+            assert_eq!((config.full_head_dim, config.full_key_value_heads), (8, 2));
+            assert_eq!((config.head_dim, config.num_key_value_heads), (4, 1));
+            assert!(config.values_from_keys(6) && !config.values_from_keys(0));
+        }
+        // Without keys as values, the global key/value head count is not overridden.
+        let config = parse(gemma4(
+            serde_json::json!({"global_head_dim": 8, "num_global_key_value_heads": 2}),
+        ))
+        .unwrap();
+        assert_eq!(config.full_key_value_heads, 1);
+    }
+
+    #[test]
+    fn shared_keys_and_values_come_from_the_last_earlier_layer_of_their_type() {
+        let json = gemma4(serde_json::json!({
+            "num_hidden_layers": 6, "num_kv_shared_layers": 2, "use_double_wide_mlp": true,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
+                            "sliding_attention", "sliding_attention", "full_attention"],
+        }));
+        let config = parse(json).unwrap();
+        let sources: Vec<_> = (0..6).map(|i| config.kv_source(i)).collect();
+        assert_eq!(sources, vec![None, None, None, None, Some(3), Some(2)]);
+        assert!(config.shares_kv(2) && config.shares_kv(3) && !config.shares_kv(1));
+        assert_eq!(config.layer_intermediate_sizes, vec![16, 16, 16, 16, 32, 32]);
+    }
+
+    #[test]
+    fn multimodal_configs_are_read_for_their_text_decoder() {
+        let text = gemma4(serde_json::json!({}));
+        let mut text = text.as_object().unwrap().clone();
+        text.remove("model_type");
+        // As transformers 5.17 writes a sub-config: its descriptive keys, `dtype` null.
+        text.extend(
+            serde_json::json!({"dtype": null, "id2label": {"0": "LABEL_0"}, "return_dict": true,
+            "_name_or_path": "", "architectures": null})
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        let json = serde_json::json!({
+            "model_type": "gemma4", "text_config": text, "vision_config": {"hidden_size": 16},
+            "audio_config": {}, "image_token_id": 9, "dtype": "bfloat16",
+        });
+        let config = parse(json.clone()).unwrap();
+        assert_eq!(
+            (config.family, config.module_prefix.as_str()),
+            (Family::Gemma4, "model.language_model")
+        );
+        assert_eq!(config.torch_dtype.as_deref(), Some("bfloat16"));
+        assert_eq!(
+            config.checkpoint_name("model.layers.0.mlp.up_proj.weight"),
+            "model.language_model.layers.0.mlp.up_proj.weight"
+        );
+        assert_eq!(config.checkpoint_name("lm_head.weight"), "lm_head.weight");
+        // The export of the text decoder is a text model's config.
+        let standalone = standalone_text_config(&json).unwrap();
+        assert_eq!(standalone["model_type"], "gemma4_text");
+        assert_eq!(standalone["architectures"][0], "Gemma4ForCausalLM");
+        // A bad text key is named with its place.
+        let mut bad = json;
+        bad["text_config"]["attention_bias"] = true.into();
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.contains("text_config.attention_bias"), "{err}");
+    }
+
+    #[test]
+    fn gemma4_unified_is_gemma4_without_per_layer_inputs_or_experts() {
+        let json = serde_json::json!({"model_type": "gemma4_unified", "text_config": gemma4(serde_json::json!({}))});
+        let mut json = json;
+        json["text_config"]["model_type"] = "gemma4_unified_text".into();
+        let config = parse(json).unwrap();
+        assert_eq!(config.family, Family::Gemma4);
+        assert_eq!(
+            (config.per_layer_inputs, config.moe, config.sliding_window),
+            (None, None, Some(1024))
+        );
+    }
+
+    #[test]
+    fn gemma3n_reads_its_per_layer_lists_and_altup() {
+        let json = gemma(serde_json::json!({
+            "model_type": "gemma3n_text", "num_hidden_layers": 3, "intermediate_size": [8, 16, 8],
+            "activation_sparsity_pattern": [0.95, 0.0, 0.0], "num_kv_shared_layers": 0,
+            "hidden_size_per_layer_input": 2, "altup_num_inputs": 3, "laurel_rank": 2,
+        }));
+        let config = parse(json).unwrap();
+        assert_eq!(config.layer_intermediate_sizes, vec![8, 16, 8]);
+        assert_eq!(config.activation_sparsity, vec![0.95, 0.0, 0.0]);
+        assert_eq!(
+            config.altup.map(|a| (a.num_inputs, a.active_idx, a.coef_clip)),
+            Some((3, 0, Some(120.0)))
+        );
+        assert_eq!(
+            (config.laurel_rank, config.final_logit_softcapping),
+            (Some(2), Some(30.0))
+        );
+        assert_eq!(config.residual_width(), 24);
+        assert_eq!(config.rope_full.theta, 1e6);
+    }
+
+    #[test]
+    fn gemma3n_and_4_settings_ember_cannot_apply_are_refused_by_name() {
+        let layers = serde_json::json!([
+            "sliding_attention",
+            "full_attention",
+            "sliding_attention",
+            "full_attention"
+        ]);
+        for (json, key) in [
+            (
+                gemma4(serde_json::json!({"use_bidirectional_attention": "all"})),
+                "use_bidirectional_attention",
+            ),
+            (
+                gemma4(serde_json::json!({"per_layer_config": {"6": {"head_dim": 8, "sliding_window": 3}}})),
+                "per_layer_config.6.sliding_window",
+            ),
+            (
+                gemma4(serde_json::json!({"per_layer_config": {"0": {"head_dim": 8}}})),
+                "per_layer_config",
+            ),
+            (
+                gemma4(serde_json::json!({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}})),
+                "rope_parameters.partial_rotary_factor",
+            ),
+            (
+                gemma4(serde_json::json!({"num_hidden_layers": 4, "layer_types": layers, "num_kv_shared_layers": 3})),
+                "num_kv_shared_layers",
+            ),
+            (
+                gemma4(serde_json::json!({"enable_moe_block": true, "num_experts": 4})),
+                "top_k_experts",
+            ),
+            (
+                gemma(
+                    serde_json::json!({"model_type": "gemma3n_text", "intermediate_size": [8], "num_kv_shared_layers": 0}),
+                ),
+                "intermediate_size",
+            ),
+            (
+                gemma(
+                    serde_json::json!({"model_type": "gemma3n_text", "activation_sparsity_pattern": 0.9, "num_kv_shared_layers": 0}),
+                ),
+                "activation_sparsity_pattern",
+            ),
+        ] {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub enum ModelError {
         message: String,
     },
     #[error(
-        "`{}`: model_type `{found}` is not supported; Ember runs gemma, gemma2 and gemma3_text",
+        "`{}`: model_type `{found}` is not supported; Ember runs gemma, gemma2, gemma3_text, gemma3n(_text) and gemma4(_text)",
         path.display()
     )]
     UnknownModelType { path: PathBuf, found: String },

@@ -14,7 +14,7 @@ use crate::model::GemmaForCausalLM;
 pub const HEAD_CHUNK_ROWS: usize = 2048;
 
 impl<B: Backend> GemmaForCausalLM<B> {
-    /// The summed cross-entropy `[1]` of the last decoder layer's output `x` `[n, hidden]`
+    /// The summed cross-entropy `[1]` of the last decoder layer's output `x` `[n, width]`
     /// against `targets` `[n]` ([`IGNORE_INDEX`] counts for nothing), and the gradient of
     /// `sum / normaliser` with respect to `x`. Computes what [`Self::final_norm`],
     /// [`Self::logits`] and [`crate::cross_entropy_sum`] compute, in the same dtypes.
@@ -43,10 +43,10 @@ impl<B: Backend> GemmaForCausalLM<B> {
     /// The summed cross-entropy `[1]` of `x` `[n, hidden]` against `targets`, without a
     /// gradient (evaluation): what [`Self::head_loss`] sums, in the same chunks of rows.
     pub fn head_loss_sum(&self, x: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-        let [n, hidden] = x.dims();
+        let [n, width] = x.dims();
         let sums = (0..n).step_by(HEAD_CHUNK_ROWS).map(|start| {
             let len = HEAD_CHUNK_ROWS.min(n - start);
-            let rows = x.clone().narrow(0, start, len).reshape([1, len, hidden]);
+            let rows = x.clone().narrow(0, start, len).reshape([1, len, width]);
             let logits = self.logits(self.final_norm(rows));
             let vocab = logits.dims()[2];
             cross_entropy_sum(logits.reshape([len, vocab]), targets.clone().narrow(0, start, len))
@@ -56,7 +56,9 @@ impl<B: Backend> GemmaForCausalLM<B> {
 
     fn head_chunk(&self, x: Tensor<B, 2>, targets: Tensor<B, 1, Int>, normaliser: f64) -> (Tensor<B, 1>, Tensor<B, 2>) {
         let [rows, _] = x.dims();
-        let normed = self.model.norm.forward(x.clone());
+        // Gemma 3n's AltUp versions are merged into one hidden state first.
+        let (merged, merge) = self.model.merge_streams_saving(x);
+        let normed = self.model.norm.forward(merged.clone());
         let (logits, head) = match &self.lm_head {
             Some(head) => {
                 let (logits, saved) = head.forward_saving(normed, None);
@@ -82,7 +84,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
         let loss = picked.neg().mask_fill(ignored.clone(), 0.0).sum();
 
         // d(loss)/d(logits) = softmax − one-hot, per trained row, over the normaliser.
-        let minus_one = Tensor::<B, 2>::full([rows, 1], -1.0, &x.device());
+        let minus_one = Tensor::<B, 2>::full([rows, 1], -1.0, &merged.device());
         let grad = log_probs
             .exp()
             .scatter(1, safe_targets, minus_one, IndexingUpdateOp::Add)
@@ -96,6 +98,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
             (Some(head), Some(saved)) => head.backward(saved, grad).0,
             _ => matmul(grad, self.model.embed_tokens.weight.val()),
         };
-        (loss, self.model.norm.backward(x, d_normed))
+        let d_merged = self.model.norm.backward(merged, d_normed);
+        (loss, self.model.merge_streams_backward(merge, d_merged))
     }
 }

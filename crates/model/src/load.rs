@@ -6,14 +6,17 @@ use std::path::Path;
 use burn::tensor::{DType, backend::Backend};
 use indicatif::ProgressBar;
 
+use crate::altup::AltUp;
 use crate::attention::Attention;
-use crate::config::{GemmaConfig, LayerType};
+use crate::config::GemmaConfig;
 use crate::embedding::Embedding;
 use crate::error::{ModelError, Result};
+use crate::laurel::Laurel;
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::model::{GemmaForCausalLM, GemmaModel};
+use crate::moe::{Experts, Router};
 use crate::norm::RmsNorm;
 use crate::source::ModelSource;
 use crate::weights::{Source, TensorSource, Weights};
@@ -111,16 +114,37 @@ impl<B: Backend> GemmaForCausalLM<B> {
 
     fn from_weights(config: GemmaConfig, w: &mut Weights<B>) -> Result<Self> {
         let h = config.hidden_size;
+        let name = |n: &str| config.checkpoint_name(n);
         let embed_tokens = Embedding {
-            weight: w.param("model.embed_tokens.weight", [config.vocab_size, h])?,
+            weight: w.param(&name("model.embed_tokens.weight"), [config.vocab_size, h])?,
+            scale: (h as f64).sqrt(),
         };
-        let layers = config
-            .layer_types
-            .iter()
-            .enumerate()
-            .map(|(i, &layer_type)| decoder_layer(&config, layer_type, &format!("model.layers.{i}"), w))
+        let layers = (0..config.num_hidden_layers())
+            .map(|i| decoder_layer(&config, i, w))
             .collect::<Result<Vec<_>>>()?;
-        let norm = rms_norm(&config, "model.norm", h, w)?;
+        let norm = rms_norm(&config, &name("model.norm"), h, w)?;
+        let (embed_tokens_per_layer, per_layer_model_projection, per_layer_projection_norm) =
+            match config.per_layer_inputs {
+                Some(p) => {
+                    let width = config.num_hidden_layers() * p.hidden_size;
+                    let table = Embedding {
+                        weight: w.param(&name("model.embed_tokens_per_layer.weight"), [p.vocab_size, width])?,
+                        scale: (p.hidden_size as f64).sqrt(),
+                    };
+                    let projection = linear(&name("model.per_layer_model_projection"), [width, h], w)?;
+                    let norm = rms_norm(&config, &name("model.per_layer_projection_norm"), p.hidden_size, w)?;
+                    (Some(table), Some(projection), Some(norm))
+                }
+                None => (None, None, None),
+            };
+        let extra_versions = config.altup.map_or(0, |a| a.num_inputs - 1);
+        let altup = |kind: &str, w: &mut Weights<B>| -> Result<Vec<Linear<B>>> {
+            (0..extra_versions)
+                .map(|i| linear(&name(&format!("model.{kind}.{i}")), [h, h], w))
+                .collect()
+        };
+        let altup_projections = altup("altup_projections", w)?;
+        let altup_unembed_projections = altup("altup_unembed_projections", w)?;
         let lm_head = if config.tie_word_embeddings {
             // Some exports store the tied head anyway; transformers ignores it, so do we.
             w.skip("lm_head.weight");
@@ -128,11 +152,22 @@ impl<B: Backend> GemmaForCausalLM<B> {
         } else {
             Some(linear("lm_head", [config.vocab_size, h], w)?)
         };
+        if config.module_prefix != "model" {
+            let others = w.skip_outside(&[&format!("{}.", config.module_prefix), "lm_head."]);
+            for (module, count) in &others {
+                tracing::info!("not loaded: {module} ({count} tensors), which Ember does not run");
+            }
+        }
         Ok(Self {
             model: GemmaModel {
                 embed_tokens,
                 layers,
                 norm,
+                embed_tokens_per_layer,
+                per_layer_model_projection,
+                per_layer_projection_norm,
+                altup_projections,
+                altup_unembed_projections,
             },
             lm_head,
             config,
@@ -140,57 +175,140 @@ impl<B: Backend> GemmaForCausalLM<B> {
     }
 }
 
-fn decoder_layer<B: Backend>(
-    cfg: &GemmaConfig,
-    layer_type: LayerType,
-    prefix: &str,
-    w: &mut Weights<B>,
-) -> Result<DecoderLayer<B>> {
+fn decoder_layer<B: Backend>(cfg: &GemmaConfig, index: usize, w: &mut Weights<B>) -> Result<DecoderLayer<B>> {
     let h = cfg.hidden_size;
+    let layer_type = cfg.layer_types[index];
+    let prefix = cfg.checkpoint_name(&format!("model.layers.{index}"));
+    let head_dim = cfg.head_dim_of(layer_type);
     let (q, kv) = (
-        cfg.num_attention_heads * cfg.head_dim,
-        cfg.num_key_value_heads * cfg.head_dim,
+        cfg.num_attention_heads * head_dim,
+        cfg.key_value_heads_of(layer_type) * head_dim,
     );
     let attn = format!("{prefix}.self_attn");
-    let qk_norm = |name: &str, w: &mut Weights<B>| -> Result<Option<RmsNorm<B>>> {
-        match cfg.has_qk_norm() {
-            true => rms_norm(cfg, &format!("{attn}.{name}"), cfg.head_dim, w).map(Some),
-            false => Ok(None),
+    let kv_source = cfg.kv_source(index);
+    let own_kv = kv_source.is_none();
+    // A layer that shares another's keys and values has no projections or norms of its own;
+    // released Gemma 3n checkpoints store them anyway, and transformers ignores them, so do we.
+    if !own_kv {
+        for unused in ["k_proj", "v_proj", "k_norm", "v_norm"] {
+            w.skip(&format!("{attn}.{unused}.weight"));
         }
+    }
+    let optional_linear = |present: bool, name: &str, shape, w: &mut Weights<B>| -> Result<Option<Linear<B>>> {
+        present.then(|| linear(&format!("{attn}.{name}"), shape, w)).transpose()
+    };
+    let qk_norm = |present: bool, name: &str, w: &mut Weights<B>| -> Result<Option<RmsNorm<B>>> {
+        (present && cfg.has_qk_norm())
+            .then(|| rms_norm(cfg, &format!("{attn}.{name}"), head_dim, w))
+            .transpose()
     };
     let self_attn = Attention {
         q_proj: linear(&format!("{attn}.q_proj"), [q, h], w)?,
-        k_proj: linear(&format!("{attn}.k_proj"), [kv, h], w)?,
-        v_proj: linear(&format!("{attn}.v_proj"), [kv, h], w)?,
+        k_proj: optional_linear(own_kv, "k_proj", [kv, h], w)?,
+        v_proj: optional_linear(own_kv && !cfg.values_from_keys(index), "v_proj", [kv, h], w)?,
         o_proj: linear(&format!("{attn}.o_proj"), [h, q], w)?,
-        q_norm: qk_norm("q_norm", w)?,
-        k_norm: qk_norm("k_norm", w)?,
+        q_norm: qk_norm(true, "q_norm", w)?,
+        k_norm: qk_norm(own_kv, "k_norm", w)?,
+        v_norm_eps: cfg.has_v_norm().then_some(cfg.rms_norm_eps),
+        kv_source,
+        shares_kv: cfg.shares_kv(index),
         num_heads: cfg.num_attention_heads,
-        num_kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim,
+        num_kv_heads: cfg.key_value_heads_of(layer_type),
+        head_dim,
         scaling: cfg.query_pre_attn_scalar.powf(-0.5),
         softcap: cfg.attn_logit_softcapping,
     };
-    let i = cfg.intermediate_size;
+    let i = cfg.layer_intermediate_sizes[index];
     let mlp = Mlp {
         gate_proj: linear(&format!("{prefix}.mlp.gate_proj"), [i, h], w)?,
         up_proj: linear(&format!("{prefix}.mlp.up_proj"), [i, h], w)?,
         down_proj: linear(&format!("{prefix}.mlp.down_proj"), [h, i], w)?,
         activation: cfg.activation,
+        sparsity: cfg.activation_sparsity[index],
     };
-    let sandwich = |name: &str, w: &mut Weights<B>| -> Result<Option<RmsNorm<B>>> {
-        match cfg.has_sandwich_norms() {
-            true => rms_norm(cfg, &format!("{prefix}.{name}"), h, w).map(Some),
-            false => Ok(None),
-        }
+    let norm = |present: bool, name: &str, w: &mut Weights<B>| -> Result<Option<RmsNorm<B>>> {
+        present
+            .then(|| rms_norm(cfg, &format!("{prefix}.{name}"), h, w))
+            .transpose()
     };
+    let sandwich = cfg.has_sandwich_norms();
+    let per_layer = cfg.per_layer_inputs.map(|p| p.hidden_size);
+    let layer_linear = |name: &str, shape: Option<[usize; 2]>, w: &mut Weights<B>| -> Result<Option<Linear<B>>> {
+        shape
+            .map(|shape| linear(&format!("{prefix}.{name}"), shape, w))
+            .transpose()
+    };
+    let moe = cfg.moe;
+    let router = moe
+        .map(|m| -> Result<Router<B>> {
+            Ok(Router {
+                proj: linear(&format!("{prefix}.router.proj"), [m.num_experts, h], w)?,
+                scale: w.param(&format!("{prefix}.router.scale"), [h])?,
+                per_expert_scale: w.param(&format!("{prefix}.router.per_expert_scale"), [m.num_experts])?,
+                top_k: m.top_k,
+                eps: cfg.rms_norm_eps,
+            })
+        })
+        .transpose()?;
+    let experts = moe
+        .map(|m| -> Result<Experts<B>> {
+            let (e, n) = (m.num_experts, m.intermediate_size);
+            Ok(Experts {
+                gate_up_proj: w.param(&format!("{prefix}.experts.gate_up_proj"), [e, 2 * n, h])?,
+                down_proj: w.param(&format!("{prefix}.experts.down_proj"), [e, h, n])?,
+                activation: cfg.activation,
+            })
+        })
+        .transpose()?;
+    let altup = cfg
+        .altup
+        .map(|a| -> Result<AltUp<B>> {
+            let n = a.num_inputs;
+            let altup = format!("{prefix}.altup");
+            Ok(AltUp {
+                correct_output_scale: w.param(&format!("{altup}.correct_output_scale"), [h])?,
+                correction_coefs: linear(&format!("{altup}.correction_coefs"), [n, n], w)?,
+                prediction_coefs: linear(&format!("{altup}.prediction_coefs"), [n * n, n], w)?,
+                modality_router: linear(&format!("{altup}.modality_router"), [n, h], w)?,
+                router_norm: rms_norm(cfg, &format!("{altup}.router_norm"), h, w)?,
+                active_idx: a.active_idx,
+                coef_clip: a.coef_clip,
+                correct_scale: a.correct_scale,
+            })
+        })
+        .transpose()?;
+    let laurel = cfg
+        .laurel_rank
+        .map(|r| -> Result<Laurel<B>> {
+            let laurel = format!("{prefix}.laurel");
+            Ok(Laurel {
+                linear_left: linear(&format!("{laurel}.linear_left"), [r, h], w)?,
+                linear_right: linear(&format!("{laurel}.linear_right"), [h, r], w)?,
+                post_laurel_norm: rms_norm(cfg, &format!("{laurel}.post_laurel_norm"), h, w)?,
+            })
+        })
+        .transpose()?;
     Ok(DecoderLayer {
         self_attn,
         mlp,
         input_layernorm: rms_norm(cfg, &format!("{prefix}.input_layernorm"), h, w)?,
         post_attention_layernorm: rms_norm(cfg, &format!("{prefix}.post_attention_layernorm"), h, w)?,
-        pre_feedforward_layernorm: sandwich("pre_feedforward_layernorm", w)?,
-        post_feedforward_layernorm: sandwich("post_feedforward_layernorm", w)?,
+        pre_feedforward_layernorm: norm(sandwich, "pre_feedforward_layernorm", w)?,
+        post_feedforward_layernorm: norm(sandwich, "post_feedforward_layernorm", w)?,
+        per_layer_input_gate: layer_linear("per_layer_input_gate", per_layer.map(|p| [p, h]), w)?,
+        per_layer_projection: layer_linear("per_layer_projection", per_layer.map(|p| [h, p]), w)?,
+        post_per_layer_input_norm: norm(per_layer.is_some(), "post_per_layer_input_norm", w)?,
+        router,
+        experts,
+        pre_feedforward_layernorm_2: norm(moe.is_some(), "pre_feedforward_layernorm_2", w)?,
+        post_feedforward_layernorm_1: norm(moe.is_some(), "post_feedforward_layernorm_1", w)?,
+        post_feedforward_layernorm_2: norm(moe.is_some(), "post_feedforward_layernorm_2", w)?,
+        layer_scalar: cfg
+            .has_layer_scalar()
+            .then(|| w.param(&format!("{prefix}.layer_scalar"), [1]))
+            .transpose()?,
+        altup,
+        laurel,
         layer_type,
     })
 }
@@ -206,5 +324,6 @@ fn rms_norm<B: Backend>(cfg: &GemmaConfig, prefix: &str, size: usize, w: &mut We
     Ok(RmsNorm {
         weight: w.param(&format!("{prefix}.weight"), [size])?,
         eps: cfg.rms_norm_eps,
+        offset: cfg.norm_weight_offset(),
     })
 }

@@ -3,6 +3,7 @@ use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 use crate::config::Activation;
+use crate::gaussian_topk::{gaussian_topk, gaussian_topk_backward};
 use crate::linear::{Linear, LinearSaved};
 use crate::lora::LoraGrads;
 
@@ -14,16 +15,60 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
     #[module(skip)]
     pub activation: Activation,
+    /// Gemma 3n's activation sparsity: the share of each row of the gate zeroed before the
+    /// activation by a Gaussian top-k (0 = dense).
+    #[module(skip)]
+    pub sparsity: f64,
 }
 
 impl<B: Backend> Mlp<B> {
-    /// `[.., hidden] -> [.., hidden]`.
+    /// `[batch, seq, hidden] -> [batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = self.gate_proj.forward(x.clone());
-        let dtype = gate.dtype();
-        // PyTorch evaluates GELU in f32 for bf16 inputs; do the same so bf16 runs agree.
-        let gate = self.activate(gate.cast(DType::F32));
-        self.down_proj.forward(gate.cast(dtype) * self.up_proj.forward(x))
+        let [batch, seq, hidden] = x.dims();
+        let rows = x.reshape([batch * seq, hidden]);
+        let gate = self.sparse(self.gate_proj.forward(rows.clone()));
+        let product = activate(self.activation, gate) * self.up_proj.forward(rows);
+        self.down_proj.forward(product).reshape([batch, seq, hidden])
+    }
+
+    /// The gate after Gemma 3n's Gaussian top-k, where the layer has it.
+    fn sparse(&self, gate: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.sparsity > 0.0 {
+            true => gaussian_topk(gate, self.sparsity),
+            false => gate,
+        }
+    }
+}
+
+/// The gate activation in f32, cast back: PyTorch evaluates GELU in f32 for bf16 inputs.
+pub(crate) fn activate<B: Backend, const D: usize>(activation: Activation, x: Tensor<B, D>) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    match activation {
+        Activation::GeluTanh => gelu_approximate(x),
+        Activation::GeluErf => gelu(x),
+    }
+    .cast(dtype)
+}
+
+/// `d act(x) / dx`, in f32.
+pub(crate) fn activation_derivative<B: Backend>(activation: Activation, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let x = x.cast(DType::F32);
+    match activation {
+        Activation::GeluTanh => {
+            // gelu(x) = x/2·(1 + tanh(c·(x + k·x³)))
+            let (c, k) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+            let x2 = x.clone().square();
+            let t = ((x.clone() + x.clone() * x2.clone() * k) * c).tanh();
+            let dt = (t.clone().square().neg() + 1.0) * (x2 * (3.0 * k) + 1.0) * c;
+            (t + 1.0) * 0.5 + x * dt * 0.5
+        }
+        Activation::GeluErf => {
+            // Φ(x) + x·φ(x)
+            let cdf = ((x.clone() / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5;
+            let pdf = (x.clone().square() * -0.5).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            cdf + x * pdf
+        }
     }
 }
 
@@ -33,7 +78,9 @@ pub struct MlpSaved<B: Backend> {
     gate_proj: LinearSaved<B>,
     up_proj: LinearSaved<B>,
     down_proj: LinearSaved<B>,
-    /// The gate before the activation, and the activation and up projection it multiplied.
+    /// The gate projection's output (before the sparsity), the activation's input, the
+    /// activation and the up projection it multiplied.
+    gate_raw: Tensor<B, 2>,
     gate: Tensor<B, 2>,
     act: Tensor<B, 2>,
     up: Tensor<B, 2>,
@@ -46,15 +93,16 @@ impl<B: Backend> Mlp<B> {
     /// [`Mlp::forward`] on rows `[n, hidden]` for training, keeping what the backward needs.
     pub fn forward_saving(&self, x: Tensor<B, 2>, keep: MlpKeep<B>) -> (Tensor<B, 2>, MlpSaved<B>) {
         let [keep_gate, keep_up, keep_down] = keep;
-        let (gate, gate_proj) = self.gate_proj.forward_saving(x.clone(), keep_gate);
+        let (gate_raw, gate_proj) = self.gate_proj.forward_saving(x.clone(), keep_gate);
         let (up, up_proj) = self.up_proj.forward_saving(x, keep_up);
-        let dtype = gate.dtype();
-        let act = self.activate(gate.clone().cast(DType::F32)).cast(dtype);
+        let gate = self.sparse(gate_raw.clone());
+        let act = activate(self.activation, gate.clone());
         let (out, down_proj) = self.down_proj.forward_saving(act.clone() * up.clone(), keep_down);
         let saved = MlpSaved {
             gate_proj,
             up_proj,
             down_proj,
+            gate_raw,
             gate,
             act,
             up,
@@ -68,36 +116,12 @@ impl<B: Backend> Mlp<B> {
         let d_act = d_product.clone() * saved.up;
         let d_up = d_product * saved.act;
         let dtype = d_act.dtype();
-        let d_gate = (self.activation_derivative(saved.gate.cast(DType::F32)) * d_act.cast(DType::F32)).cast(dtype);
+        let mut d_gate = (activation_derivative(self.activation, saved.gate) * d_act.cast(DType::F32)).cast(dtype);
+        if self.sparsity > 0.0 {
+            d_gate = gaussian_topk_backward(saved.gate_raw, d_gate, self.sparsity);
+        }
         let (dx_gate, gate) = self.gate_proj.backward(saved.gate_proj, d_gate);
         let (dx_up, up) = self.up_proj.backward(saved.up_proj, d_up);
         (dx_gate + dx_up, [gate, up, down])
-    }
-
-    fn activate<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self.activation {
-            Activation::GeluTanh => gelu_approximate(x),
-            Activation::GeluErf => gelu(x),
-        }
-    }
-
-    /// `d gelu(x) / dx`, in f32.
-    fn activation_derivative(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self.activation {
-            Activation::GeluTanh => {
-                // gelu(x) = x/2·(1 + tanh(c·(x + k·x³)))
-                let (c, k) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
-                let x2 = x.clone().square();
-                let t = ((x.clone() + x.clone() * x2.clone() * k) * c).tanh();
-                let dt = (t.clone().square().neg() + 1.0) * (x2 * (3.0 * k) + 1.0) * c;
-                (t + 1.0) * 0.5 + x * dt * 0.5
-            }
-            Activation::GeluErf => {
-                // Φ(x) + x·φ(x)
-                let cdf = ((x.clone() / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5;
-                let pdf = (x.clone().square() * -0.5).exp() / (2.0 * std::f64::consts::PI).sqrt();
-                cdf + x * pdf
-            }
-        }
     }
 }

@@ -19,8 +19,14 @@ impl<B: Backend> RopeTables<B> {
         let [batch, seq] = positions.dims();
         let device = positions.device();
         let half = head_dim / 2;
+        // Proportional RoPE (Gemma 4) rotates the first `rotated` frequencies only; the others
+        // are 0, which leaves their dimensions as they are.
+        let rotated = (rope.partial_rotary_factor * head_dim as f64 / 2.0).floor() as usize;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| {
+                if i >= rotated {
+                    return 0.0;
+                }
                 let exponent = (2 * i) as f32 / head_dim as f32;
                 1.0 / (rope.theta as f32).powf(exponent) / rope.factor as f32
             })

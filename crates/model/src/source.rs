@@ -9,7 +9,7 @@ use ember_data::Tokenizer;
 use serde_json::Value;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::GemmaConfig;
+use crate::config::{GemmaConfig, standalone_text_config};
 use crate::error::{ModelError, Result};
 use crate::gguf::{self, GgufFile, GgufWeights};
 use crate::load::LoadOptions;
@@ -107,6 +107,28 @@ impl ModelSource {
         })
     }
 
+    /// The modules of a multimodal checkpoint that Ember does not load (its vision and audio
+    /// towers and their projections into the text model), with their tensor counts:
+    /// everything outside the text decoder and the LM head. Empty for a text model.
+    pub fn other_modules(&self) -> Result<Vec<(String, usize)>> {
+        if self.gguf.is_some() || self.config.module_prefix == "model" {
+            return Ok(Vec::new());
+        }
+        let text = format!("{}.", self.config.module_prefix);
+        let mut groups: Vec<(String, usize)> = Vec::new();
+        for name in Checkpoint::open(&self.path)?.unused() {
+            if name.starts_with(&text) || name.starts_with("lm_head.") {
+                continue;
+            }
+            let module = name.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+            match groups.iter_mut().find(|(m, _)| *m == module) {
+                Some((_, count)) => *count += 1,
+                None => groups.push((module, 1)),
+            }
+        }
+        Ok(groups)
+    }
+
     /// The model's tokenizer, for training data and prompts alike: `tokenizer.json` (or the
     /// vocabulary a GGUF file embeds), with the BOS and stop tokens the model's files name
     /// (`generation_config.json` and `tokenizer_config.json`, or the GGUF metadata) besides
@@ -157,6 +179,10 @@ impl ModelSource {
             path: config_path.clone(),
             source,
         })?;
+        // Ember's model of a multimodal checkpoint is its text decoder, and so is the export.
+        if let Some(text) = standalone_text_config(&config) {
+            config = text;
+        }
         if let Some(map) = config.as_object_mut() {
             // transformers 5 writes `dtype`, 4.x `torch_dtype`: keep whichever the base used.
             let key = if map.contains_key("dtype") {

@@ -94,4 +94,27 @@ impl<B: Backend> Weights<'_, B> {
             Source::Random { .. } => {}
         }
     }
+
+    /// Marks every unread tensor outside the modules named by `keep` (name prefixes) as
+    /// deliberately unused: a multimodal checkpoint's other towers. Returns them grouped by
+    /// module (the first two name segments, `model.vision_tower`), with their counts.
+    pub(crate) fn skip_outside(&mut self, keep: &[&str]) -> Vec<(String, usize)> {
+        let source = match &mut self.source {
+            Source::Tensors(source) | Source::Check { source, .. } => source,
+            Source::Random { .. } => return Vec::new(),
+        };
+        let mut groups: Vec<(String, usize)> = Vec::new();
+        for name in source.unused() {
+            if keep.iter().any(|prefix| name.starts_with(prefix)) {
+                continue;
+            }
+            source.skip(&name);
+            let module = name.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+            match groups.iter_mut().find(|(m, _)| *m == module) {
+                Some((_, count)) => *count += 1,
+                None => groups.push((module, 1)),
+            }
+        }
+        groups
+    }
 }

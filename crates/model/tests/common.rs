@@ -20,7 +20,19 @@ pub fn to_vec<Bk: Backend>(t: Tensor<Bk, 3>) -> Vec<f32> {
 }
 
 /// All fixture models, each made by `fixtures/make_fixtures.py`.
-pub const MODELS: &[&str] = &["gemma-mqa", "gemma-mha-untied", "gemma2", "gemma3"];
+pub const MODELS: &[&str] = &[
+    "gemma-mqa",
+    "gemma-mha-untied",
+    "gemma2",
+    "gemma3",
+    "gemma3n",
+    "gemma4",
+    "gemma4-dense",
+    "gemma4-moe",
+];
+
+/// The fixtures whose architectures transformers 4.x wrote configs for (`config.transformers4.json`).
+pub const MODELS_4X: &[&str] = &["gemma-mqa", "gemma-mha-untied", "gemma2", "gemma3"];
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

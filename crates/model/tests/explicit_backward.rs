@@ -1,7 +1,11 @@
-//! The explicit backward of a decoder layer and of the LM head + loss (what a training step
+//! The explicit backward of the decoder layers and of the LM head + loss (what a training step
 //! runs) equals burn autodiff's gradients of the model's own forward, for every fixture family
 //! (Gemma with MQA and with MHA + an untied head, Gemma 2 with soft-capping and sliding
-//! windows, Gemma 3 with q/k norms), on padded and packed batches, with and without dropout.
+//! windows, Gemma 3 with q/k norms, Gemma 3n with AltUp, Laurel, per-layer inputs, sparse
+//! activations and shared keys and values, Gemma 4 with those it has, keys as values and
+//! experts), on padded and packed batches, with and without dropout. The layers run as a
+//! stack, forward then backward in reverse, as a training step runs them: layers that share
+//! keys and values pass gradients between them.
 
 mod common;
 
@@ -59,17 +63,7 @@ fn model_with_adapters(name: &str, dropout: f64) -> GemmaForCausalLM<AD> {
     let mut model: GemmaForCausalLM<AD> = load_on(&fixture(name), &device);
     let rank = 3;
     for layer in &mut model.model.layers {
-        let attn = &mut layer.self_attn;
-        let mlp = &mut layer.mlp;
-        for linear in [
-            &mut attn.q_proj,
-            &mut attn.k_proj,
-            &mut attn.v_proj,
-            &mut attn.o_proj,
-            &mut mlp.gate_proj,
-            &mut mlp.up_proj,
-            &mut mlp.down_proj,
-        ] {
+        for linear in layer.projections_mut().into_iter().flatten() {
             let [out, inp] = linear.shape();
             let random = |shape: [usize; 2]| {
                 Param::from_tensor(
@@ -114,49 +108,52 @@ fn check_layers(name: &str, dropout: f64) {
     let device = Default::default();
     let model = model_with_adapters(name, dropout);
     let frozen = model.valid();
-    let hidden = model.config.hidden_size;
-    let context = model.layer_context(&input::<AD>(&device));
-    let frozen_context = frozen.layer_context(&input::<B>(&device));
-    for index in 0..model.model.layers.len() {
-        let x = Tensor::<B, 3>::random([BATCH, SEQ, hidden], Distribution::Normal(0.0, 1.0), &device);
-        let dy = Tensor::<B, 3>::random([BATCH, SEQ, hidden], Distribution::Normal(0.0, 1.0), &device);
+    let width = model.config.residual_width();
+    let layers = model.model.layers.len();
+    let x = Tensor::<B, 3>::random([BATCH, SEQ, width], Distribution::Normal(0.0, 1.0), &device);
+    let dy = Tensor::<B, 3>::random([BATCH, SEQ, width], Distribution::Normal(0.0, 1.0), &device);
 
-        // Autodiff of the model's own forward (which draws dropout masks under autodiff).
-        let leaf = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+    // Autodiff of the model's own forward (which draws dropout masks under autodiff).
+    let mut context = model.layer_context(&input::<AD>(&device));
+    let leaf = Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+    let mut y = leaf.clone();
+    let mut outputs = Vec::new();
+    for index in 0..layers {
         AD::seed(&device, 40 + index as u64);
-        let y = model.layer(index, leaf.clone(), &context, None);
-        let gradients = (y.clone() * Tensor::from_inner(dy.clone())).sum().backward();
+        y = model.layer(index, y, &mut context, None);
+        outputs.push(y.clone().inner());
+    }
+    let gradients = (y * Tensor::from_inner(dy.clone())).sum().backward();
 
-        // The explicit forward and backward, with masks drawn from the same seed.
-        let layer = &frozen.model.layers[index];
+    // The explicit forward and backward, with masks drawn from the same seeds.
+    let mut context = frozen.layer_context(&input::<B>(&device));
+    let mut saved = Vec::new();
+    let mut y = x;
+    for (index, autodiff_output) in outputs.into_iter().enumerate() {
         B::seed(&device, 40 + index as u64);
-        let keep = layer.draw_keep(BATCH, SEQ, &device);
-        let (rope, mask) = frozen_context.for_layer(layer.layer_type);
-        let (y_explicit, saved) = layer.forward_saving(x, rope, mask, keep);
+        let keep = frozen.model.layers[index].draw_keep(BATCH, SEQ, &device);
+        let (output, layer_saved) = frozen.layer_saving(index, y, &mut context, keep);
         assert_close(
             &format!("{name} layer {index} output"),
-            values(y_explicit),
-            values(y.inner()),
+            values(output.clone()),
+            values(autodiff_output),
         );
-        let (dx, grads) = layer.backward(saved, rope, dy);
-        assert_close(
-            &format!("{name} layer {index} input gradient"),
-            values(dx),
-            values(leaf.grad(&gradients).unwrap()),
-        );
+        saved.push(layer_saved);
+        y = output;
+    }
+    let mut grad = dy;
+    for index in (0..layers).rev() {
+        let layer_saved = saved.pop().expect("one per layer");
+        let (dx, grads) = frozen.layer_backward(index, layer_saved, &mut context, grad);
         let autodiff_layer = &model.model.layers[index];
-        let attn = &autodiff_layer.self_attn;
-        let mlp = &autodiff_layer.mlp;
-        let linears = [
-            &attn.q_proj,
-            &attn.k_proj,
-            &attn.v_proj,
-            &attn.o_proj,
-            &mlp.gate_proj,
-            &mlp.up_proj,
-            &mlp.down_proj,
-        ];
-        for (p, (linear, grad)) in linears.iter().zip(grads).enumerate() {
+        for (p, (linear, grad)) in autodiff_layer.projections().iter().zip(grads).enumerate() {
+            let Some(linear) = linear else {
+                assert!(
+                    grad.is_none(),
+                    "{name} layer {index}: projection {p} is absent but has a gradient"
+                );
+                continue;
+            };
             let lora = linear.lora.as_ref().unwrap();
             let grad = grad.unwrap_or_else(|| panic!("{name} layer {index}: projection {p} has no gradient"));
             let what = |m: &str| format!("{name} layer {index} projection {p} lora_{m}");
@@ -171,7 +168,13 @@ fn check_layers(name: &str, dropout: f64) {
                 values(lora.b.val().grad(&gradients).unwrap()),
             );
         }
+        grad = dx;
     }
+    assert_close(
+        &format!("{name} input gradient"),
+        values(grad),
+        values(leaf.grad(&gradients).unwrap()),
+    );
 }
 
 #[test]
@@ -187,6 +190,8 @@ fn layer_backward_replays_dropout_masks_as_autodiff_draws_them() {
     let _generator = generator();
     check_layers("gemma2", 0.25);
     check_layers("gemma3", 0.25);
+    check_layers("gemma3n", 0.25);
+    check_layers("gemma4", 0.25);
 }
 
 #[test]
@@ -196,7 +201,7 @@ fn head_loss_backward_equals_autodiff_for_every_family() {
     for name in MODELS {
         let model = model_with_adapters(name, 0.0);
         let rows = BATCH * SEQ;
-        let hidden = model.config.hidden_size;
+        let hidden = model.config.residual_width();
         let x = Tensor::<B, 2>::random([rows, hidden], Distribution::Normal(0.0, 1.0), &device);
         let vocab = model.config.vocab_size as i64;
         let targets: Vec<i64> = (0..rows as i64)

@@ -155,6 +155,20 @@ fn a_config_llama_cpp_cannot_run_is_refused_by_key() {
     );
 }
 
+#[test]
+fn gemma_3n_and_4_are_refused_by_the_gguf_export() {
+    for name in ["gemma3n", "gemma4-dense"] {
+        let source = ModelSource::open(&fixture(name)).unwrap();
+        let model = source
+            .load::<B>(&LoadOptions::new(DType::F32), &Default::default())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = export_gguf(&model, &source, &dir.path().join("m.gguf"), GgufFileType::F16).unwrap_err();
+        assert!(err.to_string().contains("Gemma 1 to 3"), "{name}: {err}");
+        assert!(!dir.path().join("m.gguf").exists(), "{name}: nothing is written");
+    }
+}
+
 fn llama_cpp(root: &Path, request: serde_json::Value) -> serde_json::Value {
     ember_testkit::llama_cpp::run(root, &request)
 }

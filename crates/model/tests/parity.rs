@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    B, MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match, copy_fixture,
-    fixture, load,
+    B, MODELS, MODELS_4X, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match,
+    copy_fixture, fixture, load,
 };
 use ember_model::GemmaConfig;
 
@@ -18,7 +18,7 @@ fn logits_match_transformers() {
 
 #[test]
 fn logits_match_transformers_with_a_4x_config() {
-    for name in MODELS {
+    for name in MODELS_4X {
         let dir = copy_fixture(name);
         std::fs::copy(
             dir.path().join("config.transformers4.json"),
@@ -47,7 +47,7 @@ fn parameter_count_matches_the_loaded_model() {
 
 #[test]
 fn transformers_4x_and_5x_configs_describe_the_same_model() {
-    for name in MODELS {
+    for name in MODELS_4X {
         let dir = fixture(name);
         let mut v5 = GemmaConfig::from_file(dir.join("config.json")).unwrap();
         let v4 = GemmaConfig::from_file(dir.join("config.transformers4.json")).unwrap();
@@ -81,4 +81,25 @@ fn parameter_paths_are_the_checkpoint_names() {
     expected.sort();
     names.sort();
     assert_eq!(names, expected);
+}
+
+#[test]
+fn gemma3n_reads_ids_past_its_per_layer_table_as_row_0() {
+    // As transformers 5.24's Gemma 3n text model (and 5.17's multimodal one) do: audio and
+    // image token ids lie past the per-layer table.
+    use burn::tensor::{Distribution, Int, Tensor};
+    let model = load(&fixture("gemma3n"));
+    let device = Default::default();
+    let rows = model.config.per_layer_inputs.unwrap().vocab_size as i64;
+    let embeds = Tensor::<B, 3>::random([1, 3, model.config.hidden_size], Distribution::Default, &device);
+    let inputs = |ids: [i64; 3]| {
+        let ids = Tensor::<B, 1, Int>::from_data(ids.as_slice(), &device).reshape([1, 3]);
+        let out = model
+            .model
+            .per_layer_inputs(model.config.family, ids, embeds.clone())
+            .unwrap();
+        out.into_data().into_vec::<f32>().unwrap()
+    };
+    assert_eq!(inputs([0, 7, rows + 5]), inputs([0, 7, 0]));
+    assert_ne!(inputs([0, 7, rows - 1]), inputs([0, 7, 0]));
 }

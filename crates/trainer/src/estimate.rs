@@ -204,11 +204,7 @@ pub fn estimate<B: Backend>(
         // autodiff keeps every layer's activations: about one recompute's buffers each.
         (false, _) => 0,
     } as u64;
-    let step = if run.checkpointing {
-        step
-    } else {
-        step * layers as u64
-    };
+    let step = if run.checkpointing { step } else { step * layers as u64 };
     Ok(MemoryEstimate {
         weights: weights as u64,
         adapters,

@@ -16,7 +16,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_lora::{peft_key, projections};
-use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, cross_entropy_sum, shift_labels};
+use ember_model::{
+    AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, PROJECTION_NAMES, cross_entropy_sum, shift_labels,
+};
 
 use crate::error::Result;
 use crate::kernels::{BatchKernels, Offloaded, TrainKernels};
@@ -150,11 +152,11 @@ fn accumulate_full<B: AutodiffBackend>(
 ) -> f64 {
     let device = model.model.embed_tokens.weight.device();
     let input = batch.input(&device);
-    let context = model.layer_context(&input);
+    let mut context = model.layer_context(&input);
     let mut x = model.embed(input.input_ids);
     for index in 0..model.model.layers.len() {
         seed_dropout(model, batch, index);
-        x = model.layer(index, x, &context, None);
+        x = model.layer(index, x, &mut context, None);
     }
     let hidden = model.final_norm(x);
     clock.lap(Phase::Forward);
@@ -227,17 +229,6 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
     clock.lap(Phase::Backward);
     Ok(loss)
 }
-
-/// The projections of a decoder layer in [`ember_model::LayerGrads`]' order.
-const PROJECTION_NAMES: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
 
 fn add_grad<B: Backend>(grads: &mut AdapterGrads<B>, key: String, g: Tensor<B, 2>) {
     let sum = match grads.remove(&key) {

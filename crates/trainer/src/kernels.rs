@@ -7,8 +7,8 @@
 //! functions (`ember-cuda`), checked against it.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorCreationOptions, TensorData};
-use ember_model::{DecodeStep, GemmaConfig, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep, RopeTables};
+use burn::tensor::{Int, Tensor, TensorCreationOptions, TensorData};
+use ember_model::{DecodeStep, GemmaConfig, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep};
 
 use crate::error::Result;
 use crate::estimate::{StepShape, burn_step_bytes};
@@ -194,16 +194,9 @@ struct BurnBatch<'a, B: Backend> {
     targets: Tensor<B, 1, Int>,
 }
 
-impl<B: Backend> BurnBatch<'_, B> {
-    fn tables(&self, index: usize) -> (&RopeTables<B>, Tensor<B, 4, Bool>) {
-        self.context.for_layer(self.model.model.layers[index].layer_type)
-    }
-}
-
 impl<B: Backend> BatchKernels<B> for BurnBatch<'_, B> {
     fn forward(&mut self, index: usize, x: Tensor<B, 3>, keep: LayerKeep<B>) -> Result<Tensor<B, 3>> {
-        let (rope, mask) = self.tables(index);
-        Ok(self.model.model.layers[index].forward_saving(x, rope, mask, keep).0)
+        Ok(self.model.layer_saving(index, x, &mut self.context, keep).0)
     }
 
     fn backward(
@@ -213,10 +206,10 @@ impl<B: Backend> BatchKernels<B> for BurnBatch<'_, B> {
         grad: Tensor<B, 3>,
         keep: LayerKeep<B>,
     ) -> Result<(Tensor<B, 3>, LayerGrads<B>)> {
-        let (rope, mask) = self.tables(index);
-        let layer = &self.model.model.layers[index];
-        let (_, saved) = layer.forward_saving(x, rope, mask, keep);
-        Ok(layer.backward(saved, rope, grad))
+        // The recompute stores shared keys and values again (the same ones) and reads those
+        // of earlier layers kept from the forward.
+        let (_, saved) = self.model.layer_saving(index, x, &mut self.context, keep);
+        Ok(self.model.layer_backward(index, saved, &mut self.context, grad))
     }
 
     fn head(&mut self, x: Tensor<B, 3>, normaliser: f64) -> Result<(Tensor<B, 1>, Tensor<B, 3>)> {

@@ -37,9 +37,33 @@ pub fn run(args: Args) -> Result<()> {
             LayerType::Sliding => 'l',
         })
         .collect();
-    let kv_per_token = 2 * config.num_hidden_layers() * config.num_key_value_heads * config.head_dim;
+    // Layers that share another's keys and values cache none.
+    let kv_per_token: usize = (0..config.num_hidden_layers())
+        .filter(|&i| config.kv_source(i).is_none())
+        .map(|i| {
+            let layer_type = config.layer_types[i];
+            2 * config.key_value_heads_of(layer_type) * config.head_dim_of(layer_type)
+        })
+        .sum();
     println!("checkpoint     {}", args.dir.display());
     println!("architecture   {:?}", config.family);
+    if config.module_prefix != "model" {
+        let others: Vec<String> = source
+            .other_modules()
+            .unwrap_or_default()
+            .iter()
+            .map(|(module, count)| format!("{module} ({count} tensor{})", if *count == 1 { "" } else { "s" }))
+            .collect();
+        println!(
+            "multimodal     Ember runs the text decoder ({}.*); not loaded: {}",
+            config.module_prefix,
+            if others.is_empty() {
+                "nothing".to_string()
+            } else {
+                others.join(", ")
+            }
+        );
+    }
     println!(
         "layers         {} ({layers}: G = global attention, l = sliding window of {})",
         config.num_hidden_layers(),
@@ -49,13 +73,50 @@ pub fn run(args: Args) -> Result<()> {
         "attention      {} query heads, {} key/value heads, head_dim {}",
         config.num_attention_heads, config.num_key_value_heads, config.head_dim
     );
-    println!(
-        "hidden         {} (MLP {})",
-        config.hidden_size, config.intermediate_size
-    );
+    if (config.full_head_dim, config.full_key_value_heads) != (config.head_dim, config.num_key_value_heads)
+        || config.attention_k_eq_v
+    {
+        println!(
+            "               global layers: {} key/value heads, head_dim {}{}",
+            config.full_key_value_heads,
+            config.full_head_dim,
+            if config.attention_k_eq_v {
+                ", values from the key projection"
+            } else {
+                ""
+            }
+        );
+    }
+    if config.num_kv_shared_layers > 0 {
+        let first = config.num_hidden_layers() - config.num_kv_shared_layers;
+        let sources: Vec<String> = (first..config.num_hidden_layers())
+            .filter_map(|i| config.kv_source(i))
+            .collect::<std::collections::BTreeSet<_>>()
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        println!(
+            "               layers {first}-{} reuse the keys and values of layer(s) {}",
+            config.num_hidden_layers() - 1,
+            sources.join(", ")
+        );
+    }
+    let sizes = &config.layer_intermediate_sizes;
+    let mlp = match (sizes.iter().min(), sizes.iter().max()) {
+        (Some(lo), Some(hi)) if lo != hi => format!("{lo} to {hi} by layer"),
+        _ => config.intermediate_size.to_string(),
+    };
+    println!("hidden         {} (MLP {mlp})", config.hidden_size);
+    for line in extensions(config) {
+        println!("{line}");
+    }
     println!("vocabulary     {}", config.vocab_size);
+    let partial = match config.rope_full.partial_rotary_factor {
+        p if p < 1.0 => format!(", {p} of dims rotated"),
+        _ => String::new(),
+    };
     println!(
-        "rope           theta {} (x{} linear) global, theta {} sliding",
+        "rope           theta {} (x{} linear{partial}) global, theta {} sliding",
         config.rope_full.theta, config.rope_full.factor, config.rope_sliding.theta
     );
     println!(
@@ -83,6 +144,42 @@ pub fn run(args: Args) -> Result<()> {
         problems.len(),
         args.dir.display()
     )
+}
+
+/// Gemma 3n's and 4's additions to the decoder, one line each.
+fn extensions(config: &GemmaConfig) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(p) = config.per_layer_inputs {
+        lines.push(format!(
+            "per-layer      inputs of {} per layer from a {}-row embedding",
+            p.hidden_size, p.vocab_size
+        ));
+    }
+    if let Some(a) = config.altup {
+        lines.push(format!(
+            "altup          {} versions of the residual stream (active {}); Laurel rank {}",
+            a.num_inputs,
+            a.active_idx,
+            config.laurel_rank.unwrap_or(0)
+        ));
+    }
+    let sparse: Vec<String> = (config.activation_sparsity.iter().enumerate())
+        .filter(|(_, s)| **s > 0.0)
+        .map(|(i, s)| format!("{i}:{s}"))
+        .collect();
+    if !sparse.is_empty() {
+        lines.push(format!("sparsity       MLP gate top-k by layer: {}", sparse.join(" ")));
+    }
+    if let Some(m) = config.moe {
+        lines.push(format!(
+            "experts        {} (top {}, intermediate {}) beside each dense MLP",
+            m.num_experts, m.top_k, m.intermediate_size
+        ));
+    }
+    if config.norm_weight_offset() == 0.0 {
+        lines.push("norms          scaled by w; values normalised too; scores unscaled".to_string());
+    }
+    lines
 }
 
 /// What loading the model for generation or training would fail on: its tensors against the

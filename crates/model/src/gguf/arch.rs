@@ -1,5 +1,7 @@
 //! Which Gemma generation a GGUF file holds (`general.architecture`).
 
+use std::path::Path;
+
 use super::reader::GgufFile;
 use crate::config::Family;
 use crate::error::{ModelError, Result};
@@ -35,12 +37,18 @@ impl Architecture {
         }
     }
 
-    /// The architecture llama.cpp runs a model of this family as.
-    pub fn of_family(family: Family) -> Self {
+    /// The architecture llama.cpp runs a model of this family as; Ember's GGUF export covers
+    /// Gemma 1 to 3 (`path` names the model in the error).
+    pub fn of_family(family: Family, path: &Path) -> Result<Self> {
         match family {
-            Family::Gemma => Self::Gemma,
-            Family::Gemma2 => Self::Gemma2,
-            Family::Gemma3 => Self::Gemma3,
+            Family::Gemma => Ok(Self::Gemma),
+            Family::Gemma2 => Ok(Self::Gemma2),
+            Family::Gemma3 => Ok(Self::Gemma3),
+            Family::Gemma3n | Family::Gemma4 => Err(ModelError::Config {
+                path: path.to_path_buf(),
+                key: "model_type".into(),
+                message: format!("Ember's GGUF export writes Gemma 1 to 3, not {family:?}"),
+            }),
         }
     }
 

@@ -65,7 +65,7 @@ pub fn export_gguf<B: Backend>(
     file_type: GgufFileType,
 ) -> Result<()> {
     let config = &model.config;
-    let arch = Architecture::of_family(config.family);
+    let arch = Architecture::of_family(config.family, base.path())?;
     let hyper = hyperparameters(config, base.path())?;
     let vocab = match base.gguf() {
         Some(file) => copied_vocab(file),

@@ -28,7 +28,7 @@ pub fn llama_cpp_query_factor(config: &GemmaConfig, path: &Path) -> Result<f32> 
 
 /// `config` (read from `path`, named in errors) as llama.cpp's hyperparameters.
 pub(super) fn hyperparameters(config: &GemmaConfig, path: &Path) -> Result<Hyperparameters> {
-    let arch = Architecture::of_family(config.family);
+    let arch = Architecture::of_family(config.family, path)?;
     let refuse = |key: &str, message: String| ModelError::Config {
         path: path.to_path_buf(),
         key: key.to_string(),

@@ -132,7 +132,11 @@ impl TrainTask for Bench {
         let build_s = start.elapsed().as_secs_f64();
         let total = config.parameter_count();
         let trainable: usize = (0..model.model.layers.len())
-            .flat_map(|i| projections(i, &model.model.layers[i]).map(|(_, linear)| linear))
+            .flat_map(|i| {
+                projections(i, &model.model.layers[i])
+                    .into_iter()
+                    .map(|(_, linear)| linear)
+            })
             .filter_map(|linear| linear.lora.as_ref())
             .map(|lora| lora.a.val().shape().num_elements() + lora.b.val().shape().num_elements())
             .sum();
