@@ -36,7 +36,7 @@ const DECODES_WRONG_FUSED: &[&str] = &["gemma3n"];
 #[test]
 fn kv_cache_decoding_matches_transformers_on_wgpu() {
     let Some(device) = lavapipe() else { return };
-    for name in MODELS.iter().filter(|m| !DECODES_WRONG_FUSED.contains(m)) {
+    for name in MODELS.iter().filter(|m| !DECODES_WRONG_FUSED.contains(*m)) {
         assert_cached_decoding_matches::<W>(name, &device);
     }
 }
@@ -44,7 +44,7 @@ fn kv_cache_decoding_matches_transformers_on_wgpu() {
 #[test]
 fn greedy_generation_matches_transformers_on_wgpu() {
     let Some(device) = lavapipe() else { return };
-    for name in MODELS.iter().filter(|m| !DECODES_WRONG_FUSED.contains(m)) {
+    for name in MODELS.iter().filter(|m| !DECODES_WRONG_FUSED.contains(*m)) {
         assert_greedy_generation_matches::<W>(name, &device);
     }
 }
