@@ -92,8 +92,13 @@ fn resume_matches_uninterrupted_run() {
     }
 }
 
+/// LoRA dropout draws from the backend's global generator, seeded per layer: two tests drawing
+/// masks at once in this process would interleave their draws.
+static DROPOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn offloading_activations_changes_no_loss_and_no_adapter_bit() {
+    let _alone = DROPOUT.lock().unwrap_or_else(|e| e.into_inner());
     let run_with = |offload: bool| {
         let out = tempfile::tempdir().unwrap();
         let mut config = config(out.path(), 3, "adamw_8bit", true);
@@ -107,6 +112,7 @@ fn offloading_activations_changes_no_loss_and_no_adapter_bit() {
 
 #[test]
 fn gemma_3n_and_4_train_and_resume_bit_exactly() {
+    let _alone = DROPOUT.lock().unwrap_or_else(|e| e.into_inner());
     // Each text variant with adapters on the seven projections and dropout, checkpointed (the
     // explicit backward through shared keys and values, AltUp, experts), 4 steps straight or
     // 2 + 2 resumed.
