@@ -29,8 +29,8 @@ pub struct LayerWeights {
     norms: [Option<u64>; 6],
     /// The dense projections; for a 4-bit layer, where [`ModelWeights::layer`] dequantizes them.
     projections: [u64; 7],
-    /// A 4-bit (QLoRA) layer's projections as stored.
-    four_bit: Option<[FourBitPtrs; 7]>,
+    /// The 4-bit (QLoRA) projections as stored.
+    four_bit: [Option<FourBitPtrs>; 7],
 }
 
 impl LayerWeights {
@@ -66,22 +66,17 @@ impl LayerWeights {
         let weights = slots
             .into_iter()
             .map(|(norms, stored)| -> Result<Self> {
-                let four_bit = match stored[0] {
-                    Stored::Dense(_) => None,
-                    Stored::FourBit(..) => Some(
-                        stored
-                            .map(|s| s.four_bit(&held, tables))
-                            .into_iter()
-                            .collect::<Result<Vec<_>>>()?,
-                    ),
-                };
+                let mut four_bit = [None; 7];
+                for (slot, s) in four_bit.iter_mut().zip(stored) {
+                    *slot = s.four_bit(&held, tables)?;
+                }
                 Ok(Self {
                     norms: norms.map(|i| i.map(|i| held[i].ptr)),
                     projections: stored.map(|s| match s {
                         Stored::Dense(i) => held[i].ptr,
                         Stored::FourBit(..) => 0,
                     }),
-                    four_bit: four_bit.map(|v| v.try_into().expect("seven projections")),
+                    four_bit,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -92,10 +87,13 @@ impl LayerWeights {
         self.norms[i]
     }
 
-    /// Bytes of the layer's projections dequantized to `elem`, each 16-byte aligned.
+    /// Bytes of the layer's 4-bit projections dequantized to `elem`, each 16-byte aligned.
     fn dequantized_bytes(&self, elem: Elem) -> usize {
         self.four_bit
-            .map_or(0, |w| w.iter().map(|w| aligned(w.len * elem.size())).sum())
+            .iter()
+            .flatten()
+            .map(|w| aligned(w.len * elem.size()))
+            .sum()
     }
 }
 
@@ -107,11 +105,10 @@ enum Stored {
 }
 
 impl Stored {
-    fn four_bit(self, held: &[Held], tables: u64) -> Result<FourBitPtrs> {
+    /// The projection's 4-bit tensors, if it is 4-bit.
+    fn four_bit(self, held: &[Held], tables: u64) -> Result<Option<FourBitPtrs>> {
         let Stored::FourBit(codes, absmax, absmax_codes, format) = self else {
-            return Err(CudaError::Unsupported(
-                "a layer with both 4-bit and dense projections (load_in_4bit skips whole modules)".into(),
-            ));
+            return Ok(None);
         };
         let state = match format.dtype {
             DType::F32 => 0,
@@ -127,7 +124,7 @@ impl Stored {
             QuantType::Nf4 => tables,
             QuantType::Fp4 => tables + 16 * 4,
         };
-        Ok(FourBitPtrs {
+        Ok(Some(FourBitPtrs {
             packed: held[codes].ptr,
             absmax: held[absmax].ptr,
             absmax_codes: absmax_codes.map_or(0, |i| held[i].ptr),
@@ -137,7 +134,7 @@ impl Stored {
             blocksize: format.blocksize,
             len: format.shape[0] * format.shape[1],
             state,
-        })
+        }))
     }
 }
 
@@ -195,15 +192,17 @@ impl ModelWeights {
     /// dequantized into the one layer's room, valid until the next call.
     pub fn layer(&self, cuda: &mut Cuda, index: usize, elem: Elem) -> Result<LayerWeights> {
         let weights = &self.layers[index];
-        let (Some(stored), Some((_, room))) = (weights.four_bit, &self.four_bit) else {
+        let Some((_, room)) = &self.four_bit else {
             return Ok(weights.clone());
         };
         let mut dense = weights.clone();
         let mut at = room.ptr;
-        for (p, w) in stored.iter().enumerate() {
-            cuda.dequant4(elem, w, at)?;
-            dense.projections[p] = at;
-            at += aligned(w.len * elem.size()) as u64;
+        for (p, w) in weights.four_bit.iter().enumerate() {
+            if let Some(w) = w {
+                cuda.dequant4(elem, w, at)?;
+                dense.projections[p] = at;
+                at += aligned(w.len * elem.size()) as u64;
+            }
         }
         Ok(dense)
     }

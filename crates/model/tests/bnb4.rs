@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, TensorData};
 use common::{B, TOLERANCE, fixture};
 use ember_model::bnb::{
-    Absmax, FourBit, FourBitConfig, FourBitWeight, NESTED_BLOCKSIZE, NestedAbsmax, QuantType, dynamic_map,
+    Absmax, FourBit, FourBitConfig, FourBitWeight, NESTED_BLOCKSIZE, NestedAbsmax, QuantType, dynamic_map, nearest,
     quantize_blockwise,
 };
 use ember_model::{FrozenWeight, GemmaForCausalLM, LoadOptions, LogitsReference};
@@ -109,15 +109,66 @@ fn stored(f: &Fixture, case: &str, quant_type: QuantType, double: bool, len: usi
     }
 }
 
+/// Each value's code, in order (two per byte, the high nibble first).
+fn codes(packed: &[u8], len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            if i % 2 == 0 {
+                packed[i / 2] >> 4
+            } else {
+                packed[i / 2] & 0x0f
+            }
+        })
+        .collect()
+}
+
+/// `x` moved by `ulps` units in the last place.
+fn ulps(x: f32, ulps: i32) -> f32 {
+    f32::from_bits((x.to_bits() as i32 + ulps) as u32)
+}
+
+/// The positions where `ours` and `theirs` differ, each checked to be a value within rounding of
+/// a threshold: coding it with a reciprocal of its block's absmax up to 2 ulps off (bnb's
+/// fast-math `1 / absmax`) gives bnb's code.
+fn reciprocal_ties(
+    ours: &[u8],
+    theirs: &[u8],
+    code_with: impl Fn(usize, f32) -> u8,
+    inv: impl Fn(usize) -> f32,
+) -> usize {
+    let mut ties = 0;
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        if a != b {
+            let explained = (-2..=2).any(|k| code_with(i, ulps(inv(i), k)) == *b);
+            assert!(explained, "value {i}: code {a}, bnb's {b}, not a reciprocal rounding");
+            ties += 1;
+        }
+    }
+    ties
+}
+
 #[test]
-fn quantize_4bit_is_bitsandbytes_bit_for_bit() {
+fn quantize_4bit_is_bitsandbytes_up_to_its_fast_math_reciprocal() {
     let f = Fixture::open();
+    let (mut ties, mut total) = (0, 0);
     for (shape, dtype, quant_type, double) in cases() {
         let case = case_name(shape, dtype, quant_type, double);
         let (input, _) = f.floats(&format!("{shape}.{dtype}.input"));
         let ours = FourBit::quantize(&input, quant_type, 64, double);
         let theirs = stored(&f, &case, quant_type, double, input.len());
-        assert_eq!(ours.packed, theirs.packed, "{case}: packed codes");
+        let plain = FourBit::quantize(&input, quant_type, 64, false);
+        let Absmax::Plain(absmax) = &plain.absmax else {
+            unreachable!()
+        };
+        let case_ties = reciprocal_ties(
+            &codes(&ours.packed, input.len()),
+            &codes(&theirs.packed, input.len()),
+            |i, inv| quant_type.encode(input[i] * inv),
+            |i| 1.0 / absmax[i / 64],
+        );
+        assert!(case_ties * 1000 <= input.len(), "{case}: {case_ties} ties");
+        ties += case_ties;
+        total += input.len();
         match (&ours.absmax, &theirs.absmax) {
             (Absmax::Plain(ours), Absmax::Plain(theirs)) => assert_eq!(bits(ours), bits(theirs), "{case}: absmax"),
             (Absmax::Nested(ours), Absmax::Nested(theirs)) => {
@@ -129,19 +180,24 @@ fn quantize_4bit_is_bitsandbytes_bit_for_bit() {
                     ours.offset,
                     theirs.offset
                 );
-                // Given bnb's offset, the 8-bit codes and their absmax are bnb's bit for bit.
-                let plain = FourBit::quantize(&input, quant_type, 64, false);
-                let Absmax::Plain(absmax) = plain.absmax else {
-                    unreachable!()
-                };
+                // Given bnb's offset, the nested absmax are bnb's and the 8-bit codes too, up to
+                // the same reciprocal.
                 let centred: Vec<f32> = absmax.iter().map(|v| v - theirs.offset).collect();
-                let (codes, nested) = quantize_blockwise(&centred, &dynamic_map(true), NESTED_BLOCKSIZE);
-                assert_eq!(codes, theirs.codes, "{case}: absmax codes");
+                let map = dynamic_map(true);
+                let (codes, nested) = quantize_blockwise(&centred, &map, NESTED_BLOCKSIZE);
                 assert_eq!(bits(&nested), bits(&theirs.absmax), "{case}: nested absmax");
+                reciprocal_ties(
+                    &codes,
+                    &theirs.codes,
+                    |i, inv| nearest(&map, centred[i] * inv),
+                    |i| 1.0 / nested[i / NESTED_BLOCKSIZE],
+                );
             }
             _ => panic!("{case}: double quantization differs"),
         }
     }
+    // Ties come from bf16 weights, whose few mantissa bits land values on thresholds.
+    assert!(ties * 2000 <= total, "{ties} of {total} codes differ");
 }
 
 #[test]

@@ -68,10 +68,11 @@ pub fn dequantize_blockwise(codes: &[u8], absmax: &[f32], code: &[f32; 256], blo
         .collect()
 }
 
-/// The kernel's `dQuantize<0>`: a binary search from index 127 down seven halvings, then the
+/// The code of `x` (a value over its block's absmax) in the sorted `code` map: the kernel's
+/// `dQuantize<0>`, a binary search from index 127 down seven halvings, then the
 /// nearer of the leaf and its neighbour by their midpoint `(a + b) · 0.5`; a value on the
 /// midpoint keeps the leaf, NaN ends at code 0.
-fn nearest(code: &[f32; 256], x: f32) -> u8 {
+pub fn nearest(code: &[f32; 256], x: f32) -> u8 {
     let (mut pivot, mut upper_pivot, mut lower_pivot) = (127usize, 255usize, 0usize);
     let (mut lower, mut upper) = (-1.0f32, 1.0f32);
     let mut val = code[pivot];

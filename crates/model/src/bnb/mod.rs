@@ -10,6 +10,6 @@ mod weight;
 
 pub(crate) use checkpoint::read_four_bit;
 pub use config::{BLOCKSIZE, FourBitConfig};
-pub use dynamic::{dequantize_blockwise, dynamic_map, quantize_blockwise};
+pub use dynamic::{dequantize_blockwise, dynamic_map, nearest, quantize_blockwise};
 pub use four_bit::{Absmax, FourBit, NESTED_BLOCKSIZE, NestedAbsmax, QuantType};
 pub use weight::{FourBitFormat, FourBitWeight};

@@ -86,10 +86,11 @@ impl<B: Backend> FourBitWeight<B> {
             (&device, DType::F32),
         );
         let values = table.select(0, unpack(self.codes.val(), 4, len));
-        scale_blocks(values, self.absmax_values(), blocksize)
-            .reshape(shape)
-            .cast(dtype)
-            .cast(compute)
+        round_to(
+            scale_blocks(values, self.absmax_values(), blocksize).reshape(shape),
+            dtype,
+        )
+        .cast(compute)
     }
 
     /// The f32 absmax of every block, double quantization decoded as `dequantize_4bit` does.
@@ -112,6 +113,20 @@ impl<B: Backend> FourBitWeight<B> {
     pub fn bytes(&self) -> usize {
         let words = |t: &Param<Tensor<B, 1, Int>>| 4 * t.val().dims()[0];
         words(&self.codes) + 4 * self.absmax.val().dims()[0] + self.absmax_codes.as_ref().map_or(0, words)
+    }
+}
+
+/// f32 `values` rounded to `dtype` (bnb rounds the dequantized weight to the dtype it was
+/// quantized from), on the host where the backend cannot hold `dtype` (bf16 on the CPU).
+fn round_to<B: Backend>(values: Tensor<B, 2>, dtype: DType) -> Tensor<B, 2> {
+    let device = values.device();
+    if dtype == DType::F32 {
+        values
+    } else if B::supports_dtype(&device, dtype) {
+        values.cast(dtype).cast(DType::F32)
+    } else {
+        let data = values.into_data().convert_dtype(dtype).convert_dtype(DType::F32);
+        Tensor::from_data(data, (&device, DType::F32))
     }
 }
 
