@@ -2,6 +2,7 @@
 
 mod commands;
 mod device;
+mod four_bit;
 mod memory;
 mod ranges;
 

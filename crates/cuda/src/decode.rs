@@ -56,7 +56,7 @@ impl<'a> CudaDecoder<'a> {
             model,
             elem: e,
             data: BatchData::with_capacity(config, dims.tokens)?,
-            weights: ModelWeights::hold(model)?,
+            weights: ModelWeights::hold(&cuda, model, e)?,
             scratch: Scratch::new(dims)?,
             cache: Buffer::new(layers * 2 * capacity * kv * e.size())?,
             capacity,
@@ -108,10 +108,11 @@ impl<'a> CudaDecoder<'a> {
         self.cuda
             .embed(self.elem, data.ids, self.weights.embed, x, n, hidden, scale)?;
         for (index, layer) in self.model.model.layers.iter().enumerate() {
+            let weights = self.weights.layer(&mut self.cuda, index, self.elem)?;
             let mut run = LayerRun::new(
                 index,
                 layer,
-                &self.weights.layers[index],
+                &weights,
                 &self.adapters,
                 data,
                 config.sliding_window,

@@ -240,7 +240,7 @@ impl<'a> CudaBatch<'a> {
             st.scratch = None;
             st.scratch = Some(Scratch::new(dims)?);
         }
-        let weights = ModelWeights::hold(model)?;
+        let weights = ModelWeights::hold(&st.cuda, model, e)?;
         Ok(Self {
             state,
             model,
@@ -305,12 +305,13 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let masks = masks.map(|m| m.map(|(i, keep_prob)| (held[i].ptr, keep_prob)));
         wait_for_burn(&self.device)?;
         let layer = &self.model.model.layers[index];
-        let (config, data, weights) = (&self.model.config, &self.data, &self.weights.layers[index]);
         let st = self.state.as_mut().expect("set up in new");
+        let weights = self.weights.layer(&mut st.cuda, index, elem(self.dtype)?)?;
+        let (config, data) = (&self.model.config, &self.data);
         let run = LayerRun::new(
             index,
             layer,
-            weights,
+            &weights,
             &st.adapters,
             data,
             config.sliding_window,
@@ -354,12 +355,13 @@ impl BatchKernels<CudaBackend> for CudaBatch<'_> {
         let masks = masks.map(|m| m.map(|(i, keep_prob)| (held[i].ptr, keep_prob)));
         let out: GradOut = grad_at.map(|g| g.map(|(a, b)| (held[a].ptr, held[b].ptr)));
         wait_for_burn(&self.device)?;
-        let (config, data, weights) = (&self.model.config, &self.data, &self.weights.layers[index]);
         let st = self.state.as_mut().expect("set up in new");
+        let weights = self.weights.layer(&mut st.cuda, index, elem(self.dtype)?)?;
+        let (config, data) = (&self.model.config, &self.data);
         let run = LayerRun::new(
             index,
             layer,
-            weights,
+            &weights,
             &st.adapters,
             data,
             config.sliding_window,

@@ -9,27 +9,35 @@
 //! output. Backward: input gradients only through the frozen weights, `dA` for the whole group
 //! in one GEMM, `dB` per adapter.
 
-use ember_model::{Activation, DecoderLayer, GemmaForCausalLM, LayerType};
+use burn::tensor::DType;
+use ember_model::bnb::{FourBitFormat, QuantType, dynamic_map};
+use ember_model::{Activation, DecoderLayer, FrozenWeight, GemmaForCausalLM, LayerType};
 
 use crate::adapters::{Adapters, GATE, GROUPS, K, O, Q, UP, V, projections};
 use crate::batch::BatchData;
 use crate::bridge::{CudaBackend, Held, Holds};
-use crate::error::Result;
+use crate::driver::Buffer;
+use crate::error::{CudaError, Result};
 use crate::gemm::{Elem, Mat};
-use crate::ops::{AttnIo, AttnShape, Cuda};
+use crate::ops::{AttnIo, AttnShape, Cuda, FourBitPtrs};
 use crate::scratch::{Dims, Scratch};
 
 /// A layer's frozen tensors' pointers, valid while the micro-batch holds them.
+#[derive(Clone)]
 pub struct LayerWeights {
     /// input, post-attention, pre- and post-feed-forward (Gemma 2/3), q and k norms (Gemma 3).
     norms: [Option<u64>; 6],
+    /// The dense projections; for a 4-bit layer, where [`ModelWeights::layer`] dequantizes them.
     projections: [u64; 7],
+    /// The 4-bit (QLoRA) projections as stored.
+    four_bit: [Option<FourBitPtrs>; 7],
 }
 
 impl LayerWeights {
     /// Every layer's weights, held in one trip (see [`Holds`]); the pointers are valid while
-    /// the returned [`Held`]s live.
-    fn hold_all(layers: &[DecoderLayer<CudaBackend>]) -> Result<(Vec<Self>, Vec<Held>)> {
+    /// the returned [`Held`]s live. 4-bit projections point at the `tables` (each type's 16
+    /// values, then the dynamic map).
+    fn hold_all(layers: &[DecoderLayer<CudaBackend>], tables: u64) -> Result<(Vec<Self>, Vec<Held>)> {
         let mut holds = Holds::default();
         let mut slots = Vec::with_capacity(layers.len());
         for layer in layers {
@@ -43,22 +51,90 @@ impl LayerWeights {
                 norm(attn.q_norm.as_ref()),
                 norm(attn.k_norm.as_ref()),
             ];
-            let projections = projections(layer).map(|linear| holds.add(&linear.weight.val()));
+            let projections = projections(layer).map(|linear| match &linear.weight {
+                FrozenWeight::Dense(weight) => Stored::Dense(holds.add(&weight.val())),
+                FrozenWeight::FourBit(weight) => Stored::FourBit(
+                    holds.add_int(&weight.codes.val()),
+                    holds.add(&weight.absmax.val()),
+                    weight.absmax_codes.as_ref().map(|c| holds.add_int(&c.val())),
+                    weight.format,
+                ),
+            });
             slots.push((norms, projections));
         }
         let held = holds.hold()?;
         let weights = slots
             .into_iter()
-            .map(|(norms, projections)| Self {
-                norms: norms.map(|i| i.map(|i| held[i].ptr)),
-                projections: projections.map(|i| held[i].ptr),
+            .map(|(norms, stored)| -> Result<Self> {
+                let mut four_bit = [None; 7];
+                for (slot, s) in four_bit.iter_mut().zip(stored) {
+                    *slot = s.four_bit(&held, tables)?;
+                }
+                Ok(Self {
+                    norms: norms.map(|i| i.map(|i| held[i].ptr)),
+                    projections: stored.map(|s| match s {
+                        Stored::Dense(i) => held[i].ptr,
+                        Stored::FourBit(..) => 0,
+                    }),
+                    four_bit,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok((weights, held))
     }
 
     fn norm(&self, i: usize) -> Option<u64> {
         self.norms[i]
+    }
+
+    /// Bytes of the layer's 4-bit projections dequantized to `elem`, each 16-byte aligned.
+    fn dequantized_bytes(&self, elem: Elem) -> usize {
+        self.four_bit
+            .iter()
+            .flatten()
+            .map(|w| aligned(w.len * elem.size()))
+            .sum()
+    }
+}
+
+/// A projection's tensors by their index among the holds.
+#[derive(Clone, Copy)]
+enum Stored {
+    Dense(usize),
+    FourBit(usize, usize, Option<usize>, FourBitFormat),
+}
+
+impl Stored {
+    /// The projection's 4-bit tensors, if it is 4-bit.
+    fn four_bit(self, held: &[Held], tables: u64) -> Result<Option<FourBitPtrs>> {
+        let Stored::FourBit(codes, absmax, absmax_codes, format) = self else {
+            return Ok(None);
+        };
+        let state = match format.dtype {
+            DType::F32 => 0,
+            DType::BF16 => 1,
+            DType::F16 => 2,
+            other => {
+                return Err(CudaError::Unsupported(format!(
+                    "4-bit weights quantized from {other:?}"
+                )));
+            }
+        };
+        let table = match format.quant_type {
+            QuantType::Nf4 => tables,
+            QuantType::Fp4 => tables + 16 * 4,
+        };
+        Ok(Some(FourBitPtrs {
+            packed: held[codes].ptr,
+            absmax: held[absmax].ptr,
+            absmax_codes: absmax_codes.map_or(0, |i| held[i].ptr),
+            offset: format.offset.unwrap_or(0.0),
+            table,
+            map: tables + 32 * 4,
+            blocksize: format.blocksize,
+            len: format.shape[0] * format.shape[1],
+            state,
+        }))
     }
 }
 
@@ -69,12 +145,27 @@ pub struct ModelWeights {
     pub final_norm: u64,
     pub head: u64,
     pub embed: u64,
+    /// With 4-bit layers: the 4-bit tables, and room for one layer's dequantized projections.
+    four_bit: Option<(Buffer, Buffer)>,
     _held: Vec<Held>,
 }
 
 impl ModelWeights {
-    pub fn hold(model: &GemmaForCausalLM<CudaBackend>) -> Result<Self> {
-        let (layers, mut held) = LayerWeights::hold_all(&model.model.layers)?;
+    pub fn hold(cuda: &Cuda, model: &GemmaForCausalLM<CudaBackend>, elem: Elem) -> Result<Self> {
+        let tables: Vec<f32> = [QuantType::Nf4.table(), QuantType::Fp4.table()]
+            .concat()
+            .into_iter()
+            .chain(dynamic_map(true))
+            .collect();
+        let table_buffer = Buffer::new(tables.len() * 4)?;
+        cuda.gpu.upload(table_buffer.ptr, &tables)?;
+        let (layers, mut held) = LayerWeights::hold_all(&model.model.layers, table_buffer.ptr)?;
+        let largest = layers.iter().map(|l| l.dequantized_bytes(elem)).max().unwrap_or(0);
+        let four_bit = if largest > 0 {
+            Some((table_buffer, Buffer::new(largest)?))
+        } else {
+            None
+        };
         let mut holds = Holds::default();
         holds.add(&model.model.norm.weight.val());
         let embed = model.model.embed_tokens.weight.val();
@@ -92,9 +183,34 @@ impl ModelWeights {
             final_norm: held[n - 3].ptr,
             head: held[n - 2].ptr,
             embed: held[n - 1].ptr,
+            four_bit,
             _held: held,
         })
     }
+
+    /// Layer `index`'s weights as the kernels read them: a 4-bit layer's projections are
+    /// dequantized into the one layer's room, valid until the next call.
+    pub fn layer(&self, cuda: &mut Cuda, index: usize, elem: Elem) -> Result<LayerWeights> {
+        let weights = &self.layers[index];
+        let Some((_, room)) = &self.four_bit else {
+            return Ok(weights.clone());
+        };
+        let mut dense = weights.clone();
+        let mut at = room.ptr;
+        for (p, w) in weights.four_bit.iter().enumerate() {
+            if let Some(w) = w {
+                cuda.dequant4(elem, w, at)?;
+                dense.projections[p] = at;
+                at += aligned(w.len * elem.size()) as u64;
+            }
+        }
+        Ok(dense)
+    }
+}
+
+/// Each dequantized projection starts 16-byte aligned, for the kernels' wide accesses.
+fn aligned(bytes: usize) -> usize {
+    bytes.next_multiple_of(16)
 }
 
 /// Everything one layer's kernels need besides its input and output.

@@ -12,7 +12,7 @@ use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use crate::error::{CudaError, Result};
 
 /// The sources in the order they are concatenated into one translation unit.
-const SOURCES: [&str; 9] = [
+const SOURCES: [&str; 10] = [
     include_str!("kernels/common.cuh"),
     include_str!("kernels/norm.cu"),
     include_str!("kernels/rope.cu"),
@@ -22,6 +22,7 @@ const SOURCES: [&str; 9] = [
     include_str!("kernels/attention_flash.cu"),
     include_str!("kernels/attention_decode.cu"),
     include_str!("kernels/optimizer.cu"),
+    include_str!("kernels/dequant.cu"),
 ];
 
 pub struct Module {

@@ -85,6 +85,26 @@ pub struct AdamStep {
 /// Where an attention call's tensors are: `q`, `o` `[tokens, heads·head_dim]`, `k`, `v`
 /// `[tokens, kv_heads·head_dim]`, `lse` `[heads, tokens]` f32, `segs` and `stats` as
 /// [`crate::batch`] makes them.
+/// A 4-bit (bitsandbytes) weight's device tensors and format, as `dequant4` reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct FourBitPtrs {
+    /// The packed codes, two a byte, high nibble first.
+    pub packed: u64,
+    /// f32 absmax per block, or with double quantization per block of 256 absmax.
+    pub absmax: u64,
+    /// With double quantization, the absmax's 8-bit codes; 0 without.
+    pub absmax_codes: u64,
+    pub offset: f32,
+    /// The 16 values of the weight's 4-bit type.
+    pub table: u64,
+    /// The dynamic 8-bit map of double quantization.
+    pub map: u64,
+    pub blocksize: usize,
+    pub len: usize,
+    /// The dtype quantized from: 0 f32, 1 bf16, 2 f16.
+    pub state: i32,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct AttnIo {
     pub q: u64,
@@ -115,6 +135,7 @@ fn category(kernel: &str) -> &'static str {
         "sum" | "adamw8bit" => "optimizer",
         "pack" => "adapter packing",
         "dropout" => "lora dropout",
+        "dequant4" => "4-bit dequantization",
         _ if kernel.contains("forward") => "attention forward",
         _ if kernel.contains("decode") => "attention decode",
         _ => "attention backward",
@@ -441,6 +462,24 @@ impl Cuda {
         let name = pick(e, "embed_f32", "embed_bf16");
         let args = [Ptr(ids), Ptr(table), Ptr(out), I32(hidden as i32), F32(scale)];
         self.launch(name, (tokens as u32, 1, 1), 256, 0, &args)
+    }
+
+    /// The 4-bit weight `w` dequantized into `out` (`w.len` values of `e`).
+    pub fn dequant4(&mut self, e: Elem, w: &FourBitPtrs, out: u64) -> Result<()> {
+        let name = pick(e, "dequant4_f32", "dequant4_bf16");
+        let args = [
+            Ptr(w.packed),
+            Ptr(w.table),
+            Ptr(w.absmax),
+            Ptr(w.absmax_codes),
+            Ptr(w.map),
+            F32(w.offset),
+            I32(w.blocksize.trailing_zeros() as i32),
+            I64(w.len as i64),
+            I32(w.state),
+            Ptr(out),
+        ];
+        self.launch(name, (blocks(w.len, 8 * 256).min(16384), 1, 1), 256, 0, &args)
     }
 
     pub fn softcap(&mut self, e: Elem, logits: u64, n: usize, cap: f32) -> Result<()> {

@@ -74,7 +74,7 @@ pub fn add_lora<B: Backend>(
                 continue;
             };
             let [out_features, in_features] = linear.shape();
-            let device = linear.weight.val().device();
+            let device = linear.weight.device();
             let (a, b) = initial_values(
                 config.init_lora_weights,
                 target.rank,

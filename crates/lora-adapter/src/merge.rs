@@ -3,16 +3,17 @@
 
 use std::path::Path;
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::tensor::{DType, backend::Backend};
-use ember_model::{GemmaForCausalLM, ModelSource, named_params, write_safetensors};
+use ember_model::{FrozenWeight, GemmaForCausalLM, ModelSource, named_params, write_safetensors};
 
 use crate::apply::projections_mut;
 use crate::atomic::write_dir_atomically;
 use crate::error::{LoraError, Result};
 
 /// Replaces every projection's weight by `W + scale·BA`, computed in f32 and cast once to
-/// the weight's dtype, and removes the adapters.
+/// the weight's dtype, and removes the adapters. A 4-bit weight's `W` is its dequantized
+/// value, the weight the adapter was trained on; the sum is dense.
 pub fn merge_lora<B: Backend>(mut model: GemmaForCausalLM<B>) -> Result<GemmaForCausalLM<B>> {
     let mut merged = 0;
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
@@ -21,7 +22,11 @@ pub fn merge_lora<B: Backend>(mut model: GemmaForCausalLM<B>) -> Result<GemmaFor
                 let weight = linear.weight.val();
                 let dtype = weight.dtype();
                 let sum = (weight.cast(DType::F32) + lora.delta_weight()).cast(dtype);
-                linear.weight = Param::initialized(linear.weight.id, sum.set_require_grad(false));
+                let id = match &linear.weight {
+                    FrozenWeight::Dense(weight) => weight.id,
+                    FrozenWeight::FourBit(_) => ParamId::new(),
+                };
+                linear.weight = FrozenWeight::Dense(Param::initialized(id, sum.set_require_grad(false)));
                 merged += 1;
             }
         }

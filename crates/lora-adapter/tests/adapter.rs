@@ -6,12 +6,12 @@ mod common;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::DType;
-use common::{AD, B, Batch, load, model_dir, to_vec};
+use common::{AD, B, Batch, load, model_dir, repo, to_vec};
 use ember_lora::{
     Init, LoraConfig, LoraError, Targets, adapter_parameter_count, add_lora, export_checkpoint, load_adapter,
     merge_lora, save_adapter,
 };
-use ember_model::{GemmaConfig, causal_lm_loss_sum, named_params};
+use ember_model::{FrozenWeight, GemmaConfig, causal_lm_loss_sum, named_params};
 use ember_testkit::max_abs_diff;
 
 fn random_config() -> LoraConfig {
@@ -183,6 +183,25 @@ fn targets_peft_would_adapt_beyond_the_seven_projections_are_refused_by_name() {
     let model = add_lora(load::<B>(&model_dir("gemma3n")), &LoraConfig::seed_recipe(), 0).unwrap();
     let layer = &model.model.layers[5];
     assert!(layer.self_attn.k_proj.is_none() && layer.self_attn.q_proj.lora.is_some());
+}
+
+#[test]
+fn merging_into_a_4bit_base_adds_to_its_dequantized_weights() {
+    // The pre-quantized fixture: the base an adapter trained with load_in_4bit saw.
+    let dir = repo().join("fixtures/bnb4/models/gemma3-nf4");
+    let model = add_lora(load::<B>(&dir), &random_config(), 9).unwrap();
+    let base = model.model.layers[1].mlp.up_proj.weight.val();
+    let delta = model.model.layers[1].mlp.up_proj.lora.as_ref().unwrap().delta_weight();
+    let with_adapter = logits_of(&model, "gemma3");
+    let merged = merge_lora(model).unwrap();
+    assert!(matches!(
+        merged.model.layers[1].mlp.up_proj.weight,
+        FrozenWeight::Dense(_)
+    ));
+    let sum = merged.model.layers[1].mlp.up_proj.weight.val();
+    let expected: Vec<f32> = (base + delta).into_data().into_vec().unwrap();
+    assert_eq!(sum.into_data().into_vec::<f32>().unwrap(), expected);
+    assert!(max_abs_diff(&logits_of(&merged, "gemma3"), &with_adapter) < 1e-4);
 }
 
 #[test]

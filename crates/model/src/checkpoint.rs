@@ -100,6 +100,9 @@ impl Checkpoint {
     /// Reads `key`, checking its shape, converted to `dtype`.
     pub fn read(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
         let (entry, disk_dtype) = self.entry(key, shape)?;
+        if disk_dtype == DType::U8 {
+            return Err(self.unsupported(key, "U8"));
+        }
         let shard = &self.files[entry.shard];
         let bytes = &shard.mmap[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
         let data = TensorData::from_bytes_vec(bytes.to_vec(), shape.to_vec(), disk_dtype);
@@ -109,6 +112,36 @@ impl Checkpoint {
         } else {
             data.convert_dtype(dtype)
         })
+    }
+
+    /// Reads `key` as stored, which must be `dtype` (and `shape`, if given): the parts of a
+    /// bitsandbytes 4-bit weight, whose bytes are codes, not numbers to convert.
+    pub fn read_exact(&mut self, key: &str, shape: Option<&[usize]>, dtype: DType) -> Result<TensorData> {
+        let stored = self.tensors.get(key).map(|e| e.shape.clone()).unwrap_or_default();
+        let shape = shape.map_or(stored, <[usize]>::to_vec);
+        let (entry, disk_dtype) = self.entry(key, &shape)?;
+        if disk_dtype != dtype {
+            return Err(self.unsupported(key, &format!("{disk_dtype:?} where {dtype:?} was expected")));
+        }
+        let shard = &self.files[entry.shard];
+        let bytes = &shard.mmap[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
+        let data = TensorData::from_bytes_vec(bytes.to_vec(), shape, disk_dtype);
+        self.used.insert(key.to_string());
+        Ok(data)
+    }
+
+    fn unsupported(&self, key: &str, dtype: &str) -> ModelError {
+        let shard = self.tensors.get(key).map_or(&self.dir, |e| &self.files[e.shard].path);
+        ModelError::UnsupportedDtype {
+            path: shard.clone(),
+            key: key.to_string(),
+            dtype: dtype.to_string(),
+        }
+    }
+
+    /// The checkpoint's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Checks that `key` is present with `shape` and a readable dtype, without reading it.
@@ -139,6 +172,7 @@ impl Checkpoint {
             Dtype::F32 => DType::F32,
             Dtype::BF16 => DType::BF16,
             Dtype::F16 => DType::F16,
+            Dtype::U8 => DType::U8,
             other => {
                 return Err(ModelError::UnsupportedDtype {
                     path: shard.path.clone(),

@@ -692,11 +692,23 @@ impl<'a> Fields<'a> {
 
     /// Refuses settings that would change the computation in ways Ember does not implement.
     fn refuse_unsupported(&self, family: Family) -> Result<()> {
-        if self.get("quantization_config").is_some() {
-            return Err(self.error(
-                "quantization_config",
-                "quantized checkpoints are not supported; use the bf16/f32 weights",
-            ));
+        // bitsandbytes' 4-bit weights are read as stored (`bnb`); other formats are refused.
+        if let Some(quantization) = self.get("quantization_config") {
+            let method = quantization
+                .get("quant_method")
+                .and_then(Value::as_str)
+                .unwrap_or("none");
+            let four_bit = quantization.get("load_in_4bit").and_then(Value::as_bool) == Some(true);
+            if method != "bitsandbytes" || !four_bit {
+                return Err(self.error(
+                    "quantization_config",
+                    format!(
+                        "quant_method `{method}`{} is not supported: Ember reads bitsandbytes 4-bit checkpoints \
+                         (load_in_4bit); use those or the bf16/f32 weights",
+                        if method == "bitsandbytes" { " in 8 bits" } else { "" }
+                    ),
+                ));
+            }
         }
         if self.bool("attention_bias")? == Some(true) {
             return Err(self.error(

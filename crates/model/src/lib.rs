@@ -8,6 +8,7 @@
 
 mod altup;
 mod attention;
+pub mod bnb;
 mod cache;
 mod checkpoint;
 pub mod config;
@@ -54,7 +55,7 @@ pub use head_loss::HEAD_CHUNK_ROWS;
 pub use kv_share::SharedKv;
 pub use laurel::Laurel;
 pub use layer::{DecoderLayer, LayerGrads, LayerInput, LayerKeep, LayerSaved, PROJECTION_NAMES};
-pub use linear::{Linear, LinearSaved};
+pub use linear::{FrozenWeight, Linear, LinearSaved};
 pub use load::LoadOptions;
 pub use lora::{Lora, LoraGrads, LoraSaved};
 pub use loss::{IGNORE_INDEX, causal_lm_loss_sum, cross_entropy_sum, shift_labels};

@@ -1,6 +1,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::bnb::FourBitWeight;
 use crate::lora::{Lora, LoraGrads, LoraSaved};
 use crate::matmul::{matmul, matmul_transposed};
 
@@ -11,8 +12,40 @@ use crate::matmul::{matmul, matmul_transposed};
 /// the one transpose lives here, in the matmul.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: FrozenWeight<B>,
     pub lora: Option<Lora<B>>,
+}
+
+/// A projection's frozen base weight: dense in the run dtype, or 4-bit (QLoRA).
+#[derive(Module, Debug)]
+pub enum FrozenWeight<B: Backend> {
+    Dense(Param<Tensor<B, 2>>),
+    FourBit(FourBitWeight<B>),
+}
+
+impl<B: Backend> FrozenWeight<B> {
+    /// The weight `[out, in]` in the run dtype; a 4-bit weight is dequantized now, for this use.
+    pub fn val(&self) -> Tensor<B, 2> {
+        match self {
+            Self::Dense(weight) => weight.val(),
+            Self::FourBit(weight) => weight.dequantize(),
+        }
+    }
+
+    pub fn device(&self) -> B::Device {
+        match self {
+            Self::Dense(weight) => weight.val().device(),
+            Self::FourBit(weight) => weight.absmax.val().device(),
+        }
+    }
+
+    /// `[out_features, in_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(weight) => weight.val().dims(),
+            Self::FourBit(weight) => weight.format.shape,
+        }
+    }
 }
 
 impl<B: Backend> Linear<B> {
@@ -27,7 +60,7 @@ impl<B: Backend> Linear<B> {
 
     /// `[out_features, in_features]`.
     pub fn shape(&self) -> [usize; 2] {
-        self.weight.val().dims()
+        self.weight.dims()
     }
 }
 

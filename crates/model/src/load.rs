@@ -8,7 +8,8 @@ use indicatif::ProgressBar;
 
 use crate::altup::AltUp;
 use crate::attention::Attention;
-use crate::config::GemmaConfig;
+use crate::bnb::FourBitConfig;
+use crate::config::{Family, GemmaConfig};
 use crate::embedding::Embedding;
 use crate::error::{ModelError, Result};
 use crate::laurel::Laurel;
@@ -28,6 +29,9 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Advanced by the bytes read; hidden by default.
     pub progress: ProgressBar,
+    /// Load in 4 bits (QLoRA): the projections it applies to are quantized as they are read.
+    /// Weights a checkpoint stores in bitsandbytes' 4-bit format load as such either way.
+    pub four_bit: Option<FourBitConfig>,
 }
 
 impl LoadOptions {
@@ -35,6 +39,7 @@ impl LoadOptions {
         Self {
             dtype,
             progress: ProgressBar::hidden(),
+            four_bit: None,
         }
     }
 }
@@ -53,11 +58,21 @@ impl<B: Backend> GemmaForCausalLM<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
+        if options.four_bit.is_some() && matches!(config.family, Family::Gemma3n | Family::Gemma4) {
+            return Err(ModelError::Config {
+                path: source.path(),
+                key: "load_in_4bit".into(),
+                message: "4-bit loading covers Gemma, Gemma 2 and Gemma 3 so far, not Gemma 3n or Gemma 4: \
+                          load this model in bf16 (remove load_in_4bit)"
+                    .into(),
+            });
+        }
         let mut w = Weights::<B> {
             source: Source::Tensors(source),
             device: device.clone(),
             dtype: options.dtype,
             progress: options.progress.clone(),
+            four_bit: options.four_bit.clone(),
         };
         let model = Self::from_weights(config, &mut w)?;
         options.progress.finish_and_clear();
@@ -82,6 +97,7 @@ impl<B: Backend> GemmaForCausalLM<B> {
             device: device.clone(),
             dtype: DType::F32,
             progress: ProgressBar::hidden(),
+            four_bit: None,
         };
         // Placeholders cannot be missing or mis-shaped: problems are collected, not returned.
         let _ = Self::from_weights(config, &mut w);
@@ -102,12 +118,14 @@ impl<B: Backend> GemmaForCausalLM<B> {
     /// A model of `config`'s shape with Normal(0, 0.02) weights drawn on the device: what
     /// benchmarks need, since no real checkpoint of most shapes can be downloaded here and
     /// drawing billions of values on the host takes minutes.
-    pub fn random(config: GemmaConfig, dtype: DType, device: &B::Device) -> Self {
+    /// With `four_bit`, the projections it applies to are random 4-bit codes.
+    pub fn random(config: GemmaConfig, dtype: DType, four_bit: Option<FourBitConfig>, device: &B::Device) -> Self {
         let mut w = Weights::<B> {
             source: Source::Random { std: 0.02 },
             device: device.clone(),
             dtype,
             progress: ProgressBar::hidden(),
+            four_bit,
         };
         Self::from_weights(config, &mut w).expect("random weights cannot be missing or mis-shaped")
     }
@@ -315,7 +333,7 @@ fn decoder_layer<B: Backend>(cfg: &GemmaConfig, index: usize, w: &mut Weights<B>
 
 fn linear<B: Backend>(prefix: &str, shape: [usize; 2], w: &mut Weights<B>) -> Result<Linear<B>> {
     Ok(Linear {
-        weight: w.param(&format!("{prefix}.weight"), shape)?,
+        weight: w.projection(prefix, shape)?,
         lora: None,
     })
 }

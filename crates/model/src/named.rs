@@ -28,8 +28,13 @@ struct Collector<B: Backend> {
 }
 
 impl<B: Backend> ModuleVisitor<B> for Collector<B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        // An enum's variant (`Dense`, `FourBit`) is how a value is held, not part of its name.
+        self.path.push(if container_type.starts_with("Enum:") {
+            String::new()
+        } else {
+            name.to_string()
+        });
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
@@ -39,7 +44,13 @@ impl<B: Backend> ModuleVisitor<B> for Collector<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let tensor = param.val();
         self.params.push(NamedParam {
-            name: self.path.join("."),
+            name: self
+                .path
+                .iter()
+                .filter(|p| !p.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("."),
             id: param.id,
             shape: tensor.dims().to_vec(),
             values: tensor.flatten(0, D - 1),

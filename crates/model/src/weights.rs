@@ -1,9 +1,18 @@
+use std::path::PathBuf;
+
 use burn::module::{Param, ParamId};
 use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend};
 use indicatif::ProgressBar;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
+use crate::bnb::{
+    Absmax, BLOCKSIZE, FourBit, FourBitConfig, FourBitWeight, NESTED_BLOCKSIZE, NestedAbsmax, dynamic_map,
+    quantize_blockwise, read_four_bit,
+};
 use crate::checkpoint::Checkpoint;
 use crate::error::{ModelError, Result};
+use crate::linear::FrozenWeight;
 
 /// Tensors by their Hugging Face names, whichever file format holds them.
 pub(crate) trait TensorSource {
@@ -15,6 +24,12 @@ pub(crate) trait TensorSource {
     fn skip(&mut self, key: &str);
     /// The tensors neither read, checked nor skipped.
     fn unused(&self) -> Vec<String>;
+    /// Whether the source holds `key`.
+    fn contains(&self, key: &str) -> bool;
+    /// Reads `key` unconverted; it must be stored as `dtype` (and `shape`, if given).
+    fn read_exact(&mut self, key: &str, shape: Option<&[usize]>, dtype: DType) -> Result<TensorData>;
+    /// Where the tensors are, for messages.
+    fn path(&self) -> PathBuf;
 }
 
 impl TensorSource for Checkpoint {
@@ -32,6 +47,18 @@ impl TensorSource for Checkpoint {
 
     fn unused(&self) -> Vec<String> {
         Checkpoint::unused(self)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        Checkpoint::contains(self, key)
+    }
+
+    fn read_exact(&mut self, key: &str, shape: Option<&[usize]>, dtype: DType) -> Result<TensorData> {
+        Checkpoint::read_exact(self, key, shape, dtype)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir().to_path_buf()
     }
 }
 
@@ -57,6 +84,8 @@ pub struct Weights<'a, B: Backend> {
     pub(crate) device: B::Device,
     pub(crate) dtype: DType,
     pub(crate) progress: ProgressBar,
+    /// Loading in 4 bits: the projections it applies to are quantized as they are read.
+    pub(crate) four_bit: Option<FourBitConfig>,
 }
 
 impl<B: Backend> Weights<'_, B> {
@@ -85,6 +114,49 @@ impl<B: Backend> Weights<'_, B> {
             }),
         };
         Ok(Param::initialized(ParamId::new(), tensor.set_require_grad(false)))
+    }
+
+    /// The frozen weight of the projection `module` (`{module}.weight`, `[out, in]`): as the
+    /// checkpoint stores it when that is bitsandbytes' 4-bit format, quantized as it is read
+    /// when loading in 4 bits applies to `module`, dense otherwise.
+    pub fn projection(&mut self, module: &str, shape: [usize; 2]) -> Result<FrozenWeight<B>> {
+        let key = format!("{module}.weight");
+        let quantize = self.four_bit.as_ref().filter(|c| c.quantizes(module)).cloned();
+        let (device, dtype) = (&self.device, self.dtype);
+        let (weight, from) = match &mut self.source {
+            Source::Tensors(source) => match read_four_bit(*source, &key, shape)? {
+                Some(stored) => stored,
+                None => match quantize {
+                    // transformers loads the weight in the run dtype, then quantizes that.
+                    Some(config) => {
+                        let data = source.read(&key, &shape, dtype)?;
+                        self.progress.inc(data.as_bytes().len() as u64);
+                        let values = data
+                            .convert_dtype(DType::F32)
+                            .into_vec::<f32>()
+                            .expect("converted to f32");
+                        let weight = FourBit::quantize(&values, config.quant_type, BLOCKSIZE, config.double_quant);
+                        (weight, dtype)
+                    }
+                    None => return self.param(&key, shape).map(FrozenWeight::Dense),
+                },
+            },
+            Source::Check { source, problems } => match read_four_bit(*source, &key, shape) {
+                Ok(Some(stored)) => stored,
+                Ok(None) => return self.param(&key, shape).map(FrozenWeight::Dense),
+                Err(problem) => {
+                    problems.push(problem);
+                    return self.param(&key, shape).map(FrozenWeight::Dense);
+                }
+            },
+            Source::Random { std } => match quantize {
+                Some(config) => (random_four_bit(shape, *std, &config), dtype),
+                None => return self.param(&key, shape).map(FrozenWeight::Dense),
+            },
+        };
+        Ok(FrozenWeight::FourBit(FourBitWeight::new(
+            &weight, shape, from, dtype, device,
+        )))
     }
 
     /// Marks `key` as deliberately unused (a checkpoint reports unread tensors otherwise).
@@ -116,5 +188,36 @@ impl<B: Backend> Weights<'_, B> {
             }
         }
         groups
+    }
+}
+
+/// A 4-bit weight of random codes whose dequantized values have about the spread of
+/// Normal(0, `std`): what benchmarks need, drawn on the host in a fraction of the time normal
+/// values and their quantization would take.
+fn random_four_bit(shape: [usize; 2], std: f64, config: &FourBitConfig) -> FourBit {
+    let len = shape[0] * shape[1];
+    let mut rng = StdRng::seed_from_u64(len as u64);
+    let mut packed = vec![0u8; len.div_ceil(2)];
+    rng.fill(packed.as_mut_slice());
+    let blocks = len.div_ceil(BLOCKSIZE);
+    // A block of 64 normal values has its absmax near 2.4 standard deviations.
+    let scale = (2.4 * std) as f32;
+    let absmax = if config.double_quant {
+        // Equal absmax centre to zeros, coded as 0 · 0; the offset holds them.
+        let (codes, absmax) = quantize_blockwise(&vec![0.0; blocks], &dynamic_map(true), NESTED_BLOCKSIZE);
+        Absmax::Nested(NestedAbsmax {
+            codes,
+            absmax,
+            offset: scale,
+        })
+    } else {
+        Absmax::Plain(vec![scale; blocks])
+    };
+    FourBit {
+        quant_type: config.quant_type,
+        blocksize: BLOCKSIZE,
+        len,
+        packed,
+        absmax,
     }
 }

@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::DType;
 use ember_data::DataConfig;
 use ember_lora::LoraConfig;
+use ember_model::bnb::{FourBitConfig, QuantType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -23,6 +25,8 @@ pub struct RunConfig {
     pub training: TrainingArgs,
     /// The file's text with every default filled in, saved beside the checkpoints.
     pub resolved: toml::Table,
+    /// Where the config came from, for messages.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +35,93 @@ pub struct ModelSection {
     /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json), or a GGUF
     /// file (dequantized at load; its embedded tokenizer is used).
     pub path: PathBuf,
+    /// QLoRA: the base projections held in bitsandbytes' 4-bit format, as transformers'
+    /// `BitsAndBytesConfig(load_in_4bit=True)` loads them. The defaults of the `bnb_4bit_*`
+    /// keys below are QLoRA's (and Unsloth's), not transformers' (`fp4`, no double quantization).
+    #[serde(default)]
+    pub load_in_4bit: bool,
+    /// `"nf4"` or `"fp4"`.
+    #[serde(default = "defaults::quant_type")]
+    pub bnb_4bit_quant_type: String,
+    /// Quantize the blocks' absmax too (saves ~0.4 bits per weight).
+    #[serde(default = "defaults::yes")]
+    pub bnb_4bit_use_double_quant: bool,
+    /// The dtype 4-bit layers compute in: the run's dtype (`--dtype`), which this may only
+    /// repeat ("bfloat16", "float16", "float32").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnb_4bit_compute_dtype: Option<String>,
+    /// Modules kept in full precision (transformers' patterns); by default the LM head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_int8_skip_modules: Option<Vec<String>>,
+}
+
+impl ModelSection {
+    /// A model at `path`, loaded as stored.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            load_in_4bit: false,
+            bnb_4bit_quant_type: defaults::quant_type(),
+            bnb_4bit_use_double_quant: true,
+            bnb_4bit_compute_dtype: None,
+            llm_int8_skip_modules: None,
+        }
+    }
+
+    /// How to load in 4 bits, if at all, for a run in `dtype` (any, if not given); `file` names
+    /// the config in errors.
+    pub fn four_bit(&self, dtype: Option<DType>, file: &Path) -> Result<Option<FourBitConfig>> {
+        let error = |key: &str, message: String| TrainError::Config {
+            path: file.to_path_buf(),
+            message: format!("[model] {key}: {message}"),
+        };
+        let quant_type: QuantType = self
+            .bnb_4bit_quant_type
+            .parse()
+            .map_err(|e| error("bnb_4bit_quant_type", e))?;
+        if let Some(compute) = &self.bnb_4bit_compute_dtype {
+            let expected = match dtype {
+                None => compute.as_str(),
+                Some(DType::BF16) => "bfloat16",
+                Some(DType::F16) => "float16",
+                Some(_) => "float32",
+            };
+            if !["bfloat16", "float16", "float32"].contains(&compute.as_str()) {
+                return Err(error(
+                    "bnb_4bit_compute_dtype",
+                    format!("`{compute}` is not a dtype: use \"bfloat16\", \"float16\" or \"float32\""),
+                ));
+            }
+            if compute != expected {
+                return Err(error(
+                    "bnb_4bit_compute_dtype",
+                    format!(
+                        "`{compute}`, but the run computes in {expected}: 4-bit layers compute in the run's dtype; \
+                         remove the key or run with --dtype {}",
+                        if compute == "float32" {
+                            "f32"
+                        } else if compute == "float16" {
+                            "f16"
+                        } else {
+                            "bf16"
+                        }
+                    ),
+                ));
+            }
+        }
+        let config = FourBitConfig {
+            quant_type,
+            double_quant: self.bnb_4bit_use_double_quant,
+            skip_modules: self.llm_int8_skip_modules.clone(),
+        };
+        if let Some((pattern, problem)) = config.invalid_pattern() {
+            return Err(error(
+                "llm_int8_skip_modules",
+                format!("`{pattern}` is not a valid pattern: {problem}"),
+            ));
+        }
+        Ok(self.load_in_4bit.then_some(config))
+    }
 }
 
 /// Which optimizer (`optim`, transformers' names).
@@ -165,6 +256,9 @@ mod defaults {
     pub fn one() -> usize {
         1
     }
+    pub fn quant_type() -> String {
+        "nf4".into()
+    }
     pub fn epochs() -> f64 {
         3.0
     }
@@ -288,9 +382,7 @@ impl RunConfig {
         data: DataConfig,
         training: TrainingArgs,
     ) -> Result<Self> {
-        let model = ModelSection {
-            path: model_path.into(),
-        };
+        let model = ModelSection::new(model_path);
         Self::from_parts(
             model,
             lora,
@@ -311,6 +403,8 @@ impl RunConfig {
     ) -> Result<Self> {
         training.validate(path)?;
         data.validate()?;
+        // Every 4-bit key checked now; whether the compute dtype is the run's, at the start.
+        model.four_bit(None, path)?;
 
         let mut resolved = toml::Table::new();
         resolved.insert("model".into(), to_toml(&model, path)?);
@@ -328,6 +422,7 @@ impl RunConfig {
             data,
             training,
             resolved,
+            file: path.to_path_buf(),
         })
     }
 }

@@ -73,6 +73,7 @@ pub fn plan<B: Backend>(
     kernels: &dyn TrainKernels<B>,
 ) -> Result<Plan> {
     let args = &config.training;
+    let four_bit = config.model.four_bit(Some(dtype), &config.file)?;
     let seq = config
         .data
         .max_seq_length
@@ -84,6 +85,9 @@ pub fn plan<B: Backend>(
             optim: args.optim,
             checkpointing: args.gradient_checkpointing,
             offload,
+            four_bit: four_bit.as_ref().map(|c| FourBitShape {
+                double_quant: c.double_quant,
+            }),
         };
         estimate(model, &config.lora, run, dtype, kernels)
     };
@@ -117,6 +121,14 @@ pub struct RunShape {
     pub checkpointing: bool,
     /// Whether the kept layer inputs leave the device.
     pub offload: bool,
+    /// Loading in 4 bits, with double quantization or not.
+    pub four_bit: Option<FourBitShape>,
+}
+
+/// What loading in 4 bits changes in the estimate.
+#[derive(Debug, Clone, Copy)]
+pub struct FourBitShape {
+    pub double_quant: bool,
 }
 
 /// What a micro-batch looks like to the kernels, for [`TrainKernels::step_bytes`].
@@ -168,7 +180,22 @@ pub fn estimate<B: Backend>(
     } else {
         model.vocab_size * h
     };
-    let weights = (model.vocab_size * h + layers * per_layer + h + head) * dtype.size();
+    let projections: usize = shapes.iter().map(|[a, b]| a * b).sum();
+    let weights = match run.four_bit {
+        None => (model.vocab_size * h + layers * per_layer + h + head) * dtype.size(),
+        // Half a byte a weight, the blocks' absmax, and one layer's projections dequantized
+        // for its GEMMs; the embedding, the head and the norms stay in the run dtype.
+        Some(four_bit) => {
+            let absmax = if four_bit.double_quant {
+                1.0 / 64.0 + 4.0 / (64.0 * 256.0)
+            } else {
+                4.0 / 64.0
+            };
+            let quantized = (layers * projections) as f64 * (0.5 + absmax);
+            let dense = (model.vocab_size * h + layers * (per_layer - projections) + h + head) * dtype.size();
+            dense + quantized as usize + projections * dtype.size()
+        }
+    };
 
     let resolver = Resolver::new(lora)?;
     let (mut adapter_params, mut rank) = (0usize, 0usize);

@@ -121,7 +121,11 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         None => new_run_id(),
     };
     let output = OutputDir::claim(args, &run_id)?;
-    let base = source.load::<B>(&LoadOptions::new(dtype), device)?;
+    let load = LoadOptions {
+        four_bit: config.model.four_bit(Some(dtype), &config.file)?,
+        ..LoadOptions::new(dtype)
+    };
+    let base = source.load::<B>(&load, device)?;
     let mut optimizer = new_optimizer::<B>(config);
     let (model, loader, step, resume_changes) = match resumed {
         None => {

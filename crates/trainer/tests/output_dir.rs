@@ -233,6 +233,7 @@ fn token_ids_beyond_the_models_vocabulary_are_an_error() {
     let model = GemmaForCausalLM::<burn::backend::NdArray>::random(
         GemmaConfig::from_file(&config_path).unwrap(),
         DType::F32,
+        None,
         &Default::default(),
     );
     let data = Dataset::from_samples([(vec![2, 17, 300, 1], vec![true; 4])]);

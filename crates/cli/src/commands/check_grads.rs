@@ -98,7 +98,7 @@ impl TrainTask for Check {
         let base = if dir.exists() {
             GemmaForCausalLM::<Autodiff<B>>::load(dir, &options, &device)?
         } else {
-            GemmaForCausalLM::random(shapes::resolve(&a.model)?, dtype, &device)
+            GemmaForCausalLM::random(shapes::resolve(&a.model)?, dtype, None, &device)
         };
         let reference = a
             .adapter

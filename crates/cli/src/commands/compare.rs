@@ -20,6 +20,7 @@ use ember_trainer::kernels::{TrainKernels, forward_layers};
 
 use super::generate::{decoder, load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
+use crate::four_bit::FourBitArgs;
 use crate::ranges;
 
 #[derive(clap::Args, Debug)]
@@ -42,6 +43,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "burn")]
     pub kernels: KernelChoice,
     #[command(flatten)]
+    pub four_bit: FourBitArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
 }
 
@@ -54,7 +57,13 @@ impl TrainTask for Args {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
         let reference = LogitsReference::read(&self.reference)?;
-        let model = load_model::<B>(&open_model(&self.model)?, self.adapter.as_deref(), dtype, &device)?;
+        let model = load_model::<B>(
+            &open_model(&self.model)?,
+            self.adapter.as_deref(),
+            dtype,
+            self.four_bit.config(),
+            &device,
+        )?;
         let context = || format!("comparing with {}", self.reference.display());
         let found = match self.kernels {
             KernelChoice::Burn => reference.compare(&model, &device).with_context(context)?,

@@ -10,7 +10,9 @@ use ember_trainer::kernels::TrainKernels;
 
 use crate::commands::generate::{load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
+use crate::four_bit::FourBitArgs;
 use crate::ranges;
+use ember_model::bnb::FourBitConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,6 +45,9 @@ pub struct Args {
     /// elsewhere), cuda or burn.
     #[arg(long, value_enum, default_value = "auto")]
     pub kernels: KernelChoice,
+    /// Without --config only (a run config's [model] says how to load).
+    #[command(flatten)]
+    pub four_bit: FourBitArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -52,8 +57,9 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 impl Args {
-    /// The model path and the data settings to evaluate with, and whether to take the eval split.
-    fn settings(&self) -> Result<(PathBuf, DataConfig, bool)> {
+    /// The model path and the data settings to evaluate with, whether to take the eval split,
+    /// and how to load in 4 bits (the flags', else the run config's) in `dtype`.
+    fn settings(&self, dtype: DType) -> Result<(PathBuf, DataConfig, bool, Option<FourBitConfig>)> {
         let Some(path) = &self.config else {
             let mut data = DataConfig::new(self.data.clone().expect("clap requires --data without --config"));
             data.max_seq_length = self.max_seq_length;
@@ -61,9 +67,14 @@ impl Args {
                 self.model.clone().expect("clap requires --model without --config"),
                 data,
                 false,
+                self.four_bit.config(),
             ));
         };
         let run = RunConfig::from_file(path)?;
+        let four_bit = match self.four_bit.config() {
+            Some(flags) => Some(flags),
+            None => run.model.four_bit(Some(dtype), path)?,
+        };
         let model = self.model.clone().unwrap_or(run.model.path);
         let mut data = run.data;
         let eval_split = match &self.data {
@@ -78,7 +89,7 @@ impl Args {
                 path.display()
             ),
         };
-        Ok((model, data, eval_split))
+        Ok((model, data, eval_split, four_bit))
     }
 }
 
@@ -86,7 +97,7 @@ impl TrainTask for Args {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
-        let (model_path, data, eval_split) = self.settings()?;
+        let (model_path, data, eval_split, four_bit) = self.settings(dtype)?;
         let source = open_model(&model_path)?;
         let tokenizer = source.tokenizer()?;
         let splits = ember_data::load(&data, &tokenizer)?;
@@ -94,7 +105,7 @@ impl TrainTask for Args {
             true => splits.eval.context("the run config's eval split is empty")?,
             false => splits.train,
         };
-        let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, &device)?;
+        let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, four_bit, &device)?;
         let result = evaluate(
             &model,
             kernels,

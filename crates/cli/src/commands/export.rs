@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use crate::commands::generate::{load_options, open_model};
 use crate::device::{DeviceArgs, DtypeArg, Task, dtype_name, run_on};
+use crate::four_bit::FourBitArgs;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
@@ -38,6 +39,10 @@ pub struct Args {
     /// The GGUF file's matrix type (llama.cpp's --outtype); norms stay f32.
     #[arg(long, value_enum, default_value_t = OutType::F16)]
     pub outtype: OutType,
+    /// The adapter was trained on a 4-bit base: merge into that base's dequantized weights
+    /// (computed in --dtype, the training's), not into the original ones.
+    #[command(flatten)]
+    pub four_bit: FourBitArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -74,12 +79,15 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--adapter is required unless --format gguf exports the base model alone");
     }
     let mut device = args.device.clone();
-    // The merge is computed in f32 whatever the export dtype; --dtype picks the latter.
+    // The merge is computed in f32 whatever the export dtype; --dtype picks the latter. A 4-bit
+    // base is dequantized in that dtype, as training in it did, and the merge rounds to it.
     let export_dtype = match device.dtype {
         DtypeArg::Fixed(d) => d,
         DtypeArg::Auto => DType::BF16,
     };
-    device.dtype = DtypeArg::Fixed(DType::F32);
+    if !args.four_bit.load_in_4bit {
+        device.dtype = DtypeArg::Fixed(DType::F32);
+    }
     run_on(&device, Export { args, export_dtype })
 }
 
@@ -99,11 +107,12 @@ impl Task for Export {
             merge,
             format,
             outtype,
+            four_bit,
             ..
         } = self.args;
         let source = open_model(&model)?;
         let base = source
-            .load::<B>(&load_options(dtype), &device)
+            .load::<B>(&load_options(dtype, four_bit.config()), &device)
             .with_context(|| format!("loading the model from {}", model.display()))?;
         let Some(adapter) = adapter else {
             return write_gguf(&base, &source, &out, outtype);

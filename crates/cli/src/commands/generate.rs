@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_data::{ChatMessage, TextStream, Tokenizer, apply_chat_template};
+use ember_model::bnb::FourBitConfig;
 use ember_model::{
     DecodeStep, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelError, ModelSource, SamplingConfig, generate_with,
 };
@@ -12,6 +13,7 @@ use ember_trainer::kernels::TrainKernels;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
+use crate::four_bit::FourBitArgs;
 use crate::ranges;
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +57,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     pub kernels: KernelChoice,
     #[command(flatten)]
+    pub four_bit: FourBitArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
 }
 
@@ -79,7 +83,7 @@ impl TrainTask for Args {
             true => chat_prompt(&source, &tokenizer, &text)?,
             false => text,
         };
-        let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, &device)?;
+        let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, self.four_bit.config(), &device)?;
         let prompt = tokenizer.encode(&text)?;
         let config = GenerationConfig {
             max_new_tokens: self.max_new_tokens,
@@ -178,10 +182,11 @@ pub fn load_model<B: Backend>(
     source: &ModelSource,
     adapter: Option<&Path>,
     dtype: DType,
+    four_bit: Option<FourBitConfig>,
     device: &B::Device,
 ) -> Result<GemmaForCausalLM<B>> {
     let model = source
-        .load::<B>(&load_options(dtype), device)
+        .load::<B>(&load_options(dtype, four_bit), device)
         .with_context(|| format!("loading the model from {}", source.path().display()))?;
     match adapter {
         Some(adapter) => Ok(ember_lora::load_adapter(model, adapter)
@@ -192,8 +197,9 @@ pub fn load_model<B: Backend>(
 }
 
 /// Loading shows a progress bar for checkpoints large enough to wait for.
-pub fn load_options(dtype: DType) -> LoadOptions {
+pub fn load_options(dtype: DType, four_bit: Option<FourBitConfig>) -> LoadOptions {
     let mut options = LoadOptions::new(dtype);
+    options.four_bit = four_bit;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
             .expect("a valid progress template"),

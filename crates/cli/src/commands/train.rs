@@ -176,7 +176,8 @@ fn ask<B: Backend>(
     kernels: &dyn TrainKernels<B>,
 ) -> Result<()> {
     let source = open_model(&config.model.path)?;
-    let model = load_model::<B>(&source, Some(adapter), dtype, device)?;
+    let four_bit = config.model.four_bit(Some(dtype), &config.file)?;
+    let model = load_model::<B>(&source, Some(adapter), dtype, four_bit, device)?;
     let tokenizer = source.tokenizer()?;
     let data = &config.data;
     let layout = data.columns.layout()?;

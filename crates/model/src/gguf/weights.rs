@@ -1,6 +1,7 @@
 //! The tensors of a GGUF file under their Hugging Face names, in Hugging Face layout and values.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 
 use burn::tensor::{DType, TensorData};
 
@@ -146,5 +147,22 @@ impl TensorSource for GgufWeights<'_> {
 
     fn unused(&self) -> Vec<String> {
         self.index.keys().filter(|k| !self.used.contains(*k)).cloned().collect()
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// GGUF files hold no bitsandbytes tensors: what is read exactly is only ever those.
+    fn read_exact(&mut self, key: &str, _shape: Option<&[usize]>, dtype: DType) -> Result<TensorData> {
+        Err(ModelError::UnsupportedDtype {
+            path: self.file.path().to_path_buf(),
+            key: key.to_string(),
+            dtype: format!("a GGUF tensor where bitsandbytes' {dtype:?} was expected"),
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.file.path().to_path_buf()
     }
 }

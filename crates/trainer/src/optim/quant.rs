@@ -7,54 +7,13 @@
 //! including their tie-breaking, so quantized states are those bitsandbytes would store.
 
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+pub use ember_model::bnb::dynamic_map;
 
 /// Values per block sharing one absmax (bnb's `BLOCKSIZE_2STATE`).
 pub const BLOCK: usize = 256;
 
 /// Index of 0.0 in the signed map: the 127 negative values sort below it.
 const SIGNED_ZERO: i64 = 127;
-
-/// bnb's `create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)`, bit for bit.
-///
-/// For each decimal exponent 10^-6 … 10^0 the map holds the midpoints of an evenly spaced
-/// `linspace(0.1, 1)` (twice as many when unsigned, mirrored to negative values when signed),
-/// plus 0 and 1, sorted.
-pub fn dynamic_map(signed: bool) -> [f32; 256] {
-    // The Python ints/floats `10 ** (-6 + i)`, multiplied into the f32 midpoints as f32.
-    const SCALES: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
-    let mut values = Vec::with_capacity(256);
-    for (i, scale) in SCALES.iter().enumerate() {
-        let intervals = if signed { 1 << i } else { 2 << i };
-        let bounds = torch_linspace(0.1, 1.0, intervals + 1);
-        let scale = *scale as f32;
-        for pair in bounds.windows(2) {
-            let mean = (pair[0] + pair[1]) / 2.0;
-            values.push(scale * mean);
-            if signed {
-                values.push(-scale * mean);
-            }
-        }
-    }
-    values.extend([0.0, 1.0]);
-    values.sort_by(f32::total_cmp);
-    values.try_into().expect("the dynamic map has 256 values")
-}
-
-/// `torch.linspace(start, end, steps, dtype=float32)` as PyTorch's CPU kernel computes it: the
-/// first half counts up from `start`, the second half down from `end`, each value one fused
-/// multiply-add (what the built kernel does; plain multiply-then-add differs in the last bit).
-fn torch_linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    let step = (end - start) / (steps - 1) as f32;
-    (0..steps)
-        .map(|i| {
-            if i < steps / 2 {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((steps - 1 - i) as f32, end)
-            }
-        })
-        .collect()
-}
 
 /// One dynamic map on the device, with the encoder and decoder of bnb's 8-bit optimizer states.
 pub struct DynamicMap<B: Backend> {
@@ -152,48 +111,8 @@ impl<B: Backend> DynamicMap<B> {
 mod tests {
     use super::*;
     use burn::backend::NdArray;
-    use std::path::Path;
 
     type B = NdArray<f32>;
-
-    fn fixture_map(key: &str) -> Vec<f32> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/optim/adamw8bit.safetensors");
-        let bytes = std::fs::read(path).unwrap();
-        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let view = tensors.tensor(key).unwrap();
-        view.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn dynamic_maps_are_bitsandbytes_maps_bit_for_bit() {
-        for (signed, key) in [(true, "qmap1"), (false, "qmap2")] {
-            let ours = dynamic_map(signed).map(f32::to_bits);
-            let bnb: Vec<u32> = fixture_map(key).into_iter().map(f32::to_bits).collect();
-            assert_eq!(ours.as_slice(), bnb.as_slice(), "{key}");
-        }
-    }
-
-    #[test]
-    fn dynamic_maps_have_bitsandbytes_landmarks() {
-        // bitsandbytes 0.50.2's create_dynamic_map(True)[[0, 126, 127, 128, 254, 255]].
-        let signed = dynamic_map(true);
-        assert_eq!(signed[0], -0.992_968_75);
-        assert_eq!(signed[126], -5.500_000_4e-7);
-        assert_eq!(signed[127].to_bits(), 0);
-        assert_eq!(signed[128], 5.500_000_4e-7);
-        assert_eq!(signed[254], 0.992_968_75);
-        assert_eq!(signed[255], 1.0);
-        // create_dynamic_map(False)[[0, 1, 127, 254, 255]].
-        let unsigned = dynamic_map(false);
-        assert_eq!(unsigned[0].to_bits(), 0);
-        assert_eq!(unsigned[1], 3.250_000_3e-7);
-        assert_eq!(unsigned[127], 0.103_515_625);
-        assert_eq!(unsigned[254], 0.996_484_4);
-        assert_eq!(unsigned[255], 1.0);
-    }
 
     /// The kernel's search, written as the scalar loop it is (`quantize_2D`).
     fn quantize_2d(code: &[f32; 256], signed: bool, x: f32) -> i64 {

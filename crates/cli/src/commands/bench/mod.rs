@@ -15,9 +15,10 @@ use burn::backend::cuda::CudaDevice;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_lora::{LoraConfig, add_lora, projections};
-use ember_model::{GemmaForCausalLM, IGNORE_INDEX};
+use ember_model::bnb::FourBitConfig;
+use ember_model::{Family, GemmaForCausalLM, IGNORE_INDEX};
 use ember_trainer::config::OptimKind;
-use ember_trainer::estimate::{RunShape, estimate};
+use ember_trainer::estimate::{FourBitShape, RunShape, estimate};
 use ember_trainer::grads::{Checkpointing, MicroBatch};
 use ember_trainer::kernels::TrainKernels;
 use ember_trainer::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
@@ -52,6 +53,9 @@ pub struct Args {
     /// Keep the checkpointed layer inputs in host memory (`offload_activations`).
     #[arg(long, conflicts_with = "no_checkpointing")]
     pub offload_activations: bool,
+    /// QLoRA: the projections in bitsandbytes' NF4 with double quantization (random codes).
+    #[arg(long)]
+    pub load_in_4bit: bool,
     /// Also time each phase of a step, and the matmuls and attention alone.
     #[arg(long)]
     pub breakdown: bool,
@@ -122,7 +126,14 @@ impl TrainTask for Bench {
         let driver = cuda_index.and_then(memory::DriverPeak::start);
 
         let start = Instant::now();
-        let model = GemmaForCausalLM::<Autodiff<B>>::random(config.clone(), dtype, &device);
+        let four_bit = a.load_in_4bit.then(FourBitConfig::default);
+        if four_bit.is_some() && matches!(config.family, Family::Gemma3n | Family::Gemma4) {
+            anyhow::bail!(
+                "--load-in-4bit covers Gemma, Gemma 2 and Gemma 3 so far, not {}",
+                a.arch
+            );
+        }
+        let model = GemmaForCausalLM::<Autodiff<B>>::random(config.clone(), dtype, four_bit.clone(), &device);
         let mut model = add_lora(model, &LoraConfig::seed_recipe(), a.seed)?;
         let _ = B::sync(&device);
         // Pages only the construction used go back before measuring.
@@ -157,6 +168,9 @@ impl TrainTask for Bench {
             optim: a.optim,
             checkpointing: !a.no_checkpointing,
             offload: a.offload_activations,
+            four_bit: four_bit.as_ref().map(|c| FourBitShape {
+                double_quant: c.double_quant,
+            }),
         };
         let estimate = estimate(&config, &LoraConfig::seed_recipe(), run, dtype, kernels)?;
         let adamw = AdamWConfig::default();
@@ -218,6 +232,7 @@ impl TrainTask for Bench {
             "optim": match a.optim { OptimKind::AdamW => "adamw_torch", OptimKind::AdamW8bit => "adamw_8bit" },
             "ckpt": !a.no_checkpointing,
             "offload_activations": a.offload_activations,
+            "load_in_4bit": a.load_in_4bit,
             "dtype": dtype_name(dtype),
             "device": B::name(&device),
             "kernels": kernels.name(),
