@@ -83,7 +83,7 @@ impl CpuDecoder {
     fn run(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let (n, start) = (ids.len(), self.len);
         if n == 0 || start + n > self.capacity {
-            return Err(CpuError::Unsupported(format!(
+            return Err(CpuError::Step(format!(
                 "a step of {n} tokens at position {start} does not fit the decoder's capacity of {} positions",
                 self.capacity
             )));
@@ -95,7 +95,7 @@ impl CpuDecoder {
         for &id in ids {
             let id = id as usize;
             if id >= vocab {
-                return Err(CpuError::Unsupported(format!(
+                return Err(CpuError::Step(format!(
                     "token id {id} is outside the vocabulary of {vocab}"
                 )));
             }

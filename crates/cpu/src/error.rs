@@ -4,6 +4,9 @@ pub enum CpuError {
     /// The model (or a step) is one the CPU decoder does not run; generation uses burn's ops.
     #[error("{0}")]
     Unsupported(String),
+    /// A step the decoder cannot take (past its capacity, a token outside the vocabulary).
+    #[error("{0}")]
+    Step(String),
     #[error("reading the weight `{name}`: {message}")]
     Weight { name: String, message: String },
 }

@@ -91,6 +91,7 @@ impl Layer {
         match &self.feed_forward_norms {
             Some((pre, post)) => {
                 let mut attn = attn;
+                // Gemma 2 and 3 normalise each block's output before adding it.
                 self.post_attention_norm.apply(&mut attn);
                 add(x, &attn);
                 let mut ff = self.mlp(&pre.of_rows(x));
