@@ -9,6 +9,7 @@ use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Cuda, NdArray, Wgpu};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use ember_cpu::CpuKernels;
 use ember_cuda::{CudaBackend, CudaKernels};
 use ember_trainer::kernels::{BurnKernels, TrainKernels};
 
@@ -84,11 +85,13 @@ pub trait Task {
 /// `--kernels`: what computes the layers and the loss of a training step or an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelChoice {
-    /// Ember's CUDA kernels on a CUDA device (cuBLASLt, fused attention), burn's elsewhere.
+    /// Ember's CUDA kernels on a CUDA device (cuBLASLt, fused attention); on the CPU, burn's ops
+    /// for training and Ember's CPU decoder for generation; burn's ops elsewhere.
     Auto,
     /// Ember's CUDA kernels; an error on other devices.
     Cuda,
-    /// burn's ops on every device: the reference the CUDA kernels are checked against.
+    /// burn's ops on every device: the reference Ember's CUDA kernels and CPU decoder are
+    /// checked against.
     Burn,
 }
 
@@ -123,7 +126,11 @@ pub fn run_training_on<T: TrainTask>(args: &DeviceArgs, kernels: KernelChoice, t
             let dtype = resolve_dtype::<Wgpu>(&chosen, device, args.dtype)?;
             task.run::<Wgpu>(device.clone(), dtype, &BurnKernels)
         }
-        (Chosen::Cpu, _) => {
+        (Chosen::Cpu, KernelChoice::Auto) => {
+            let dtype = resolve_dtype::<NdArray>(&chosen, &Default::default(), args.dtype)?;
+            task.run::<NdArray>(Default::default(), dtype, &CpuKernels)
+        }
+        (Chosen::Cpu, KernelChoice::Burn) => {
             let dtype = resolve_dtype::<NdArray>(&chosen, &Default::default(), args.dtype)?;
             task.run::<NdArray>(Default::default(), dtype, &BurnKernels)
         }

@@ -19,18 +19,7 @@ impl<B: Backend> RopeTables<B> {
         let [batch, seq] = positions.dims();
         let device = positions.device();
         let half = head_dim / 2;
-        // Proportional RoPE (Gemma 4) rotates the first `rotated` frequencies only; the others
-        // are 0, which leaves their dimensions as they are.
-        let rotated = (rope.partial_rotary_factor * head_dim as f64 / 2.0).floor() as usize;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                if i >= rotated {
-                    return 0.0;
-                }
-                let exponent = (2 * i) as f32 / head_dim as f32;
-                1.0 / (rope.theta as f32).powf(exponent) / rope.factor as f32
-            })
-            .collect();
+        let inv_freq = rope.inverse_frequencies(head_dim);
         let inv_freq = Tensor::<B, 1>::from_data(inv_freq.as_slice(), (&device, DType::F32));
         let positions = positions.cast(FloatDType::F32).reshape([batch, seq, 1]);
         let freqs = positions * inv_freq.reshape([1, 1, half]); // [batch, seq, half]
@@ -50,6 +39,25 @@ impl<B: Backend> RopeTables<B> {
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
         x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+impl Rope {
+    /// The `head_dim / 2` rotation frequencies, in f32 as transformers computes them; a
+    /// position's angles are `position · frequency` (in f32), repeated for both halves.
+    pub fn inverse_frequencies(&self, head_dim: usize) -> Vec<f32> {
+        // Proportional RoPE (Gemma 4) rotates the first `rotated` frequencies only; the others
+        // are 0, which leaves their dimensions as they are.
+        let rotated = (self.partial_rotary_factor * head_dim as f64 / 2.0).floor() as usize;
+        (0..head_dim / 2)
+            .map(|i| {
+                if i >= rotated {
+                    return 0.0;
+                }
+                let exponent = (2 * i) as f32 / head_dim as f32;
+                1.0 / (self.theta as f32).powf(exponent) / self.factor as f32
+            })
+            .collect()
     }
 }
 

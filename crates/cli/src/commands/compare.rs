@@ -38,8 +38,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-3, value_parser = ranges::non_negative::<f32>)]
     pub tolerance: f32,
     /// What computes the logits: burn's ops (the model's forward, then through the KV cache),
-    /// or cuda (the training step's CUDA kernels on the full sequences, then Ember's CUDA
-    /// decoder through its KV cache).
+    /// cuda (the training step's CUDA kernels on the full sequences, then Ember's CUDA decoder
+    /// through its KV cache), or auto (on the CPU: burn's ops on the full sequences, then
+    /// Ember's CPU decoder; on CUDA, cuda).
     #[arg(long, value_enum, default_value = "burn")]
     pub kernels: KernelChoice,
     #[command(flatten)]

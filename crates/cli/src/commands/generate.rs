@@ -53,7 +53,9 @@ pub struct Args {
     pub seed: u64,
     /// What computes each step: cuda (Ember's kernels: the training step's layer kernels and a
     /// decoding attention over a KV cache of fixed capacity, so nothing compiles per token;
-    /// burn's ops where they cannot run the model), burn, or auto (cuda on a CUDA device).
+    /// burn's ops where they cannot run the model), burn, or auto (cuda on a CUDA device; on
+    /// the CPU, Ember's CPU decoder: the f32 weights read in place by threaded matrix-vector
+    /// products, for Gemma 1 to 3; burn's ops elsewhere).
     #[arg(long, value_enum, default_value = "auto")]
     pub kernels: KernelChoice,
     #[command(flatten)]
@@ -157,8 +159,8 @@ fn chat_prompt(source: &ModelSource, tokenizer: &Tokenizer, text: &str) -> Resul
     Ok(apply_chat_template(&template, &user, &bos, &eos, true)?)
 }
 
-/// One generation's steps on `kernels` where they decode (Ember's CUDA kernels), else in
-/// burn's ops: a KV cache of `capacity` positions, steps of up to `max_step` tokens.
+/// One generation's steps on `kernels` where they decode (Ember's CUDA kernels or CPU
+/// decoder), else in burn's ops: a KV cache of `capacity` positions, steps of up to `max_step` tokens.
 pub fn decoder<'a, B: Backend>(
     model: &'a GemmaForCausalLM<B>,
     kernels: &'a dyn TrainKernels<B>,

@@ -309,8 +309,9 @@ impl TrainTask for Bench {
                     .collect();
                 report["breakdown"]["kernels"] = Value::Object(per_step);
             }
-            // burn's matmuls and attention timed alone: what its kernels spend inside the layers.
-            if kernels.name() == "burn" {
+            // burn's matmuls and attention timed alone: what its kernels spend inside the layers
+            // (the CPU's kernels train with burn's ops).
+            if matches!(kernels.name(), "burn" | "cpu") {
                 let e = breakdown::estimate::<B>(&config, a.batch, a.seq, !a.no_checkpointing, dtype, &device);
                 let layers = (phases.time(Phase::Forward) + phases.time(Phase::Backward)).as_secs_f64();
                 report["breakdown"]["alone"] = e.to_json();
