@@ -41,6 +41,28 @@ pub fn run(root: &Path, request: &serde_json::Value) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the script's JSON answer")
 }
 
+/// Quantizes the GGUF file `input` into `output` as `ftype` (`"Q4_K_M"`, `"Q8_0"`) with
+/// llama.cpp's own quantizer (`llama_model_quantize` of node-llama-cpp's libllama, through
+/// `fixtures/run_llama_quantize.py`), as `llama-quantize input output ftype` would.
+///
+/// # Panics
+///
+/// When python3 is missing or llama.cpp fails, with its messages.
+pub fn quantize(root: &Path, input: &Path, output: &Path, ftype: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/run_llama_quantize.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args([root, input, output])
+        .arg(ftype)
+        .output()
+        .expect("python3 runs (cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "llama_model_quantize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Ember's view of one greedy step: the token it picked, its runner-up, and the logit gap
 /// between them.
 #[derive(Debug, Clone, Copy)]

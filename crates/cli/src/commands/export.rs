@@ -5,6 +5,7 @@ use crate::device::{DeviceArgs, DtypeArg, Task, dtype_name, run_on};
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use clap::ValueEnum;
 use ember_lora::{
     MAX_SHARD_BYTES, export_checkpoint, export_gguf_lora, load_adapter, merge_lora, save_adapter, write_dir_atomically,
 };
@@ -56,6 +57,10 @@ pub enum OutType {
     Bf16,
     #[value(name = "q8_0")]
     Q8_0,
+    /// llama.cpp's Q4_K_M mix (Q4_K, Q6_K where llama.cpp gives more bits; Q5_0/Q8_0 for
+    /// rows that are no whole number of 256-value blocks).
+    #[value(name = "q4_k_m")]
+    Q4KM,
 }
 
 impl OutType {
@@ -65,6 +70,7 @@ impl OutType {
             Self::F16 => GgufFileType::F16,
             Self::Bf16 => GgufFileType::BF16,
             Self::Q8_0 => GgufFileType::Q8_0,
+            Self::Q4KM => GgufFileType::Q4_K_M,
         }
     }
 }
@@ -152,6 +158,9 @@ fn write_gguf<B: Backend>(
         export_gguf(model, source, &tmp.join(GGUF_FILE), outtype.file_type())
             .with_context(|| format!("writing {}", out.join(GGUF_FILE).display()))
     })?;
-    eprintln!("ember: GGUF ({outtype:?}) written to {}", out.join(GGUF_FILE).display());
+    let name = outtype
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    eprintln!("ember: GGUF ({name}) written to {}", out.join(GGUF_FILE).display());
     Ok(())
 }
