@@ -294,6 +294,7 @@ fn llama_cpp_agrees_with_ember_on_the_top_token_of_a_q8_0_export() {
 
 #[test]
 fn llama_cpp_agrees_with_ember_on_the_top_token_of_a_q4_k_m_export() {
+    // 246 to 250 of 256 measured.
     top1_agreement(GgufFileType::Q4_K_M, 0.90);
 }
 
