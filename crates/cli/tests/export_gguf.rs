@@ -75,6 +75,26 @@ fn the_base_alone_exports_as_q8_0_and_the_adapter_alone_as_a_lora_gguf() {
 }
 
 #[test]
+fn q4_k_m_exports_llama_cpps_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4");
+    let run = ember(
+        &[&["export", "--format", "gguf", "--outtype", "q4_k_m"], MODEL, ADAPTER].concat(),
+        &out,
+    );
+    assert_ok(&run);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("GGUF (q4_k_m) written"));
+    let file = GgufFile::open(&out.join("model.gguf")).unwrap();
+    assert_eq!(file.get("general.file_type"), Some(&Value::U32(15)));
+    // The fixture's 64-value rows take the fallbacks: Q5_0, and Q8_0 for the embedding and
+    // the more-bits layers' attn_v (layers 2, 5 and 6 of 7).
+    assert_eq!(file.tensor("blk.0.attn_q.weight").unwrap().type_name(), "Q5_0");
+    assert_eq!(file.tensor("token_embd.weight").unwrap().type_name(), "Q8_0");
+    assert_eq!(file.tensor("blk.2.attn_v.weight").unwrap().type_name(), "Q8_0");
+    assert_eq!(file.tensor("blk.3.attn_v.weight").unwrap().type_name(), "Q5_0");
+}
+
+#[test]
 fn a_lora_gguf_without_an_adapter_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = ember(
