@@ -162,8 +162,13 @@ impl Turns {
             ),
             System::OwnTurn { .. } => ("{{- else if eq .Role \"user\" }}", String::new()),
         };
+        // Only a system text folded into the first user turn needs remembering.
+        let declare = match self.system {
+            System::IntoFirstUser { .. } => "{{- $system := \"\" }}",
+            _ => "",
+        };
         format!(
-            "{{{{- $system := \"\" }}}}{{{{- $role := \"\" }}}}\n\
+            "{declare}{{{{- $role := \"\" }}}}\n\
              {{{{- range .Messages }}}}\n\
              {system}\
              {if_user}{}{system_text}{{{{ .Content }}}}{}\n\
@@ -234,60 +239,5 @@ impl Modelfile {
             text += &format!("PARAMETER stop {}\n", go_string(stop));
         }
         Ok(text)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Gemma 3's template, shortened to its turn logic.
-    const GEMMA3_LIKE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
-
-    #[test]
-    fn a_gemma_template_is_read_as_its_turns() {
-        let turns = Turns::read(GEMMA3_LIKE, "<bos>", "<eos>").unwrap();
-        assert_eq!(turns.start, "<bos>");
-        assert_eq!(turns.user, ("<start_of_turn>user\n".into(), "<end_of_turn>\n".into()));
-        assert_eq!(
-            turns.assistant,
-            ("<start_of_turn>model\n".into(), "<end_of_turn>\n".into())
-        );
-        assert_eq!(turns.generation, "<start_of_turn>model\n");
-        assert_eq!(
-            turns.system,
-            System::IntoFirstUser {
-                separator: "\n\n".into()
-            }
-        );
-    }
-
-    #[test]
-    fn a_template_that_is_not_turn_based_is_refused() {
-        // Numbers its turns: the five-turn check sees it.
-        let numbered = "{% for m in messages %}{{ loop.index }}:{{ m['content'] }};{% endfor %}";
-        let err = Turns::read(numbered, "<bos>", "<eos>").unwrap_err().to_string();
-        assert!(err.contains("by hand"), "{err}");
-    }
-
-    #[test]
-    fn the_modelfile_quotes_its_values() {
-        let file = Modelfile {
-            from: "./model.gguf".into(),
-            adapter: Some("./adapter.gguf".into()),
-            template: Some("{{ .Content }}".into()),
-            stops: vec!["<end_of_turn>".into(), "say \"stop\"".into()],
-        };
-        assert_eq!(
-            file.render().unwrap(),
-            "# Written by `ember export`: `ollama create NAME -f Modelfile`.\nFROM ./model.gguf\n\
-             ADAPTER ./adapter.gguf\nTEMPLATE \"\"\"{{ .Content }}\"\"\"\nPARAMETER stop \"<end_of_turn>\"\n\
-             PARAMETER stop \"say \\\"stop\\\"\"\n"
-        );
-        let bad = Modelfile {
-            template: Some("\"\"\"".into()),
-            ..file
-        };
-        assert!(bad.render().is_err());
     }
 }

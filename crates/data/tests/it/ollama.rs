@@ -2,7 +2,7 @@
 //! text/template (as Ollama renders it), gives the text of the model's Jinja template (as
 //! transformers renders it) for the same conversation: Gemma 1's and Gemma 3's real templates.
 
-use ember_data::{ChatMessage, apply_chat_template, ollama_template};
+use ember_data::{ChatMessage, Modelfile, apply_chat_template, ollama_template};
 
 use crate::common::asset;
 
@@ -74,4 +74,51 @@ fn the_ollama_template_renders_as_the_models_chat_template() {
             conversations.len()
         );
     }
+}
+
+/// Gemma 3's template, shortened to its turn logic.
+const GEMMA3_LIKE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+#[test]
+fn a_gemma_template_becomes_its_turns_in_go() {
+    let (go, start) = ollama_template(GEMMA3_LIKE, "<bos>", "<eos>").unwrap();
+    assert_eq!(start, "<bos>");
+    for piece in [
+        r#"{{- if eq .Role "system" }}{{ $system = .Content }}"#,
+        r#"{{- else if eq .Role "user" }}{{ "<start_of_turn>user\n" }}{{ if $system }}{{ $system }}{{ "\n\n" }}"#,
+        r#"{{ .Content }}{{ "<end_of_turn>\n" }}"#,
+        r#"{{- else if eq .Role "assistant" }}{{ "<start_of_turn>model\n" }}"#,
+        r#"{{- if ne $role "assistant" }}{{ "<start_of_turn>model\n" }}{{ end }}"#,
+    ] {
+        assert!(go.contains(piece), "{piece} in\n{go}");
+    }
+}
+
+#[test]
+fn a_template_that_is_not_turn_based_is_refused() {
+    // Numbers its turns: its five-turn text is not its turns' text joined.
+    let numbered = "{% for m in messages %}{{ loop.index }}:{{ m['content'] }};{% endfor %}";
+    let err = ollama_template(numbered, "<bos>", "<eos>").unwrap_err().to_string();
+    assert!(err.contains("by hand"), "{err}");
+}
+
+#[test]
+fn the_modelfile_quotes_its_values() {
+    let file = Modelfile {
+        from: "./model.gguf".into(),
+        adapter: Some("./adapter.gguf".into()),
+        template: Some("{{ .Content }}".into()),
+        stops: vec!["<end_of_turn>".into(), "say \"stop\"".into()],
+    };
+    assert_eq!(
+        file.render().unwrap(),
+        "# Written by `ember export`: `ollama create NAME -f Modelfile`.\nFROM ./model.gguf\n\
+         ADAPTER ./adapter.gguf\nTEMPLATE \"\"\"{{ .Content }}\"\"\"\nPARAMETER stop \"<end_of_turn>\"\n\
+         PARAMETER stop \"say \\\"stop\\\"\"\n"
+    );
+    let bad = Modelfile {
+        template: Some("\"\"\"".into()),
+        ..file
+    };
+    assert!(bad.render().is_err());
 }
