@@ -298,6 +298,31 @@ fn llama_cpp_agrees_with_ember_on_the_top_token_of_a_q4_k_m_export() {
     top1_agreement(GgufFileType::Q4_K_M, 0.90);
 }
 
+/// Mixed text for the tokenizer check: code, emoji, CJK, whitespace runs.
+const MIXED_TEXT: &[&str] = &[
+    "fn main() {\n    let x: Vec<u32> = (0..10).map(|i| i * 2).collect();\n\tprintln!(\"{x:?}\");\n}\n",
+    "emoji 🦀🔥👍🏽, 日本語のテキスト, 한국어, русский текст, café naïve",
+    "   leading spaces, double  spaces,    many     spaces\n\n\nnewlines\r\n\t\ttabs   ",
+    "Numbers 1234567890 3.14159 -42 1e-6 0x1F; URLs https://example.com/a?b=c&d=e",
+];
+
+/// llama.cpp tokenizes mixed text with the exported vocabulary (the fixtures' byte-level BPE as
+/// llama.cpp's `gpt2` model, with its merges) into Ember's ids.
+#[test]
+fn llama_cpp_tokenizes_with_the_exported_vocabulary_as_ember_does() {
+    let Some(root) = ember_testkit::llama_cpp::root() else {
+        return;
+    };
+    for &name in MODELS {
+        let (_dir, path) = export(name, GgufFileType::Q8_0);
+        let tokenizer = ModelSource::open(&fixture(name)).unwrap().tokenizer().unwrap();
+        let theirs = ids(&llama_cpp(&root, serde_json::json!({"model": path, "tokenize": MIXED_TEXT}))["tokenize"]);
+        for (text, theirs) in MIXED_TEXT.iter().zip(&theirs) {
+            assert_eq!(&tokenizer.encode_raw(text).unwrap(), theirs, "{name}: {text:?}");
+        }
+    }
+}
+
 /// Ember's Q4_K_M export is what llama.cpp's own quantizer makes of Ember's f32 export: every
 /// tensor of the same type (llama.cpp's mix) and the same bytes. The fixtures' rows (64 and
 /// 128 values) are no whole k-quant block, so this checks the mix and its fallbacks (Q5_0,
