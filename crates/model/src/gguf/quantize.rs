@@ -7,6 +7,9 @@ use half::f16;
 
 use super::types::GgmlType;
 
+/// Below this many blocks a thread of its own costs more than it saves.
+const MIN_BLOCKS_PER_THREAD: usize = 1 << 10;
+
 /// The bytes of `values` (a whole number of `ty` blocks) stored as `ty`; `None` for a type
 /// Ember does not write.
 pub(crate) fn quantize(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
@@ -22,9 +25,22 @@ pub(crate) fn quantize(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
         _ => return None,
     };
     let mut out = vec![0u8; values.len() / elements * block_bytes];
-    for (x, b) in values.chunks_exact(elements).zip(out.chunks_exact_mut(block_bytes)) {
-        block(x, b);
-    }
+    // Blocks are quantized independently: a large tensor is split across the cores (a k-quant
+    // block searches 20 scales), the bytes the same however it is split.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = (values.len() / elements).div_ceil(threads).max(MIN_BLOCKS_PER_THREAD);
+    std::thread::scope(|scope| {
+        for (x, b) in values
+            .chunks(per_thread * elements)
+            .zip(out.chunks_mut(per_thread * block_bytes))
+        {
+            scope.spawn(move || {
+                for (x, b) in x.chunks_exact(elements).zip(b.chunks_exact_mut(block_bytes)) {
+                    block(x, b);
+                }
+            });
+        }
+    });
     Some(out)
 }
 
