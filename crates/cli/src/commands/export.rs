@@ -6,15 +6,20 @@ use crate::four_bit::FourBitArgs;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use clap::ValueEnum;
+use ember_data::{Modelfile, ollama_template};
 use ember_lora::{
     MAX_SHARD_BYTES, export_checkpoint, export_gguf_lora, load_adapter, merge_lora, save_adapter, write_dir_atomically,
 };
+use ember_model::ModelSource;
 use ember_model::gguf::{GgufFileType, export_gguf};
 
 /// The file a GGUF export writes inside `--out`.
 const GGUF_FILE: &str = "model.gguf";
 /// The file a GGUF LoRA export writes inside `--out`.
 const GGUF_LORA_FILE: &str = "adapter.gguf";
+/// Ollama's model description, beside either GGUF file.
+const MODELFILE: &str = "Modelfile";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,7 +30,8 @@ pub struct Args {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Where to write: a PEFT adapter directory, with --merge a full checkpoint, with
-    /// --format gguf a directory holding model.gguf, with gguf-lora one holding adapter.gguf.
+    /// --format gguf a directory holding model.gguf, with gguf-lora one holding adapter.gguf;
+    /// both GGUF formats add an Ollama Modelfile.
     #[arg(long)]
     pub out: PathBuf,
     /// Fold the adapter into the base weights and write a plain Hugging Face checkpoint.
@@ -61,6 +67,10 @@ pub enum OutType {
     Bf16,
     #[value(name = "q8_0")]
     Q8_0,
+    /// llama.cpp's Q4_K_M mix (Q4_K, Q6_K where llama.cpp gives more bits; Q5_0/Q8_0 for
+    /// rows that are no whole number of 256-value blocks).
+    #[value(name = "q4_k_m")]
+    Q4KM,
 }
 
 impl OutType {
@@ -70,6 +80,7 @@ impl OutType {
             Self::F16 => GgufFileType::F16,
             Self::Bf16 => GgufFileType::BF16,
             Self::Q8_0 => GgufFileType::Q8_0,
+            Self::Q4KM => GgufFileType::Q4_K_M,
         }
     }
 }
@@ -123,11 +134,15 @@ impl Task for Export {
             (Format::Gguf, _) => write_gguf(&merge_lora(with_adapter)?, &source, &out, outtype),
             (Format::GgufLora, _) => {
                 let file = out.join(GGUF_LORA_FILE);
+                // Ollama runs the adapter over the base's GGUF: the --model file itself.
+                let base = std::fs::canonicalize(&model).unwrap_or(model.clone());
+                let modelfile = modelfile(&source, base.display().to_string(), Some(GGUF_LORA_FILE))?;
                 write_dir_atomically(out.as_path(), |tmp| {
                     export_gguf_lora(&with_adapter, source.path(), &tmp.join(GGUF_LORA_FILE))
-                        .with_context(|| format!("writing {}", file.display()))
+                        .with_context(|| format!("writing {}", file.display()))?;
+                    std::fs::write(tmp.join(MODELFILE), &modelfile).context("writing the Modelfile")
                 })?;
-                eprintln!("ember: LoRA GGUF written to {}", file.display());
+                eprintln!("ember: LoRA GGUF and an Ollama Modelfile written to {}", out.display());
                 Ok(())
             }
             (Format::Peft, true) => {
@@ -153,14 +168,50 @@ impl Task for Export {
 /// `model` as `out/model.gguf`; the directory appears whole or not at all.
 fn write_gguf<B: Backend>(
     model: &ember_model::GemmaForCausalLM<B>,
-    source: &ember_model::ModelSource,
+    source: &ModelSource,
     out: &std::path::Path,
     outtype: OutType,
 ) -> Result<()> {
+    let modelfile = modelfile(source, format!("./{GGUF_FILE}"), None)?;
     write_dir_atomically(out, |tmp| {
         export_gguf(model, source, &tmp.join(GGUF_FILE), outtype.file_type())
-            .with_context(|| format!("writing {}", out.join(GGUF_FILE).display()))
+            .with_context(|| format!("writing {}", out.join(GGUF_FILE).display()))?;
+        std::fs::write(tmp.join(MODELFILE), &modelfile).context("writing the Modelfile")
     })?;
-    eprintln!("ember: GGUF ({outtype:?}) written to {}", out.join(GGUF_FILE).display());
+    let name = outtype
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    eprintln!(
+        "ember: GGUF ({name}) written to {}, with an Ollama Modelfile beside it",
+        out.join(GGUF_FILE).display()
+    );
     Ok(())
+}
+
+/// The Ollama Modelfile of an export: `FROM` and `ADAPTER` as given, the model's chat template
+/// as Ollama's TEMPLATE (none where the model has no template, or one Ember cannot state in
+/// Go's template language: said on stderr) and a stop parameter for each stop token.
+fn modelfile(source: &ModelSource, from: String, adapter: Option<&str>) -> Result<String> {
+    let tokenizer = source.tokenizer()?;
+    let piece = |id: u32| tokenizer.inner().id_to_token(id).unwrap_or_default();
+    let template = match source.chat_template()? {
+        None => {
+            eprintln!("ember: the model has no chat template: the Modelfile has no TEMPLATE (raw prompts)");
+            None
+        }
+        Some(jinja) => match ollama_template(&jinja, &piece(tokenizer.bos_id()), &piece(tokenizer.eos_id())) {
+            Ok((template, _)) => Some(template),
+            Err(e) => {
+                eprintln!("ember: the Modelfile has no TEMPLATE: {e}");
+                None
+            }
+        },
+    };
+    let file = Modelfile {
+        from,
+        adapter: adapter.map(|a| format!("./{a}")),
+        template,
+        stops: tokenizer.stop_tokens().iter().map(|&id| piece(id)).collect(),
+    };
+    Ok(file.render()?)
 }

@@ -10,6 +10,7 @@ mod config;
 mod errors;
 mod gemma;
 mod masks;
+mod ollama;
 mod readers;
 mod report;
 mod stream;

@@ -88,7 +88,7 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
 
 /// Scale and min of sub-block `j` (of 8) from the 12 packed 6-bit bytes of Q4_K and Q5_K
 /// (`get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     let (d, m) = if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -10,6 +10,7 @@ use super::arch::Architecture;
 use super::export_config::hyperparameters;
 use super::export_vocab::{copied_vocab, vocab_of_dir};
 use super::names::{gguf_name, is_shifted_norm};
+use super::quant_mix::q4_k_m_type;
 use super::quantize::quantize;
 use super::reader::Value;
 use super::types::GgmlType;
@@ -22,11 +23,14 @@ use crate::source::ModelSource;
 /// The type of a GGUF export's matrices (llama.cpp's `--outtype`); vectors (the norms) are
 /// always F32, as llama.cpp's converter keeps them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // llama.cpp's names
 pub enum GgufFileType {
     F32,
     F16,
     BF16,
     Q8_0,
+    /// llama.cpp's Q4_K_M mix, as `llama-quantize` makes it from the f32 file.
+    Q4_K_M,
 }
 
 impl GgufFileType {
@@ -36,18 +40,21 @@ impl GgufFileType {
             Self::F32 => 0,
             Self::F16 => 1,
             Self::Q8_0 => 7,
+            Self::Q4_K_M => 15,
             Self::BF16 => 32,
         }
     }
 
-    /// The type of a matrix whose rows hold `row` values: block types need whole blocks, and
-    /// llama.cpp's converter falls back to F16 otherwise.
-    fn matrix_type(self, row: usize) -> GgmlType {
+    /// The type of the matrix `name` whose rows hold `row` values, in a model of `layers`
+    /// blocks: block types need whole blocks, and llama.cpp's converter falls back to F16
+    /// otherwise; Q4_K_M is llama.cpp's mix ([`q4_k_m_type`]).
+    fn matrix_type(self, name: &str, row: usize, layers: usize) -> GgmlType {
         let ty = match self {
             Self::F32 => GgmlType::F32,
             Self::F16 => GgmlType::F16,
             Self::BF16 => GgmlType::BF16,
             Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q4_K_M => return q4_k_m_type(name, row, layers),
         };
         match row.is_multiple_of(ty.block().0) {
             true => ty,
@@ -98,7 +105,7 @@ pub fn export_gguf<B: Backend>(
         let dims: Vec<usize> = param.shape.iter().rev().copied().collect();
         let ty = match dims.len() {
             1 => GgmlType::F32,
-            _ => file_type.matrix_type(dims[0]),
+            _ => file_type.matrix_type(&name, dims[0], config.num_hidden_layers()),
         };
         plans.push(TensorPlan { name, dims, ty });
     }

@@ -7,6 +7,9 @@ use half::f16;
 
 use super::types::GgmlType;
 
+/// Below this many blocks a thread of its own costs more than it saves.
+const MIN_BLOCKS_PER_THREAD: usize = 1 << 10;
+
 /// The bytes of `values` (a whole number of `ty` blocks) stored as `ty`; `None` for a type
 /// Ember does not write.
 pub(crate) fn quantize(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
@@ -15,13 +18,29 @@ pub(crate) fn quantize(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
         GgmlType::F32 => |x, b| b.copy_from_slice(&x[0].to_le_bytes()),
         GgmlType::F16 => |x, b| b.copy_from_slice(&f16::from_f32(x[0]).to_le_bytes()),
         GgmlType::BF16 => |x, b| b.copy_from_slice(&bf16_bits(x[0]).to_le_bytes()),
+        GgmlType::Q5_0 => q5_0,
         GgmlType::Q8_0 => q8_0,
+        GgmlType::Q4_K => super::quantize_k::q4_k,
+        GgmlType::Q6_K => super::quantize_k::q6_k,
         _ => return None,
     };
     let mut out = vec![0u8; values.len() / elements * block_bytes];
-    for (x, b) in values.chunks_exact(elements).zip(out.chunks_exact_mut(block_bytes)) {
-        block(x, b);
-    }
+    // Blocks are quantized independently: a large tensor is split across the cores (a k-quant
+    // block searches 20 scales), the bytes the same however it is split.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = (values.len() / elements).div_ceil(threads).max(MIN_BLOCKS_PER_THREAD);
+    std::thread::scope(|scope| {
+        for (x, b) in values
+            .chunks(per_thread * elements)
+            .zip(out.chunks_mut(per_thread * block_bytes))
+        {
+            scope.spawn(move || {
+                for (x, b) in x.chunks_exact(elements).zip(b.chunks_exact_mut(block_bytes)) {
+                    block(x, b);
+                }
+            });
+        }
+    });
     Some(out)
 }
 
@@ -44,6 +63,32 @@ fn q8_0(x: &[f32], b: &mut [u8]) {
     for (q, &v) in b[2..34].iter_mut().zip(x) {
         *q = (v * id).round() as i8 as u8;
     }
+}
+
+/// `quantize_row_q5_0_ref`: `d = max / -16` with `max` the value of largest magnitude (its
+/// sign kept), stored as f16; each value `x / d + 16.5` truncated to 0..=31, the low nibbles
+/// as Q4_0 packs them and the fifth bits in `qh`.
+fn q5_0(x: &[f32], b: &mut [u8]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    b[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    let mut qh = 0u32;
+    for j in 0..16 {
+        // ggml converts to int8 (truncating) before taking the minimum.
+        let level = |v: f32| ((v * id + 16.5) as i8 as u8).min(31);
+        let (x0, x1) = (level(x[j]), level(x[j + 16]));
+        b[6 + j] = (x0 & 0x0F) | ((x1 & 0x0F) << 4);
+        qh |= u32::from((x0 & 0x10) >> 4) << j;
+        qh |= u32::from((x1 & 0x10) >> 4) << (j + 16);
+    }
+    b[2..6].copy_from_slice(&qh.to_le_bytes());
 }
 
 #[cfg(test)]
@@ -79,6 +124,47 @@ mod tests {
         );
         // An all-zero block has scale 0 and zero codes, not NaN.
         assert!(quantize(GgmlType::Q8_0, &[0.0; 32]).unwrap().iter().all(|&b| b == 0));
-        assert_eq!(quantize(GgmlType::Q4_K, &[0.0; 256]), None);
+        assert_eq!(quantize(GgmlType::Q4_1, &[0.0; 32]), None);
+    }
+
+    /// Rows of `fixtures/gguf/kquants-expected.safetensors` (made by ggml's own
+    /// `quantize_row_*_ref`, `fixtures/make_kquant_fixtures.py`) quantize to ggml's bytes.
+    #[test]
+    fn k_quants_q5_0_and_q8_0_give_ggmls_bytes() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/gguf/kquants-expected.safetensors"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let input = tensors.tensor("input").unwrap();
+        let cols = input.shape()[1];
+        let values: Vec<f32> = input
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        for (name, ty) in [
+            ("q4_k", GgmlType::Q4_K),
+            ("q6_k", GgmlType::Q6_K),
+            ("q5_0", GgmlType::Q5_0),
+            ("q8_0", GgmlType::Q8_0),
+        ] {
+            let expected = tensors.tensor(name).unwrap();
+            let row_bytes = expected.shape()[1];
+            for (row, (x, want)) in values
+                .chunks_exact(cols)
+                .zip(expected.data().chunks_exact(row_bytes))
+                .enumerate()
+            {
+                let ours = quantize(ty, x).unwrap();
+                assert!(
+                    ours == want,
+                    "{name} row {row}: {:?}\n vs ggml {:?}",
+                    &ours[..24],
+                    &want[..24]
+                );
+            }
+        }
     }
 }
