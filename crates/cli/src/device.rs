@@ -43,6 +43,26 @@ impl FromStr for DeviceArg {
     }
 }
 
+impl DeviceArg {
+    /// The device of the rank `local_rank` of a data-parallel run on this host: `cuda` (and
+    /// `cuda:0`, `auto` where CUDA exists) mean that rank's own GPU, `cuda:LOCAL_RANK`, as
+    /// torchrun scripts use it; a CPU or WGPU device is shared by the ranks.
+    pub fn for_local_rank(self, local_rank: usize) -> Result<Self> {
+        match self {
+            Self::Cuda(0) => Ok(Self::Cuda(local_rank)),
+            Self::Cuda(n) => bail!(
+                "--device cuda:{n} names one GPU, but each rank of a data-parallel run uses its own \
+                 (cuda:LOCAL_RANK): pass --device cuda, and CUDA_VISIBLE_DEVICES to choose the GPUs"
+            ),
+            Self::Auto => Ok(match cuda_device_count() {
+                Ok(n) if n > 0 => Self::Cuda(local_rank),
+                _ => Self::Auto,
+            }),
+            other => Ok(other),
+        }
+    }
+}
+
 /// `--dtype`: the precision of the base model's weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeArg {

@@ -3,6 +3,7 @@
 mod commands;
 mod device;
 mod four_bit;
+mod launch;
 mod memory;
 mod ranges;
 

@@ -43,6 +43,19 @@ pub struct TrainerState {
     /// existed.
     #[serde(default)]
     pub run_id: String,
+    /// The ranks of the data-parallel run that wrote it; 1 in checkpoints written before it
+    /// existed.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+/// Where the checkpoint of `step` lives in `output_dir`.
+pub fn checkpoint_dir(output_dir: &Path, step: usize) -> PathBuf {
+    output_dir.join(format!("checkpoint-{step}"))
 }
 
 /// Saves a checkpoint as `output_dir/checkpoint-{step}`.
@@ -53,7 +66,7 @@ pub fn save<B: Backend, O: Backend>(
     optimizer: &dyn Optimizer<O>,
     state: &TrainerState,
 ) -> Result<PathBuf> {
-    let dir = output_dir.join(format!("checkpoint-{}", state.global_step));
+    let dir = checkpoint_dir(output_dir, state.global_step);
     write_dir_atomically(&dir, |tmp| -> Result<()> {
         write_adapter_files(model, lora, tmp)?;
         write_state_tensors(&tmp.join(OPTIMIZER_FILE), optimizer.state()).map_err(|message| {

@@ -206,6 +206,10 @@ pub struct TrainingArgs {
     /// set 1 on a CPU to save the padding's compute.
     #[serde(default = "defaults::pad_multiple")]
     pub pad_to_multiple_of: usize,
+    /// Seconds a rank of a data-parallel run waits for the others at each gradient sum before
+    /// the run fails (transformers' `ddp_timeout`).
+    #[serde(default = "defaults::ddp_timeout")]
+    pub ddp_timeout: u64,
 }
 
 /// `offload_activations`: `true`, `false` or `"auto"`.
@@ -255,6 +259,9 @@ mod defaults {
     }
     pub fn one() -> usize {
         1
+    }
+    pub fn ddp_timeout() -> u64 {
+        crate::distributed::DEFAULT_TIMEOUT.as_secs()
     }
     pub fn quant_type() -> String {
         "nf4".into()
@@ -448,7 +455,7 @@ impl TrainingArgs {
             None => "a number above 0 (or set max_steps)",
             Some(_) => "a number of at least 0 (max_steps decides the length)",
         };
-        let checks: [(&str, String, bool, &str); 14] = [
+        let checks: [(&str, String, bool, &str); 15] = [
             (
                 "per_device_train_batch_size",
                 self.per_device_train_batch_size.to_string(),
@@ -532,6 +539,12 @@ impl TrainingArgs {
                 self.pad_to_multiple_of.to_string(),
                 self.pad_to_multiple_of >= 1,
                 "at least 1 (1: no padding beyond the longest sample)",
+            ),
+            (
+                "ddp_timeout",
+                self.ddp_timeout.to_string(),
+                self.ddp_timeout >= 1,
+                "at least 1 (seconds)",
             ),
         ];
         match checks.into_iter().find(|(_, _, ok, _)| !ok) {

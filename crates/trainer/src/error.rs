@@ -29,6 +29,8 @@ pub enum TrainError {
         needed: crate::estimate::MemoryEstimate,
         free: f64,
     },
+    #[error("data-parallel run: {0}")]
+    Collective(#[from] crate::distributed::CollectiveError),
     #[error(transparent)]
     Model(#[from] ember_model::ModelError),
     #[error(transparent)]

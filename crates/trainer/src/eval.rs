@@ -5,6 +5,7 @@ use burn::tensor::backend::Backend;
 use ember_data::{Dataset, eval_batches};
 use ember_model::GemmaForCausalLM;
 
+use crate::distributed::{Collective, Solo};
 use crate::error::{Result, TrainError};
 use crate::grads::MicroBatch;
 use crate::kernels::{BurnKernels, TrainKernels, forward_layers};
@@ -29,18 +30,46 @@ pub fn evaluate<B: Backend>(
     pad_id: u32,
     pad_to_multiple_of: usize,
 ) -> Result<EvalResult> {
+    evaluate_across(
+        model,
+        kernels,
+        dataset,
+        batch_size,
+        pad_id,
+        pad_to_multiple_of,
+        &mut Solo,
+    )
+}
+
+/// [`evaluate`] shared by the ranks of a data-parallel run: each computes the batches whose
+/// index is its rank modulo the world size, and the sums are added across ranks.
+pub fn evaluate_across<B: Backend>(
+    model: &GemmaForCausalLM<B>,
+    kernels: &dyn TrainKernels<B>,
+    dataset: &Dataset,
+    batch_size: usize,
+    pad_id: u32,
+    pad_to_multiple_of: usize,
+    collective: &mut dyn Collective,
+) -> Result<EvalResult> {
     check_token_ids(dataset, model.config.vocab_size)?;
     let kernels: &dyn TrainKernels<B> = match kernels.unsupported(model) {
         Some(_) => &BurnKernels,
         None => kernels,
     };
+    let (rank, world) = (collective.rank(), collective.world_size());
     let (mut sum, mut tokens) = (0.0, 0);
-    for batch in eval_batches(dataset, batch_size, pad_id) {
+    for batch in eval_batches(dataset, batch_size, pad_id).skip(rank).step_by(world) {
         let micro = MicroBatch::from_batch(&batch, pad_to_multiple_of);
         let mut step = kernels.prepare(model, &micro)?;
         let x = forward_layers(model, step.as_mut(), &micro)?;
         sum += step.loss(x)?.into_scalar().elem::<f64>();
         tokens += micro.num_trained_tokens;
+    }
+    if world > 1 {
+        let mut sums = [sum, tokens as f64];
+        collective.sum_f64(&mut sums)?;
+        (sum, tokens) = (sums[0], sums[1] as usize);
     }
     let loss = sum / tokens.max(1) as f64;
     Ok(EvalResult {

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 mod error;
 pub mod estimate;
 pub mod eval;

@@ -32,6 +32,8 @@ pub struct Current<'a> {
     pub signature: &'a str,
     /// The fingerprint of the tokenized training data and its batching options.
     pub data_fingerprint: u64,
+    /// The ranks of this run.
+    pub world_size: usize,
 }
 
 /// Refuses to resume `dir` (whose state is `state` and adapter settings `saved_lora`) when it
@@ -60,6 +62,9 @@ pub fn check(dir: &Path, state: &TrainerState, saved_lora: &LoraConfig, current:
     for change in changed_keys(&saved_lora.to_json(), &current.config.lora.to_json()) {
         differences.push(format!("lora.{change}"));
     }
+    if let Some(difference) = world_difference(state, current) {
+        differences.push(difference);
+    }
     let optim = format!("{:?}", current.config.training.optim);
     if state.optim != optim {
         differences.push(format!("optim: {} -> {optim}", state.optim));
@@ -75,6 +80,36 @@ pub fn check(dir: &Path, state: &TrainerState, saved_lora: &LoraConfig, current:
             differences.join("\n  ")
         ),
     })
+}
+
+/// A resume on another number of ranks goes on only where each step still covers the same
+/// micro-batches (ranks × gradient_accumulation_steps): then the run is the same run.
+fn world_difference(state: &TrainerState, current: &Current) -> Option<String> {
+    let world = current.world_size;
+    if state.world_size == world {
+        return None;
+    }
+    let saved_accumulation = state.settings["training"]["gradient_accumulation_steps"]
+        .as_u64()
+        .unwrap_or(1) as usize;
+    let saved = state.world_size * saved_accumulation;
+    let accumulation = current.config.training.gradient_accumulation_steps;
+    if saved == world * accumulation {
+        return None;
+    }
+    let fix = match saved % world {
+        0 => format!(
+            "set gradient_accumulation_steps = {} for this world size",
+            saved / world
+        ),
+        _ => format!("use a world size that divides {saved}"),
+    };
+    Some(format!(
+        "ranks: the checkpoint's steps were {} rank(s) × gradient_accumulation_steps {saved_accumulation} = \
+         {saved} micro-batches, this run's {world} × {accumulation} = {}; {fix}",
+        state.world_size,
+        world * accumulation
+    ))
 }
 
 /// The settings a resume compares: `[data]` and `[training]`, as JSON.

@@ -36,8 +36,9 @@ pub(crate) struct Run<B: AutodiffBackend> {
     pub step: usize,
     pub schedule: Schedule,
     pub settings: StepSettings,
-    pub output: OutputDir,
-    pub metrics: MetricsLog,
+    /// Rank 0's alone: the other ranks of a data-parallel run write nothing.
+    pub output: Option<OutputDir>,
+    pub metrics: Option<MetricsLog>,
     /// What every checkpoint of this run records; `global_step` and `loader` are filled in
     /// at each save.
     pub state: TrainerState,
@@ -58,12 +59,14 @@ struct Resumed {
     optimizer: StateTensors,
 }
 
+/// Prepares rank `rank` of a run of `world_size` ranks (0 of 1 for a single process).
 pub(crate) fn prepare<B: AutodiffBackend>(
     config: &RunConfig,
     start: Start,
     device: &B::Device,
     dtype: DType,
     kernels: &dyn TrainKernels<B::InnerBackend>,
+    (rank, world_size): (usize, usize),
 ) -> Result<Prepared<B>> {
     let args = &config.training;
     let source = ModelSource::open(&config.model.path)?;
@@ -90,8 +93,15 @@ pub(crate) fn prepare<B: AutodiffBackend>(
                 config,
                 signature: &signature,
                 data_fingerprint: loader.position().fingerprint,
+                world_size,
             };
             resume::check(&dir, &state, &saved_lora, &current)?;
+            if state.world_size != world_size {
+                tracing::warn!(
+                    "resuming a run of {} rank(s) on {world_size}: each step covers the same micro-batches",
+                    state.world_size
+                );
+            }
             Some(Resumed { dir, state, optimizer })
         }
     };
@@ -99,7 +109,7 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         Some(steps) => steps,
         None => {
             let micro = (args.num_train_epochs * loader.batches_per_epoch() as f64).ceil() as usize;
-            micro.div_ceil(args.gradient_accumulation_steps).max(1)
+            micro.div_ceil(args.gradient_accumulation_steps * world_size).max(1)
         }
     };
     if let Some(resumed) = &resumed
@@ -120,7 +130,10 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         Some(resumed) => resumed.state.run_id.clone(),
         None => new_run_id(),
     };
-    let output = OutputDir::claim(args, &run_id)?;
+    let output = match rank {
+        0 => Some(OutputDir::claim(args, &run_id)?),
+        _ => None,
+    };
     let load = LoadOptions {
         four_bit: config.model.four_bit(Some(dtype), &config.file)?,
         ..LoadOptions::new(dtype)
@@ -150,8 +163,13 @@ pub(crate) fn prepare<B: AutodiffBackend>(
             (model, loader, state.global_step, changes)
         }
     };
-    output.write_config(config)?;
-    let metrics = output.metrics((step > 0).then_some(step))?;
+    let metrics = match &output {
+        Some(output) => {
+            output.write_config(config)?;
+            Some(output.metrics((step > 0).then_some(step))?)
+        }
+        None => None,
+    };
     let warmup_steps = match args.warmup_steps {
         0 => Schedule::warmup_from_ratio(args.warmup_ratio, total_steps),
         n => n,
@@ -165,6 +183,7 @@ pub(crate) fn prepare<B: AutodiffBackend>(
         optim: format!("{:?}", args.optim),
         settings: settings_json,
         run_id,
+        world_size,
     };
     Ok(Prepared::Ready(Box::new(Run {
         model,

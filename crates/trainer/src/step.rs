@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use ember_lora::{peft_key, projections, projections_mut};
 use ember_model::GemmaForCausalLM;
 
+use crate::distributed::{Collective, Solo, sum_step};
 use crate::error::Result;
 use crate::grads::{AdapterGrads, Checkpointing, MicroBatch, accumulate};
 use crate::kernels::TrainKernels;
@@ -46,14 +47,41 @@ pub struct StepSettings {
 /// loss normalised by the trained tokens of the whole window, as transformers does since
 /// 4.46; clips the global norm as `torch.nn.utils.clip_grad_norm_`; and applies `optimizer`.
 pub fn optimizer_step<B: AutodiffBackend>(
-    mut model: GemmaForCausalLM<B>,
+    model: GemmaForCausalLM<B>,
     window: &[MicroBatch],
     lr: f64,
     settings: StepSettings,
     kernels: &dyn TrainKernels<B::InnerBackend>,
     optimizer: &mut dyn Optimizer<B::InnerBackend>,
 ) -> Result<(GemmaForCausalLM<B>, StepOutcome)> {
-    let trained_tokens: usize = window.iter().map(|b| b.num_trained_tokens).sum();
+    let trained_tokens = window.iter().map(|b| b.num_trained_tokens).sum();
+    shared_optimizer_step(
+        model,
+        window,
+        trained_tokens,
+        lr,
+        settings,
+        kernels,
+        optimizer,
+        &mut Solo,
+    )
+}
+
+/// [`optimizer_step`] as one rank of a data-parallel run: `window` is this rank's share of the
+/// step's micro-batches and `trained_tokens` the trained tokens of all ranks' shares. The
+/// gradients and the loss are summed across `collective` before the norm, so every rank clips,
+/// skips and updates alike.
+#[allow(clippy::too_many_arguments)]
+pub fn shared_optimizer_step<B: AutodiffBackend>(
+    mut model: GemmaForCausalLM<B>,
+    window: &[MicroBatch],
+    trained_tokens: usize,
+    lr: f64,
+    settings: StepSettings,
+    kernels: &dyn TrainKernels<B::InnerBackend>,
+    optimizer: &mut dyn Optimizer<B::InnerBackend>,
+    collective: &mut dyn Collective,
+) -> Result<(GemmaForCausalLM<B>, StepOutcome)> {
     let normaliser = trained_tokens.max(1) as f64;
     let mut grads = AdapterGrads::new();
     let mut loss_sum = 0.0;
@@ -71,6 +99,7 @@ pub fn optimizer_step<B: AutodiffBackend>(
             settings.memory_probe,
         )?;
     }
+    sum_step(collective, &mut grads, &mut loss_sum)?;
     let device = model.model.embed_tokens.weight.device();
     let mut optimizer_phases = Phases::default();
     let mut clock = Clock::<B::InnerBackend>::start(

@@ -11,14 +11,15 @@ use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
-use crate::checkpoint::TrainerState;
+use crate::checkpoint::{TrainerState, checkpoint_dir};
 use crate::config::RunConfig;
+use crate::distributed::{Collective, Solo, sum_flag};
 use crate::error::{Result, TrainError};
-use crate::eval::{EvalResult, evaluate};
+use crate::eval::{EvalResult, evaluate_across};
 use crate::grads::MicroBatch;
 use crate::kernels::{BurnKernels, TrainKernels};
 use crate::setup::{Prepared, Run, prepare};
-use crate::step::optimizer_step;
+use crate::step::shared_optimizer_step;
 
 /// A run of this many non-finite steps in a row stops training.
 const MAX_SKIPPED_IN_A_ROW: usize = 5;
@@ -68,7 +69,6 @@ pub enum Start {
 /// to [`BurnKernels`] where they cannot train this model); `on_log` sees every logged step
 /// (for a progress bar). When `stop` becomes true (Ctrl-C), the run finishes the current
 /// step, saves a checkpoint and returns.
-#[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     config: &RunConfig,
     start: Start,
@@ -78,7 +78,27 @@ pub fn train<B: AutodiffBackend>(
     stop: &AtomicBool,
     on_log: impl FnMut(&StepLog),
 ) -> Result<TrainSummary> {
-    match prepare::<B>(config, start, device, dtype, kernels)? {
+    train_across::<B>(config, start, device, dtype, kernels, &mut Solo, stop, on_log)
+}
+
+/// [`train`] as one rank of a data-parallel run whose ranks sum through `collective`: every
+/// rank loads the same data and takes the same steps on its share of each step's
+/// micro-batches (see [`crate::distributed`]); rank 0 alone writes `output_dir`, and its
+/// summary names the checkpoints it wrote. A stop request on any rank stops all of them after
+/// the same step.
+#[allow(clippy::too_many_arguments)]
+pub fn train_across<B: AutodiffBackend>(
+    config: &RunConfig,
+    start: Start,
+    device: &B::Device,
+    dtype: DType,
+    kernels: &dyn TrainKernels<B::InnerBackend>,
+    collective: &mut dyn Collective,
+    stop: &AtomicBool,
+    on_log: impl FnMut(&StepLog),
+) -> Result<TrainSummary> {
+    let ranks = (collective.rank(), collective.world_size());
+    match prepare::<B>(config, start, device, dtype, kernels, ranks)? {
         Prepared::Ready(run) => {
             let kernels: &dyn TrainKernels<B::InnerBackend> = match kernels.unsupported(&run.model.valid()) {
                 Some(why) => {
@@ -90,7 +110,7 @@ pub fn train<B: AutodiffBackend>(
                 }
                 None => kernels,
             };
-            run_steps(config, *run, kernels, stop, on_log)
+            run_steps(config, *run, kernels, collective, stop, on_log)
         }
         Prepared::Finished(summary) => Ok(summary),
     }
@@ -102,22 +122,27 @@ fn run_steps<B: AutodiffBackend>(
     config: &RunConfig,
     mut run: Run<B>,
     kernels: &dyn TrainKernels<B::InnerBackend>,
+    collective: &mut dyn Collective,
     stop: &AtomicBool,
     mut on_log: impl FnMut(&StepLog),
 ) -> Result<TrainSummary> {
     let args = &config.training;
     let total_steps = run.schedule.total_steps;
-    let evaluate_now = |run: &Run<B>| -> Result<Option<EvalResult>> {
+    let (rank, world) = (collective.rank(), collective.world_size());
+    // Every rank draws all of a step's micro-batches from its loader, in the same order.
+    let per_step = args.gradient_accumulation_steps * world;
+    let evaluate_now = |run: &Run<B>, collective: &mut dyn Collective| -> Result<Option<EvalResult>> {
         run.eval_set
             .as_ref()
             .map(|eval_set| {
-                evaluate(
+                evaluate_across(
                     &run.model.valid(),
                     kernels,
                     eval_set,
                     args.per_device_train_batch_size,
                     run.pad_id,
                     args.pad_to_multiple_of,
+                    collective,
                 )
             })
             .transpose()
@@ -128,17 +153,29 @@ fn run_steps<B: AutodiffBackend>(
     while run.step < total_steps {
         let started = Instant::now();
         let step = run.step;
-        let window: Vec<MicroBatch> = (0..args.gradient_accumulation_steps)
-            .map(|m| MicroBatch {
-                // Distinct per micro-batch and the same after a resume: dropout replays exactly.
-                seed: args.seed
-                    ^ ((step * args.gradient_accumulation_steps + m) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        let all: Vec<MicroBatch> = (0..per_step)
+            .map(|k| MicroBatch {
+                // Distinct per micro-batch and the same after a resume (on any number of
+                // ranks): dropout replays exactly.
+                seed: args.seed ^ ((step * per_step + k) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
                 ..MicroBatch::from_batch(&run.loader.next_batch(), args.pad_to_multiple_of)
             })
             .collect();
+        let trained_tokens = all.iter().map(|b| b.num_trained_tokens).sum();
+        let tokens: usize = all.iter().map(|b| b.batch * b.seq).sum();
+        let window: Vec<MicroBatch> = all.into_iter().skip(rank).step_by(world).collect();
         let lr = run.schedule.lr(step);
         let outcome;
-        (run.model, outcome) = optimizer_step(run.model, &window, lr, run.settings, kernels, run.optimizer.as_mut())?;
+        (run.model, outcome) = shared_optimizer_step(
+            run.model,
+            &window,
+            trained_tokens,
+            lr,
+            run.settings,
+            kernels,
+            run.optimizer.as_mut(),
+            collective,
+        )?;
         run.step += 1;
         let step = run.step;
         skipped_in_a_row = if outcome.skipped { skipped_in_a_row + 1 } else { 0 };
@@ -149,10 +186,9 @@ fn run_steps<B: AutodiffBackend>(
                 outcome.loss
             )));
         }
-        let tokens: usize = window.iter().map(|b| b.batch * b.seq).sum();
         let eval_due = args.eval_steps > 0 && step % args.eval_steps == 0;
         let eval_loss = match eval_due {
-            true => evaluate_now(&run)?.map(|e| e.loss),
+            true => evaluate_now(&run, collective)?.map(|e| e.loss),
             false => None,
         };
         let log = StepLog {
@@ -169,21 +205,23 @@ fn run_steps<B: AutodiffBackend>(
             tracing::warn!("step {step}: non-finite loss or gradient, update skipped");
         }
         if step % args.logging_steps.max(1) == 0 || step == total_steps || eval_loss.is_some() {
-            run.metrics.write(&log)?;
+            if let Some(metrics) = &mut run.metrics {
+                metrics.write(&log)?;
+            }
             on_log(&log);
         }
         last_loss = Some(outcome.loss);
-        let interrupted = stop.load(Ordering::Relaxed);
+        let interrupted = sum_flag(collective, stop.load(Ordering::Relaxed))?;
         if (args.save_steps > 0 && step % args.save_steps == 0) || step == total_steps || interrupted {
             let state = TrainerState {
                 global_step: step,
                 loader: run.loader.position(),
                 ..run.state.clone()
             };
-            last_checkpoint = Some(
-                run.output
-                    .save(&run.model, &config.lora, run.optimizer.as_ref(), &state)?,
-            );
+            last_checkpoint = Some(match &run.output {
+                Some(output) => output.save(&run.model, &config.lora, run.optimizer.as_ref(), &state)?,
+                None => checkpoint_dir(&args.output_dir, step),
+            });
         }
         if interrupted {
             return Ok(TrainSummary {
@@ -203,7 +241,7 @@ fn run_steps<B: AutodiffBackend>(
         interrupted: false,
         final_loss: last_loss,
         last_checkpoint: last_checkpoint.expect("the last step saves a checkpoint"),
-        eval: evaluate_now(&run)?,
+        eval: evaluate_now(&run, collective)?,
         resume_changes: run.resume_changes,
     })
 }

@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
@@ -9,13 +10,15 @@ use burn::tensor::backend::Backend;
 use ember_model::{GenerationConfig, SamplingConfig, generate_with};
 use ember_trainer::checkpoint;
 use ember_trainer::config::RunConfig;
+use ember_trainer::distributed::{Collective, Solo, TcpGroup, WorldEnv, run_fingerprint};
 use ember_trainer::estimate::plan;
 use ember_trainer::kernels::TrainKernels;
-use ember_trainer::trainer::{Start, train};
+use ember_trainer::trainer::{Start, train_across};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::generate::{decoder, load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
+use crate::launch;
 use crate::memory;
 use crate::ranges;
 
@@ -41,11 +44,32 @@ pub struct Args {
     /// elsewhere), cuda or burn.
     #[arg(long, value_enum, default_value = "auto")]
     pub kernels: KernelChoice,
+    /// Train data-parallel on this many GPUs of this host (torchrun's `--nproc-per-node`): one
+    /// process per GPU, each step's micro-batches shared among them. With `--device cpu` the
+    /// ranks share the CPU. Across hosts, start `ember train` with torchrun or Slurm instead: it
+    /// runs as the rank their RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT say.
+    #[arg(long, value_parser = ranges::at_least_one)]
+    pub nproc_per_node: Option<usize>,
+    /// The port rank 0 listens on with `--nproc-per-node` (default: a free one).
+    #[arg(long, requires = "nproc_per_node")]
+    pub master_port: Option<u16>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let world = WorldEnv::from_env()?;
+    if let Some(nproc) = args.nproc_per_node {
+        if let Some(world) = world {
+            bail!(
+                "--nproc-per-node {nproc}: this process is already rank {} of {} (WORLD_SIZE is set): \
+                 drop --nproc-per-node when torchrun or Slurm start the ranks",
+                world.rank,
+                world.world_size
+            );
+        }
+        return launch::run(nproc, args.master_port);
+    }
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let mut table: toml::Table = text
         .parse()
@@ -66,13 +90,38 @@ pub fn run(args: Args) -> Result<()> {
         instructions: args.ask,
         max_new_tokens: args.ask_max_new_tokens,
     };
-    run_training_on(&args.device.clone(), args.kernels, Train { config, start, asks })
+    let Some(world) = world.filter(|w| w.world_size > 1) else {
+        return run_training_on(
+            &args.device,
+            args.kernels,
+            Train {
+                config,
+                start,
+                asks,
+                world: None,
+            },
+        );
+    };
+    let rank = world.rank;
+    let device = DeviceArgs {
+        device: args.device.device.for_local_rank(world.local_rank)?,
+        ..args.device
+    };
+    let task = Train {
+        config,
+        start,
+        asks,
+        world: Some(world),
+    };
+    run_training_on(&device, args.kernels, task).with_context(|| format!("rank {rank}"))
 }
 
 struct Train {
     config: RunConfig,
     start: Start,
     asks: Asks,
+    /// This process's place in a data-parallel run of several ranks.
+    world: Option<WorldEnv>,
 }
 
 struct Asks {
@@ -84,7 +133,13 @@ impl TrainTask for Train {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
-        let bar = ProgressBar::new(0).with_style(
+        // Only rank 0 of a data-parallel run reports; the others speak when they fail.
+        let reports = self.world.as_ref().is_none_or(|w| w.rank == 0);
+        let bar = match reports {
+            true => ProgressBar::new(0),
+            false => ProgressBar::hidden(),
+        }
+        .with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
                 .expect("a valid progress template"),
         );
@@ -92,6 +147,14 @@ impl TrainTask for Train {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        let mut collective: Box<dyn Collective> = match &self.world {
+            Some(world) => Box::new(TcpGroup::connect(
+                world,
+                run_fingerprint(&self.config),
+                Duration::from_secs(self.config.training.ddp_timeout),
+            )?),
+            None => Box::new(Solo),
+        };
         let source = open_model(&self.config.model.path)?;
         let plan = plan(&self.config, source.config(), &device, dtype, kernels)?;
         let offloaded = if plan.offload {
@@ -99,28 +162,45 @@ impl TrainTask for Train {
         } else {
             ""
         };
-        eprintln!("ember: device memory estimate {}{offloaded}", plan.estimate);
+        if reports {
+            eprintln!("ember: device memory estimate {}{offloaded}", plan.estimate);
+        }
         drop(source);
         let mut memory_shown = false;
-        let summary = train::<Autodiff<B>>(&self.config, self.start, &device, dtype, kernels, &stop, |log| {
-            if !memory_shown {
-                memory_shown = true;
-                memory::log_after_step(log.step, &device, kernels.device_bytes());
-            }
-            bar.set_length(log.total_steps as u64);
-            bar.set_position(log.step as u64);
-            let eval = log.eval_loss.map(|l| format!("  eval {l:.4}")).unwrap_or_default();
-            bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  grad norm {:.3}  {:.0} tok/s{eval}",
-                log.loss, log.learning_rate, log.grad_norm, log.tokens_per_second
-            ));
-            if !bar.is_hidden() {
-                return;
-            }
-            // No terminal (logs, CI): one line per logged step instead of a bar.
-            eprintln!("step {}/{}  {}", log.step, log.total_steps, bar.message());
-        })?;
+        let summary = train_across::<Autodiff<B>>(
+            &self.config,
+            self.start,
+            &device,
+            dtype,
+            kernels,
+            collective.as_mut(),
+            &stop,
+            |log| {
+                if !reports {
+                    return;
+                }
+                if !memory_shown {
+                    memory_shown = true;
+                    memory::log_after_step(log.step, &device, kernels.device_bytes());
+                }
+                bar.set_length(log.total_steps as u64);
+                bar.set_position(log.step as u64);
+                let eval = log.eval_loss.map(|l| format!("  eval {l:.4}")).unwrap_or_default();
+                bar.set_message(format!(
+                    "loss {:.4}  lr {:.2e}  grad norm {:.3}  {:.0} tok/s{eval}",
+                    log.loss, log.learning_rate, log.grad_norm, log.tokens_per_second
+                ));
+                if !bar.is_hidden() {
+                    return;
+                }
+                // No terminal (logs, CI): one line per logged step instead of a bar.
+                eprintln!("step {}/{}  {}", log.step, log.total_steps, bar.message());
+            },
+        )?;
         bar.finish();
+        if !reports {
+            return Ok(());
+        }
         let Some(final_loss) = summary.final_loss else {
             eprintln!(
                 "ember: {} is already at step {} and this run ends at step {}: nothing to train \
