@@ -69,6 +69,7 @@ fn grads(checkpointing: Checkpointing) -> (f64, AdapterGrads<B>) {
 }
 
 fn grads_with_dropout(checkpointing: Checkpointing, dropout: f64) -> (f64, AdapterGrads<B>) {
+    let _alone = (dropout > 0.0).then(crate::common::dropout_alone);
     let mut model = model_with_adapter();
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         for (_, linear) in projections_mut(i, layer) {

@@ -1,13 +1,11 @@
 //! The training run end to end on the CPU: loss falls, a resumed run equals an
 //! uninterrupted one bit for bit, and bad configs are refused by name.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use crate::common::{AD, config, config_table, dropout_alone, repo, run};
 use burn::tensor::DType;
-use common::{AD, config, config_table, repo, run};
 use ember_data::DataConfig;
 use ember_lora::LoraConfig;
 use ember_model::gguf::{self, ConvertOptions};
@@ -92,13 +90,9 @@ fn resume_matches_uninterrupted_run() {
     }
 }
 
-/// LoRA dropout draws from the backend's global generator, seeded per layer: two tests drawing
-/// masks at once in this process would interleave their draws.
-static DROPOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn offloading_activations_changes_no_loss_and_no_adapter_bit() {
-    let _alone = DROPOUT.lock().unwrap_or_else(|e| e.into_inner());
+    let _alone = dropout_alone();
     let run_with = |offload: bool| {
         let out = tempfile::tempdir().unwrap();
         let mut config = config(out.path(), 3, "adamw_8bit", true);
@@ -112,7 +106,7 @@ fn offloading_activations_changes_no_loss_and_no_adapter_bit() {
 
 #[test]
 fn gemma_3n_and_4_train_and_resume_bit_exactly() {
-    let _alone = DROPOUT.lock().unwrap_or_else(|e| e.into_inner());
+    let _alone = dropout_alone();
     // Each text variant with adapters on the seven projections and dropout, checkpointed (the
     // explicit backward through shared keys and values, AltUp, experts), 4 steps straight or
     // 2 + 2 resumed.

@@ -1,11 +1,9 @@
 //! QLoRA on the CPU: training on a base loaded in 4 bits (`[model] load_in_4bit`), resumed
 //! bit for bit, and its settings refused by name when wrong.
 
-mod common;
-
 use std::path::Path;
 
-use common::{config_table, run};
+use crate::common::{config_table, run};
 use ember_trainer::config::RunConfig;
 use ember_trainer::trainer::Start;
 

@@ -2,12 +2,10 @@
 //! (ndarray): the same losses and gradient norms. CI runs this on Mesa's lavapipe, a software
 //! Vulkan driver (`ember_testkit::software_wgpu`).
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::{AD, config_table, run_on};
 use burn::backend::{Autodiff, Wgpu};
-use common::{AD, config_table, run_on};
 use ember_testkit::software_wgpu;
 use ember_trainer::config::RunConfig;
 use ember_trainer::trainer::Start;

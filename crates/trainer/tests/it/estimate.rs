@@ -1,13 +1,11 @@
 //! The memory estimate: its counts against a loaded model, `offload_activations`' values, and a
 //! run that cannot fit refused before anything is loaded or written.
 
-mod common;
-
 use std::sync::atomic::AtomicBool;
 
+use crate::common::{AD, config, config_table};
 use burn::backend::NdArray;
 use burn::tensor::DType;
-use common::{AD, config, config_table};
 use ember_lora::{adapter_parameter_count, add_lora};
 use ember_model::{GemmaForCausalLM, LoadOptions, ModelSource, named_params};
 use ember_trainer::TrainError;

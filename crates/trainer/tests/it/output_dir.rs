@@ -2,13 +2,11 @@
 //! never removes the checkpoint just written, a resume states every setting that does not
 //! match, and bad checkpoints or data are errors, not panics.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use crate::common::{AD, config, config_table, repo, run};
 use burn::tensor::DType;
-use common::{AD, config, config_table, repo, run};
 use ember_data::Dataset;
 use ember_model::{GemmaConfig, GemmaForCausalLM};
 use ember_trainer::config::RunConfig;

@@ -1,11 +1,9 @@
 //! `[lora] init_from`: a run starts from an existing PEFT adapter, and refuses `[lora]`
 //! settings that contradict it.
 
-mod common;
-
 use std::path::Path;
 
-use common::{config_table, repo, run};
+use crate::common::{config_table, dropout_alone, repo, run};
 use ember_trainer::config::RunConfig;
 use ember_trainer::trainer::Start;
 
@@ -49,7 +47,10 @@ fn a_run_starts_from_the_adapter_it_is_given() {
         (config.lora.r, config.lora.lora_alpha, config.lora.lora_dropout),
         (4, 8.0, 0.1)
     );
-    run(&config, Start::Fresh);
+    {
+        let _alone = dropout_alone();
+        run(&config, Start::Fresh);
+    }
 
     let start = tensors(&repo().join("fixtures/lora/plain/adapter_model.safetensors"));
     let saved = tensors(&dir.path().join("checkpoint-1/adapter_model.safetensors"));

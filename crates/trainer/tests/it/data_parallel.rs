@@ -5,16 +5,14 @@
 //! rank instead of leaving them waiting; a resume on another number of ranks goes on only where
 //! the steps stay the same.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{AD, config};
 use burn::backend::NdArray;
 use burn::tensor::{DType, Tensor};
-use common::{AD, config};
 use ember_model::{GemmaForCausalLM, LayerGrads, LayerKeep};
 use ember_trainer::distributed::{Collective, CollectiveError, TcpGroup, ThreadGroup, WorldEnv};
 use ember_trainer::grads::MicroBatch;

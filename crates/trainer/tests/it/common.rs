@@ -1,7 +1,5 @@
 //! Shared helpers: a small run config on the fixture model and tiny dataset, and running it.
 
-#![allow(dead_code)] // each test binary uses a subset
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -13,6 +11,14 @@ use ember_trainer::kernels::BurnKernels;
 use ember_trainer::trainer::{Start, StepLog, train};
 
 pub type AD = Autodiff<NdArray<f32>>;
+
+/// LoRA dropout draws from the CPU backend's one global generator, seeded per layer: two tests
+/// drawing masks at once would interleave their draws. Tests with dropout hold this.
+pub static DROPOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn dropout_alone() -> std::sync::MutexGuard<'static, ()> {
+    DROPOUT.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
