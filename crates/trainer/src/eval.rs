@@ -43,6 +43,7 @@ pub fn evaluate<B: Backend>(
 
 /// [`evaluate`] shared by the ranks of a data-parallel run: each computes the batches whose
 /// index is its rank modulo the world size, and the sums are added across ranks.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_across<B: Backend>(
     model: &GemmaForCausalLM<B>,
     kernels: &dyn TrainKernels<B>,

@@ -54,14 +54,7 @@ impl TcpGroup {
         match &mut self.links {
             Links::Hub(peers) => {
                 for (i, peer) in peers.iter_mut().enumerate() {
-                    let theirs = receive::<T>(peer, i + 1, self.timeout)?;
-                    if theirs.len() != values.len() {
-                        return Err(CollectiveError::Length {
-                            rank: i + 1,
-                            expected: values.len(),
-                            got: theirs.len(),
-                        });
-                    }
+                    let theirs = receive::<T>(peer, i + 1, values.len(), self.timeout)?;
                     values.iter_mut().zip(theirs).for_each(|(v, t)| *v += t);
                 }
                 let message = encode(values);
@@ -71,14 +64,7 @@ impl TcpGroup {
             }
             Links::Spoke(hub) => {
                 send(hub, &encode(values), 0, self.timeout)?;
-                let total = receive::<T>(hub, 0, self.timeout)?;
-                if total.len() != values.len() {
-                    return Err(CollectiveError::Length {
-                        rank: 0,
-                        expected: values.len(),
-                        got: total.len(),
-                    });
-                }
+                let total = receive::<T>(hub, 0, values.len(), self.timeout)?;
                 values.copy_from_slice(&total);
             }
         }
@@ -274,7 +260,13 @@ fn send(stream: &mut TcpStream, message: &[u8], peer: usize, timeout: Duration) 
     stream.write_all(message).map_err(|e| classify(e, peer, timeout))
 }
 
-fn receive<T: Wire>(stream: &mut TcpStream, peer: usize, timeout: Duration) -> Result<Vec<T>, CollectiveError> {
+/// `expected` values from `peer`; another count is refused before anything is allocated for it.
+fn receive<T: Wire>(
+    stream: &mut TcpStream,
+    peer: usize,
+    expected: usize,
+    timeout: Duration,
+) -> Result<Vec<T>, CollectiveError> {
     let mut header = [0u8; 9];
     stream.read_exact(&mut header).map_err(|e| classify(e, peer, timeout))?;
     if header[0] != T::TAG {
@@ -283,8 +275,15 @@ fn receive<T: Wire>(stream: &mut TcpStream, peer: usize, timeout: Duration) -> R
             message: "sent another kind of sum than this rank: the ranks are out of step".into(),
         });
     }
-    let count = u64::from_le_bytes(header[1..].try_into().expect("8 bytes")) as usize;
-    let mut bytes = vec![0u8; count * T::SIZE];
+    let count = u64::from_le_bytes(header[1..].try_into().expect("8 bytes"));
+    if count != expected as u64 {
+        return Err(CollectiveError::Length {
+            rank: peer,
+            expected,
+            got: usize::try_from(count).unwrap_or(usize::MAX),
+        });
+    }
+    let mut bytes = vec![0u8; expected * T::SIZE];
     stream.read_exact(&mut bytes).map_err(|e| classify(e, peer, timeout))?;
     Ok(bytes.chunks_exact(T::SIZE).map(T::get).collect())
 }

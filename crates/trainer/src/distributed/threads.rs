@@ -75,14 +75,16 @@ impl Values {
     }
 }
 
+/// A round's sum, or the rank whose values did not fit it: `(rank, expected, got)`.
+type RoundOutcome = Result<Values, (usize, usize, usize)>;
+
 struct State {
     /// The sum being gathered: `round` sums have completed before it.
     round: u64,
     deposits: Vec<Option<Values>>,
     /// The sum of round `.0`, kept until every rank has read it (no rank can deposit into the
-    /// next round before reading this one), or the rank whose values did not fit
-    /// (`(rank, expected, got)`).
-    result: Option<(u64, Result<Values, (usize, usize, usize)>)>,
+    /// next round before reading this one).
+    result: Option<(u64, RoundOutcome)>,
     left: Vec<bool>,
 }
 
