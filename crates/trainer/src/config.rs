@@ -210,6 +210,19 @@ pub struct TrainingArgs {
     /// the run fails (transformers' `ddp_timeout`).
     #[serde(default = "defaults::ddp_timeout")]
     pub ddp_timeout: u64,
+    /// How the ranks of a data-parallel run sum their gradients (transformers' `ddp_backend`):
+    /// `"nccl"` between GPUs, `"tcp"` through rank 0 over TCP (any device). Unset: NCCL on
+    /// CUDA devices, TCP elsewhere.
+    #[serde(default)]
+    pub ddp_backend: Option<DdpBackend>,
+}
+
+/// `ddp_backend`: `"nccl"` or `"tcp"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DdpBackend {
+    Nccl,
+    Tcp,
 }
 
 /// `offload_activations`: `true`, `false` or `"auto"`.

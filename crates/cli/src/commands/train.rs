@@ -9,7 +9,8 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_model::{GenerationConfig, SamplingConfig, generate_with};
 use ember_trainer::checkpoint;
-use ember_trainer::config::RunConfig;
+use ember_cuda::NcclGroup;
+use ember_trainer::config::{DdpBackend, RunConfig};
 use ember_trainer::distributed::{Collective, Solo, TcpGroup, WorldEnv, run_fingerprint};
 use ember_trainer::estimate::plan;
 use ember_trainer::kernels::TrainKernels;
@@ -17,7 +18,7 @@ use ember_trainer::trainer::{Start, train_across};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::generate::{decoder, load_model, open_model};
-use crate::device::{DeviceArgs, KernelChoice, TrainTask, run_training_on};
+use crate::device::{DeviceArg, DeviceArgs, KernelChoice, TrainTask, run_training_on};
 use crate::launch;
 use crate::memory;
 use crate::ranges;
@@ -90,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         instructions: args.ask,
         max_new_tokens: args.ask_max_new_tokens,
     };
-    let Some(world) = world.filter(|w| w.world_size > 1) else {
+    let Some(world) = world else {
         return run_training_on(
             &args.device,
             args.kernels,
@@ -99,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
                 start,
                 asks,
                 world: None,
+                gpu: None,
             },
         );
     };
@@ -107,11 +109,16 @@ pub fn run(args: Args) -> Result<()> {
         device: args.device.device.for_local_rank(world.local_rank)?,
         ..args.device
     };
+    let gpu = match device.device {
+        DeviceArg::Cuda(ordinal) => Some(ordinal),
+        _ => None,
+    };
     let task = Train {
         config,
         start,
         asks,
         world: Some(world),
+        gpu,
     };
     run_training_on(&device, args.kernels, task).with_context(|| format!("rank {rank}"))
 }
@@ -122,6 +129,8 @@ struct Train {
     asks: Asks,
     /// This process's place in a data-parallel run of several ranks.
     world: Option<WorldEnv>,
+    /// The CUDA device this rank trains on, if it is one: its sums can go through NCCL.
+    gpu: Option<usize>,
 }
 
 struct Asks {
@@ -148,11 +157,18 @@ impl TrainTask for Train {
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
         let mut collective: Box<dyn Collective> = match &self.world {
-            Some(world) => Box::new(TcpGroup::connect(
-                world,
-                run_fingerprint(&self.config),
-                Duration::from_secs(self.config.training.ddp_timeout),
-            )?),
+            Some(world) => {
+                let timeout = Duration::from_secs(self.config.training.ddp_timeout);
+                let tcp = TcpGroup::connect(world, run_fingerprint(&self.config), timeout)?;
+                match (self.config.training.ddp_backend, self.gpu) {
+                    (Some(DdpBackend::Nccl) | None, Some(ordinal)) => Box::new(NcclGroup::new(tcp, ordinal, timeout)?),
+                    (Some(DdpBackend::Nccl), None) => bail!(
+                        "[training] ddp_backend = \"nccl\" sums between CUDA GPUs: run with --device cuda, \
+                         or set ddp_backend = \"tcp\" (or leave it out) for this device"
+                    ),
+                    (Some(DdpBackend::Tcp) | None, _) => Box::new(tcp),
+                }
+            }
             None => Box::new(Solo),
         };
         let source = open_model(&self.config.model.path)?;

@@ -75,6 +75,12 @@ pub enum CollectiveError {
         timeout.as_secs()
     )]
     Timeout { rank: usize, timeout: Duration },
+    #[error(
+        "a rank did not reach the gradient sum within {} s: it hangs or is far behind \
+         (raise [training] ddp_timeout if its steps are that slow)",
+        timeout.as_secs()
+    )]
+    Stalled { timeout: Duration },
     #[error("rank {rank} sent {got} values where this rank has {expected}: the ranks run different models or settings")]
     Length { rank: usize, expected: usize, got: usize },
     #[error("rank {rank} {message}")]

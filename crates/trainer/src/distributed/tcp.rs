@@ -72,6 +72,28 @@ impl TcpGroup {
     }
 }
 
+impl TcpGroup {
+    /// Whether every rank this one is connected to still runs: for transports that cannot tell
+    /// (NCCL waits forever for a rank that died). A closed connection is [`CollectiveError::Left`].
+    pub fn check_peers(&mut self) -> Result<(), CollectiveError> {
+        let peers: Vec<(usize, &mut TcpStream)> = match &mut self.links {
+            Links::Hub(peers) => peers.iter_mut().enumerate().map(|(i, p)| (i + 1, p)).collect(),
+            Links::Spoke(hub) => vec![(0, hub)],
+        };
+        for (rank, peer) in peers {
+            let looked = peer.set_nonblocking(true).and_then(|()| peer.peek(&mut [0u8; 1]));
+            let _ = peer.set_nonblocking(false);
+            match looked {
+                Ok(0) => return Err(CollectiveError::Left { rank }),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(CollectiveError::Left { rank }),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collective for TcpGroup {
     fn rank(&self) -> usize {
         self.rank

@@ -32,7 +32,7 @@ use crate::memory;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// gemma-2b, gemma2-2b, gemma3-270m, gemma-7b (random weights, real shapes) or a model directory's config.
+    /// gemma-2b, gemma2-2b, gemma2-9b, gemma3-270m, gemma-7b (random weights, real shapes) or a model directory's config.
     #[arg(long, default_value = "gemma-2b")]
     pub arch: String,
     #[arg(long, default_value_t = 8)]

@@ -24,6 +24,14 @@ const SHAPES: &[(&str, &str)] = &[
             "rms_norm_eps": 1e-6, "rope_theta": 10000.0}"#,
     ),
     (
+        "gemma2-9b",
+        r#"{"model_type": "gemma2", "vocab_size": 256000, "hidden_size": 3584, "intermediate_size": 14336,
+            "num_hidden_layers": 42, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
+            "hidden_activation": "gelu_pytorch_tanh", "sliding_window": 4096, "query_pre_attn_scalar": 256,
+            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "max_position_embeddings": 8192,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0}"#,
+    ),
+    (
         "gemma3-270m",
         r#"{"model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
             "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
@@ -66,6 +74,7 @@ mod tests {
         assert!((billions("gemma-2b") - 2.51).abs() < 0.01, "{}", billions("gemma-2b"));
         assert!((billions("gemma2-2b") - 2.61).abs() < 0.01, "{}", billions("gemma2-2b"));
         assert!((billions("gemma-7b") - 8.54).abs() < 0.01, "{}", billions("gemma-7b"));
+        assert!((billions("gemma2-9b") - 9.24).abs() < 0.01, "{}", billions("gemma2-9b"));
         assert!(
             (billions("gemma3-270m") - 0.268).abs() < 0.002,
             "{}",
