@@ -230,3 +230,40 @@ fn a_rank_of_another_run_is_refused_at_once() {
     let stderr = String::from_utf8_lossy(&one.stderr);
     assert!(stderr.contains("refused by rank 0"), "{stderr}");
 }
+
+#[test]
+fn a_world_of_one_is_the_plain_run_and_ddp_backend_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (plain, ranked) = (dir.path().join("plain"), dir.path().join("ranked"));
+    succeed(ember(&write_config(dir.path(), &plain, 1, 2), &[]));
+    let rank_zero = |config: &Path, extra: &[&str]| {
+        let mut command = ember(config, extra);
+        command
+            .env("RANK", "0")
+            .env("WORLD_SIZE", "1")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string());
+        command
+    };
+    let config = write_config(dir.path(), &ranked, 1, 2);
+    succeed(rank_zero(&config, &[]));
+    assert_eq!(
+        std::fs::read(plain.join("checkpoint-2/adapter_model.safetensors")).unwrap(),
+        std::fs::read(ranked.join("checkpoint-2/adapter_model.safetensors")).unwrap(),
+        "torchrun's world of one trains as the plain run"
+    );
+
+    let output = rank_zero(&config, &["--set", "training.ddp_backend=\"nccl\""]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("ddp_backend = \"nccl\" sums between CUDA GPUs"), "{stderr}");
+    let output = rank_zero(&config, &["--set", "training.ddp_backend=\"gloo\""]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("ddp_backend") && stderr.contains("gloo"), "{stderr}");
+}

@@ -424,6 +424,23 @@ fn a_tcp_rank_that_ends_is_named_by_the_others() {
     assert!(matches!(error, CollectiveError::Left { rank: 1 }), "{error}");
 }
 
+/// What NCCL's sums rely on to learn that a rank died: the TCP links, looked at without a sum.
+#[test]
+fn tcp_links_tell_a_rank_that_ended_without_a_sum() {
+    let mut groups: Vec<TcpGroup> = tcp_ranks(3, &[1, 1, 1]).into_iter().map(|g| g.unwrap()).collect();
+    for group in &mut groups {
+        group.check_peers().unwrap();
+    }
+    drop(groups.pop());
+    let error = groups[0].check_peers().unwrap_err();
+    assert!(matches!(error, CollectiveError::Left { rank: 2 }), "{error}");
+    // Rank 1 sees only rank 0, which still runs.
+    groups[1].check_peers().unwrap();
+    drop(groups.remove(0));
+    let error = groups[0].check_peers().unwrap_err();
+    assert!(matches!(error, CollectiveError::Left { rank: 0 }), "{error}");
+}
+
 #[test]
 fn the_launch_environment_is_read_as_torchrun_sets_it() {
     let vars = |pairs: &'static [(&'static str, &'static str)]| {
