@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 use crate::linear::Linear;
-use crate::matmul::matmul;
+use crate::matmul::{matmul, matmul_transposed};
 use crate::model::GemmaModel;
 use crate::norm::RmsNorm;
 
@@ -81,7 +81,7 @@ impl<B: Backend> AltUp<B> {
         let [tokens, n, hidden] = x.dims();
         let active = x.clone().narrow(1, self.active_idx, 1).reshape([tokens, hidden]);
         let (modalities, router) = self.modalities(active);
-        let mix = matmul(modalities, self.coefs(&self.prediction_coefs, training).transpose()).reshape([tokens, n, n]);
+        let mix = matmul_transposed(modalities, self.coefs(&self.prediction_coefs, training)).reshape([tokens, n, n]);
         let predictions = matmul(mix.clone(), x.clone()) + x.clone();
         (predictions, PredictSaved { x, mix, router })
     }
@@ -111,7 +111,7 @@ impl<B: Backend> AltUp<B> {
     ) -> (Tensor<B, 3>, CorrectSaved<B>) {
         let [tokens, _, hidden] = predictions.dims();
         let (modalities, router) = self.modalities(activated.clone());
-        let coefs = matmul(modalities, self.coefs(&self.correction_coefs, training).transpose()) + 1.0;
+        let coefs = matmul_transposed(modalities, self.coefs(&self.correction_coefs, training)) + 1.0;
         let innovation = activated
             - predictions
                 .clone()

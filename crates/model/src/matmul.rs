@@ -32,22 +32,31 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
 /// `x · weightᵀ` for a weight stored `[out, in]` (transformers' layout), as [`matmul`]: every
 /// projection and the LM head.
 ///
+/// A single row (decoding a token) is multiplied as `weight · x`, `x` a column, so that no operand
+/// is transposed: burn 0.21's fusion runs a `[1, in]` row times a transposed weight, followed by
+/// elementwise ops, in its vector-matrix kernel `gemv_unit_perpendicular`, which ignores the
+/// weight's strides and reads it as if contiguous (the unfused launch copies it first). Gemma 3n
+/// decoded 2.2 off on WGPU from it (issue 18).
+///
 /// burn's ndarray (CPU) backend copies a transposed operand into row-major order before every
 /// product: decoding one token copied every weight of the model, the tied LM head's
 /// `[vocab, hidden]` included, and ran at 0.3 tokens/s on the Gemma 3 270M. There, when copying
-/// the activations costs less than copying the weight (few rows: decoding, small batches), this
+/// the activations costs less than copying the weight (a few rows: small batches), this
 /// computes `(weight · xᵀ)ᵀ`, the same products with the weight read in place.
 pub fn matmul_transposed<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>) -> Tensor<B, D> {
     let dims = x.dims();
     let [out, inner] = weight.dims();
     let rows: usize = dims[..D - 1].iter().product();
+    let mut shape = dims;
+    shape[D - 1] = out;
+    if rows == 1 {
+        return matmul(weight, x.reshape([inner, 1])).reshape(shape);
+    }
     if rows * (inner + out) >= inner * out || !copies_transposed_operands::<B>(&x.device()) {
         return matmul(x, weight.transpose().unsqueeze::<D>());
     }
     let columns = x.reshape([rows, inner]).transpose(); // [in, rows]
     let product = matmul(weight, columns).transpose(); // [rows, out]
-    let mut shape = dims;
-    shape[D - 1] = out;
     product.reshape(shape)
 }
 
@@ -110,7 +119,7 @@ mod tests {
         assert!(copies_transposed_operands::<NdArray>(&Default::default()));
         let device = Default::default();
         let weight = Tensor::<NdArray, 2>::random([300, 40], Distribution::Default, &device);
-        // One row (decoding) takes `(w · xᵀ)ᵀ`; 200 rows copy the weight as before.
+        // One row (decoding) takes `w · x`, x a column; 200 rows copy the weight as before.
         for rows in [1, 200] {
             let x = Tensor::<NdArray, 3>::random([1, rows, 40], Distribution::Default, &device);
             let expected = x.clone().matmul(weight.clone().transpose().unsqueeze::<3>());

@@ -9,9 +9,12 @@ use std::path::Path;
 
 use burn::backend::Wgpu;
 use burn::backend::wgpu::WgpuDevice;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use common::{
-    MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match_on, fixture,
+    B, MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match_on, fixture,
 };
+use ember_model::matmul_transposed;
 use ember_testkit::software_wgpu;
 
 type W = Wgpu<f32, i32>;
@@ -28,15 +31,10 @@ fn logits_match_transformers_on_wgpu() {
     }
 }
 
-/// Gemma 3n's KV-cache decoding on WGPU with burn's fusion (which the workspace build enables)
-/// gives other logits (2.2 off) though its full-sequence logits match and every model decodes
-/// right unfused (`cargo test -p ember-model`): a known fault, open in issue 18.
-const DECODES_WRONG_FUSED: &[&str] = &["gemma3n"];
-
 #[test]
 fn kv_cache_decoding_matches_transformers_on_wgpu() {
     let Some(device) = lavapipe() else { return };
-    for name in MODELS.iter().filter(|m| !DECODES_WRONG_FUSED.contains(*m)) {
+    for name in MODELS {
         assert_cached_decoding_matches::<W>(name, &device);
     }
 }
@@ -44,7 +42,31 @@ fn kv_cache_decoding_matches_transformers_on_wgpu() {
 #[test]
 fn greedy_generation_matches_transformers_on_wgpu() {
     let Some(device) = lavapipe() else { return };
-    for name in MODELS.iter().filter(|m| !DECODES_WRONG_FUSED.contains(*m)) {
+    for name in MODELS {
         assert_greedy_generation_matches::<W>(name, &device);
     }
+}
+
+/// One row times a transposed weight, then an elementwise op: what burn's fusion runs in a
+/// vector-matrix kernel that reads the transposed weight as if contiguous (issue 18: Gemma 3n
+/// decoded 2.2 off), and [`matmul_transposed`] avoids.
+#[test]
+fn a_row_times_a_transposed_weight_matches_the_cpu_on_wgpu() {
+    let Some(device) = lavapipe() else { return };
+    fn squared_product<Bk: Backend>(device: &Bk::Device) -> Vec<f32> {
+        let x: Vec<f32> = (0..64).map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0).collect();
+        let w: Vec<f32> = (0..128 * 64).map(|i| (i * 53 % 97) as f32 / 48.0 - 1.0).collect();
+        let x = Tensor::<Bk, 1>::from_data(x.as_slice(), device).reshape([1, 64]);
+        let w = Tensor::<Bk, 1>::from_data(w.as_slice(), device).reshape([128, 64]);
+        let product = matmul_transposed(x, w).square();
+        product.into_data().into_vec::<f32>().unwrap()
+    }
+    let expected = squared_product::<B>(&Default::default());
+    let found = squared_product::<W>(&device);
+    let worst = expected
+        .iter()
+        .zip(&found)
+        .map(|(e, f)| (e - f).abs() / e.abs().max(1.0))
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "relative difference {worst:e}");
 }
