@@ -258,11 +258,18 @@ fn a_world_of_one_is_the_plain_run_and_ddp_backend_is_checked() {
         "torchrun's world of one trains as the plain run"
     );
 
-    let output = rank_zero(&config, &["--set", "training.ddp_backend=\"nccl\""]).output().unwrap();
+    let output = rank_zero(&config, &["--set", "training.ddp_backend=\"nccl\""])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("ddp_backend = \"nccl\" sums between CUDA GPUs"), "{stderr}");
-    let output = rank_zero(&config, &["--set", "training.ddp_backend=\"gloo\""]).output().unwrap();
+    assert!(
+        stderr.contains("ddp_backend = \"nccl\" sums between CUDA GPUs"),
+        "{stderr}"
+    );
+    let output = rank_zero(&config, &["--set", "training.ddp_backend=\"gloo\""])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("ddp_backend") && stderr.contains("gloo"), "{stderr}");

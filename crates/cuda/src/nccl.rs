@@ -89,7 +89,9 @@ impl NcclGroup {
         if bytes == 0 {
             return Ok(());
         }
-        self.gpu.bind().map_err(|e| self.io("selecting the GPU", e.to_string()))?;
+        self.gpu
+            .bind()
+            .map_err(|e| self.io("selecting the GPU", e.to_string()))?;
         if self.buffer.as_ref().is_none_or(|b| b.bytes < bytes) {
             self.buffer = None;
             let buffer = Buffer::new(bytes).map_err(|e| self.io("allocating the sum's buffer", e.to_string()))?;
@@ -112,7 +114,8 @@ impl NcclGroup {
                 stream as _,
             )
             .map_err(|e| self.io("NCCL all-reduce", nccl_message(e.0)))?;
-            driver::memcpy_dtoh_async(values, ptr, stream).map_err(|e| self.io("copying from the GPU", e.to_string()))?;
+            driver::memcpy_dtoh_async(values, ptr, stream)
+                .map_err(|e| self.io("copying from the GPU", e.to_string()))?;
         }
         self.wait()?;
         tracing::debug!(bytes, seconds = started.elapsed().as_secs_f64(), "NCCL sum");
@@ -136,7 +139,10 @@ impl NcclGroup {
                 let mut state = sys::ncclResult_t::ncclSuccess;
                 // SAFETY: a live communicator; NCCL writes its asynchronous error state.
                 unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
-                if !matches!(state, sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress) {
+                if !matches!(
+                    state,
+                    sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress
+                ) {
                     return Err(self.io("NCCL", nccl_message(state)));
                 }
                 self.tcp.check_peers()?;
