@@ -340,8 +340,17 @@ pub fn attend_saving<B: Backend>(
     let groups = heads / kv_heads;
     // Fold the query heads of a group into the sequence axis so that each kv head is used
     // as is, without materialising `groups` copies of K and V.
-    let folded = q.clone().reshape([batch, kv_heads, groups * seq, head_dim]);
-    let scores = matmul(folded, k.clone().swap_dims(2, 3)).reshape([batch, heads, seq, kv_len]);
+    let scores = if groups * seq == 1 {
+        // One query row per kv head (decoding a token without grouped heads): `k · q` with q a
+        // column, no operand transposed. burn 0.21's fusion runs a row times a transposed
+        // operand, followed by elementwise ops, in a vector-matrix kernel that ignores the
+        // operand's strides (`matmul::matmul_transposed` says more; issue 18).
+        matmul(k.clone(), q.clone().reshape([batch, kv_heads, head_dim, 1]))
+    } else {
+        let folded = q.clone().reshape([batch, kv_heads, groups * seq, head_dim]);
+        matmul(folded, k.clone().swap_dims(2, 3))
+    }
+    .reshape([batch, heads, seq, kv_len]);
     let dtype = scores.dtype();
     let mut scores = scores.cast(DType::F32) * scaling;
     let mut capped = None;

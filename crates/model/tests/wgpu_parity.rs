@@ -9,12 +9,12 @@ use std::path::Path;
 
 use burn::backend::Wgpu;
 use burn::backend::wgpu::WgpuDevice;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData};
 use common::{
     B, MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match_on, fixture,
 };
-use ember_model::matmul_transposed;
+use ember_model::{attend, matmul_transposed};
 use ember_testkit::software_wgpu;
 
 type W = Wgpu<f32, i32>;
@@ -63,6 +63,34 @@ fn a_row_times_a_transposed_weight_matches_the_cpu_on_wgpu() {
     }
     let expected = squared_product::<B>(&Default::default());
     let found = squared_product::<W>(&device);
+    let worst = expected
+        .iter()
+        .zip(&found)
+        .map(|(e, f)| (e - f).abs() / e.abs().max(1.0))
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "relative difference {worst:e}");
+}
+
+/// The same kernel's fault in attention: one query row against each head's own keys (no
+/// grouping, as in Gemma 7B decoding one token), its scores scaled, masked and soft-maxed.
+#[test]
+fn one_query_row_attends_as_on_the_cpu_on_wgpu() {
+    let Some(device) = lavapipe() else { return };
+    fn attention<Bk: Backend>(device: &Bk::Device) -> Vec<f32> {
+        let values = |n: usize, a: usize, b: usize| -> Tensor<Bk, 1> {
+            let v: Vec<f32> = (0..n).map(|i| (i * a % b) as f32 / (b / 2) as f32 - 1.0).collect();
+            Tensor::from_data(v.as_slice(), device)
+        };
+        let q = values(4 * 16, 37, 101).reshape([1, 4, 1, 16]);
+        let k = values(4 * 24 * 16, 53, 97).reshape([1, 4, 24, 16]);
+        let v = values(4 * 24 * 16, 29, 89).reshape([1, 4, 24, 16]);
+        // Nothing masked but the last two keys (slots of a cache not filled yet).
+        let open: Vec<bool> = (0..24).map(|i| i >= 22).collect();
+        let mask = Tensor::<Bk, 4, Bool>::from_data(TensorData::new(open, [1, 1, 1, 24]), device);
+        attend(q, k, v, mask, 0.25, None).into_data().into_vec::<f32>().unwrap()
+    }
+    let expected = attention::<B>(&Default::default());
+    let found = attention::<W>(&device);
     let worst = expected
         .iter()
         .zip(&found)
