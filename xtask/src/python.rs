@@ -1,6 +1,6 @@
 //! The reference Python environment: PyTorch, transformers and PEFT from PyPI in a virtual
 //! environment beside the other assets, so that CI checks what Ember writes with the libraries
-//! it claims to interoperate with (`crates/lora-adapter/tests/roundtrip.rs`).
+//! it claims to interoperate with (`crates/lora-adapter/tests/it/roundtrip.rs`).
 //!
 //! PyPI's Linux `torch` wheel is the CUDA build and pulls NVIDIA's runtime wheels: about 3 GB
 //! to download once and 5.6 GB installed (measured 2026-12-01 on the 2-core CI machine: 15

@@ -1,6 +1,5 @@
 //! Shared helpers: the fixture checkpoints of `fixtures/models/` and their reference batch.
 
-#![allow(dead_code)] // each test binary uses a subset
 
 use std::path::{Path, PathBuf};
 

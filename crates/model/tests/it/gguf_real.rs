@@ -2,10 +2,8 @@
 //! its embedded tokenizer against Google's `tokenizer.json`, and the converted model's greedy
 //! continuation. Each test returns early, saying so, where the assets are absent.
 
-mod common;
-
 use burn::tensor::DType;
-use common::B;
+use crate::common::B;
 use ember_data::Tokenizer;
 use ember_model::gguf::{self, ConvertOptions, GgufFile, GgufFileType};
 use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig};
@@ -209,5 +207,5 @@ fn logits(model: &GemmaForCausalLM<B>, ids: &[u32]) -> Vec<f32> {
         positions: Tensor::<B, 1, Int>::arange(0..n as i64, &device).reshape([1, n]),
         mask: ember_model::AttentionMask::causal(1, 0, n, n, &device),
     };
-    common::to_vec(model.forward(input, None))
+    crate::common::to_vec(model.forward(input, None))
 }

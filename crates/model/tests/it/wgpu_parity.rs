@@ -3,15 +3,13 @@
 //! tolerance (1e-4; on lavapipe the worst |Δlogit| measured is 1.5e-5). CI runs them on Mesa's
 //! lavapipe, a software Vulkan driver (`ember_testkit::software_wgpu`).
 
-mod common;
-
 use std::path::Path;
 
 use burn::backend::Wgpu;
 use burn::backend::wgpu::WgpuDevice;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
-use common::{
+use crate::common::{
     B, MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match_on, fixture,
 };
 use ember_model::{attend, matmul_transposed};

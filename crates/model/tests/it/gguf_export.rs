@@ -2,12 +2,10 @@
 //! exports back to the same logits, and llama.cpp itself (node-llama-cpp's prebuilt binaries)
 //! continues prompts with Ember's greedy tokens.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Int, Tensor};
-use common::{B, fixture, to_vec};
+use crate::common::{B, fixture, to_vec};
 use ember_model::gguf::{GgufFile, GgufFileType, Value, export_gguf};
 use ember_model::{
     AttentionMask, ForwardInput, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig,
@@ -68,7 +66,7 @@ fn prompts(name: &str) -> Vec<Vec<u32>> {
 fn an_f32_export_reads_back_to_the_same_logits() {
     for &name in MODELS {
         let (_dir, path) = export(name, GgufFileType::F32);
-        let original = common::load(&fixture(name));
+        let original = crate::common::load(&fixture(name));
         let exported = load(&path);
         for ids in prompts(name) {
             let worst = ember_testkit::max_abs_diff(&logits(&original, &ids), &logits(&exported, &ids));

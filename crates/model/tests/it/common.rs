@@ -1,6 +1,5 @@
 //! Shared helpers for tests against the transformers fixtures in `fixtures/models/`.
 
-#![allow(dead_code)] // each test binary uses a subset
 
 use std::path::{Path, PathBuf};
 

@@ -2,12 +2,10 @@
 //! `gguf` package: dequantization of every type, metadata, broken files, and tiny Gemma, Gemma 2
 //! and Gemma 3 models stored as `convert_hf_to_gguf.py` stores them.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Int, Tensor};
-use common::{B, fixture, to_vec};
+use crate::common::{B, fixture, to_vec};
 use ember_model::gguf::{self, ConvertOptions, GgufFile, GgufWeights, Value};
 use ember_model::{AttentionMask, ForwardInput, GemmaConfig, GemmaForCausalLM, LoadOptions, ModelError, ModelSource};
 use safetensors::SafeTensors;

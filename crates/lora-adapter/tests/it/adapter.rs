@@ -1,12 +1,10 @@
 //! Adapter invariants: what trains, what a fresh adapter does, and that saving, loading,
 //! merging and exporting preserve the function the model computes.
 
-mod common;
-
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::DType;
-use common::{AD, B, Batch, load, model_dir, repo, to_vec};
+use crate::common::{AD, B, Batch, load, model_dir, repo, to_vec};
 use ember_lora::{
     Init, LoraConfig, LoraError, Targets, adapter_parameter_count, add_lora, export_checkpoint, load_adapter,
     merge_lora, save_adapter,

@@ -1,8 +1,6 @@
 //! Gemma's BOS and stop-token conventions on the fixture tokenizer.
 
-mod common;
-
-use common::fixture;
+use crate::common::fixture;
 use ember_data::{TextStream, Tokenizer};
 use ember_model::ModelSource;
 

@@ -1,12 +1,10 @@
 //! Checkpoint directories as they come: sharded, bf16 on disk, or broken. A broken one gives a
 //! one-line error naming the problem, never a panic.
 
-mod common;
-
 use std::path::Path;
 
 use burn::tensor::DType;
-use common::{B, copy_fixture};
+use crate::common::{B, copy_fixture};
 use ember_model::{GemmaForCausalLM, LoadOptions, ModelError};
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorView;
@@ -150,7 +148,7 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
-    common::assert_logits_match(dir.path(), "gemma2");
+    crate::common::assert_logits_match(dir.path(), "gemma2");
 }
 
 #[test]
@@ -182,7 +180,7 @@ fn bf16_checkpoint_is_converted_to_the_run_dtype() {
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 
-    let model = common::load(dir.path());
+    let model = crate::common::load(dir.path());
     let weight = model.model.layers[0]
         .mlp
         .up_proj

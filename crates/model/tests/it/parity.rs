@@ -1,9 +1,7 @@
 //! Ember against transformers: logits, KV-cache decoding and greedy generation on the
 //! fixture checkpoints (f32, CPU).
 
-mod common;
-
-use common::{
+use crate::common::{
     B, MODELS, MODELS_4X, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match,
     copy_fixture, fixture, load,
 };

@@ -5,14 +5,12 @@
 //! Ember's. The Python environment comes from `cargo xtask fetch-assets --with-python`
 //! (`cargo xtask test` makes it).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
 use burn::tensor::DType;
-use common::{B, Batch, load, model_dir, repo, to_vec};
+use crate::common::{B, Batch, load, model_dir, repo, to_vec};
 use ember_lora::{Init, LoraConfig, Targets, add_lora, export_checkpoint, merge_lora, save_adapter};
 use ember_model::ModelSource;
 use safetensors::tensor::TensorView;

@@ -3,12 +3,10 @@
 //! checkpoints as transformers saves them, and models loaded in 4 bits against transformers +
 //! bitsandbytes' logits.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
-use common::{B, TOLERANCE, fixture};
+use crate::common::{B, TOLERANCE, fixture};
 use ember_model::bnb::{
     Absmax, FourBit, FourBitConfig, FourBitWeight, NESTED_BLOCKSIZE, NestedAbsmax, QuantType, dynamic_map, nearest,
     quantize_blockwise,

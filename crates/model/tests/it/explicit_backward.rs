@@ -7,15 +7,13 @@
 //! stack, forward then backward in reverse, as a training step runs them: layers that share
 //! keys and values pass gradients between them.
 
-mod common;
-
 use std::sync::{Mutex, MutexGuard};
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
-use common::{B, MODELS, fixture, load_on};
+use crate::common::{B, MODELS, fixture, load_on};
 use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, Lora, cross_entropy_sum};
 
 type AD = Autodiff<B>;
