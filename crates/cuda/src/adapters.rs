@@ -13,6 +13,9 @@ use crate::error::Result;
 use crate::gemm::Elem;
 use crate::ops::Cuda;
 
+/// Where one projection's adapter lies in the packed buffer: (rank, A's offset, B's offset, scale).
+type Place = (usize, usize, usize, f32);
+
 /// Projection indices, in the order `ember_model::LayerGrads` uses.
 pub const Q: usize = 0;
 pub const K: usize = 1;
@@ -76,7 +79,7 @@ impl Adapters {
     pub fn pack(&mut self, cuda: &mut Cuda, model: &GemmaForCausalLM<CudaBackend>, elem: Elem) -> Result<()> {
         // Offsets (in elements) first; pointers once the buffer exists.
         let mut copies = Copies::default();
-        let mut places: Vec<[Option<(usize, usize, usize, f32)>; 7]> = Vec::new();
+        let mut places: Vec<[Option<Place>; 7]> = Vec::new();
         for layer in &model.model.layers {
             let linears = projections(layer);
             let mut place = [None; 7];

@@ -74,7 +74,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         if elem(dtype).is_err() {
             return Some(format!("they run in bf16 or f32, not {dtype:?}"));
         }
-        if model.config.head_dim % 2 != 0 {
+        if !model.config.head_dim.is_multiple_of(2) {
             return Some(format!("head_dim {} is odd", model.config.head_dim));
         }
         // The norm and GeGLU kernels read rows eight values at a time.
@@ -231,7 +231,7 @@ impl<'a> CudaBatch<'a> {
             .model
             .layers
             .iter()
-            .flat_map(|layer| projections(layer))
+            .flat_map(projections)
             .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
         allocate_exactly(&device);
         release_unused(&device);

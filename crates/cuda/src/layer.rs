@@ -242,6 +242,7 @@ pub struct KvSlot {
 }
 
 impl<'a> LayerRun<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         layer: &DecoderLayer<CudaBackend>,

@@ -224,6 +224,7 @@ impl Cuda {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)] // a kernel's launch arguments
     pub fn rms_norm(&mut self, e: Elem, x: u64, w: u64, y: u64, rows: usize, cols: usize, eps: f32) -> Result<()> {
         let name = pick(e, "rms_norm_f32", "rms_norm_bf16");
         self.launch(
@@ -449,6 +450,7 @@ impl Cuda {
 
     /// The final soft-cap `tanh(l / cap) · cap` over `n` logits, in place.
     /// `out[t] = table[ids[t]] · scale` for `tokens` i32 ids, rows of `hidden`.
+    #[allow(clippy::too_many_arguments)] // a kernel's launch arguments
     pub fn embed(
         &mut self,
         e: Elem,
@@ -605,7 +607,7 @@ impl Cuda {
         let group = s.heads / s.kv_heads;
         let blocks = tiles * s.kv_heads * s.batch;
         (1..=group)
-            .filter(|d| group % d == 0)
+            .filter(|d| group.is_multiple_of(*d))
             .find(|d| blocks * d >= 4 * self.gpu.sms)
             .unwrap_or(group)
     }

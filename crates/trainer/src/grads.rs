@@ -91,6 +91,7 @@ impl MicroBatch {
 /// loss, and with `offload` the layer inputs wait off the device; without checkpointing, burn's
 /// autodiff records the whole graph. With `phases`, the time of each phase is added to it (and,
 /// with `probe`, what the allocator holds at its end).
+#[allow(clippy::too_many_arguments)]
 pub fn accumulate<B: AutodiffBackend>(
     model: &GemmaForCausalLM<B>,
     batch: &MicroBatch,

@@ -186,7 +186,7 @@ fn run_steps<B: AutodiffBackend>(
                 outcome.loss
             )));
         }
-        let eval_due = args.eval_steps > 0 && step % args.eval_steps == 0;
+        let eval_due = args.eval_steps > 0 && step.is_multiple_of(args.eval_steps);
         let eval_loss = match eval_due {
             true => evaluate_now(&run, collective)?.map(|e| e.loss),
             false => None,
@@ -204,7 +204,7 @@ fn run_steps<B: AutodiffBackend>(
         if outcome.skipped {
             tracing::warn!("step {step}: non-finite loss or gradient, update skipped");
         }
-        if step % args.logging_steps.max(1) == 0 || step == total_steps || eval_loss.is_some() {
+        if step.is_multiple_of(args.logging_steps.max(1)) || step == total_steps || eval_loss.is_some() {
             if let Some(metrics) = &mut run.metrics {
                 metrics.write(&log)?;
             }
@@ -212,7 +212,7 @@ fn run_steps<B: AutodiffBackend>(
         }
         last_loss = Some(outcome.loss);
         let interrupted = sum_flag(collective, stop.load(Ordering::Relaxed))?;
-        if (args.save_steps > 0 && step % args.save_steps == 0) || step == total_steps || interrupted {
+        if (args.save_steps > 0 && step.is_multiple_of(args.save_steps)) || step == total_steps || interrupted {
             let state = TrainerState {
                 global_step: step,
                 loader: run.loader.position(),

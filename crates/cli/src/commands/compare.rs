@@ -92,6 +92,7 @@ impl TrainTask for Args {
         );
         let worst = found.worst();
         // Written so that NaN fails: no comparison with NaN is true.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(worst <= self.tolerance) {
             bail!(
                 "the logits differ by {worst:.3e}, more than --tolerance {:e}",

@@ -1,10 +1,10 @@
 //! Adapter invariants: what trains, what a fresh adapter does, and that saving, loading,
 //! merging and exporting preserve the function the model computes.
 
+use crate::common::{AD, B, Batch, load, model_dir, repo, to_vec};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::DType;
-use crate::common::{AD, B, Batch, load, model_dir, repo, to_vec};
 use ember_lora::{
     Init, LoraConfig, LoraError, Targets, adapter_parameter_count, add_lora, export_checkpoint, load_adapter,
     merge_lora, save_adapter,

@@ -1,6 +1,5 @@
 //! Shared helpers: the fixture checkpoints of `fixtures/models/` and their reference batch.
 
-
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};

@@ -2,8 +2,8 @@
 //! prebuilt binaries, `fixtures/run_llama_cpp.mjs`), continues prompts with the greedy tokens
 //! Ember computes with the PEFT adapter: for one alpha (plain), rsLoRA and per-module patterns.
 
-use burn::tensor::{DType, Int, Tensor};
 use crate::common::{B, model_dir, repo};
+use burn::tensor::{DType, Int, Tensor};
 use ember_lora::{export_gguf_lora, load_adapter};
 use ember_model::gguf::{GgufFile, GgufFileType, Value, export_gguf};
 use ember_model::{

@@ -1,9 +1,9 @@
 //! Ember against PEFT: adapters PEFT saved load in Ember and give PEFT's logits, loss and
 //! gradients (f32, CPU). Fixtures: `fixtures/make_lora_fixtures.py`.
 
+use crate::common::{AD, Batch, load, model_dir, relative_error, repo, to_vec};
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use crate::common::{AD, Batch, load, model_dir, relative_error, repo, to_vec};
 use ember_lora::load_adapter;
 use ember_model::{causal_lm_loss_sum, named_params};
 use ember_testkit::max_abs_diff;

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use burn::tensor::DType;
 use crate::common::{B, Batch, load, model_dir, repo, to_vec};
+use burn::tensor::DType;
 use ember_lora::{Init, LoraConfig, Targets, add_lora, export_checkpoint, merge_lora, save_adapter};
 use ember_model::ModelSource;
 use safetensors::tensor::TensorView;

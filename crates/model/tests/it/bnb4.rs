@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, TensorData};
 use crate::common::{B, TOLERANCE, fixture};
+use burn::tensor::{DType, TensorData};
 use ember_model::bnb::{
     Absmax, FourBit, FourBitConfig, FourBitWeight, NESTED_BLOCKSIZE, NestedAbsmax, QuantType, dynamic_map, nearest,
     quantize_blockwise,

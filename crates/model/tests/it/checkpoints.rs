@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use burn::tensor::DType;
 use crate::common::{B, copy_fixture};
+use burn::tensor::DType;
 use ember_model::{GemmaForCausalLM, LoadOptions, ModelError};
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorView;

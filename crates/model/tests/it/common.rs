@@ -1,6 +1,5 @@
 //! Shared helpers for tests against the transformers fixtures in `fixtures/models/`.
 
-
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;

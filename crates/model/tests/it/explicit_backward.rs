@@ -9,11 +9,11 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use crate::common::{B, MODELS, fixture, load_on};
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
-use crate::common::{B, MODELS, fixture, load_on};
 use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, Lora, cross_entropy_sum};
 
 type AD = Autodiff<B>;

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Int, Tensor};
 use crate::common::{B, fixture, to_vec};
+use burn::tensor::{DType, Int, Tensor};
 use ember_model::gguf::{self, ConvertOptions, GgufFile, GgufWeights, Value};
 use ember_model::{AttentionMask, ForwardInput, GemmaConfig, GemmaForCausalLM, LoadOptions, ModelError, ModelSource};
 use safetensors::SafeTensors;

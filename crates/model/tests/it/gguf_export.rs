@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Int, Tensor};
 use crate::common::{B, fixture, to_vec};
+use burn::tensor::{DType, Int, Tensor};
 use ember_model::gguf::{GgufFile, GgufFileType, Value, export_gguf};
 use ember_model::{
     AttentionMask, ForwardInput, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig,

@@ -2,8 +2,8 @@
 //! its embedded tokenizer against Google's `tokenizer.json`, and the converted model's greedy
 //! continuation. Each test returns early, saying so, where the assets are absent.
 
-use burn::tensor::DType;
 use crate::common::B;
+use burn::tensor::DType;
 use ember_data::Tokenizer;
 use ember_model::gguf::{self, ConvertOptions, GgufFile, GgufFileType};
 use ember_model::{GemmaForCausalLM, GenerationConfig, LoadOptions, ModelSource, SamplingConfig};

@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
+use crate::common::{
+    B, MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match_on, fixture,
+};
 use burn::backend::Wgpu;
 use burn::backend::wgpu::WgpuDevice;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
-use crate::common::{
-    B, MODELS, assert_cached_decoding_matches, assert_greedy_generation_matches, assert_logits_match_on, fixture,
-};
 use ember_model::{attend, matmul_transposed};
 use ember_testkit::software_wgpu;
 
