@@ -97,3 +97,28 @@ fn a_model_that_computes_nan_fails() {
     );
     assert!(stderr.contains("NaN"), "{stderr}");
 }
+
+/// The QLoRA round trip: the adapter Ember trained on bitsandbytes' NF4 checkpoint
+/// (`fixtures/bnb4/qlora.toml`) gives, on the CPU, the logits PEFT computed with it on
+/// transformers + bitsandbytes' load of the same checkpoint on an H200
+/// (`fixtures/check_bnb4_peft.py`; 1.7e-6 measured here, 1.1e-6 on the GPU's CUDA kernels).
+#[test]
+fn a_qlora_adapter_gives_pefts_logits_on_the_same_4bit_base() {
+    let bnb4 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/bnb4");
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["compare", "--device", "cpu", "--tolerance", "1e-4", "--model"])
+        .arg(bnb4.join("models/gemma3-nf4"))
+        .arg("--adapter")
+        .arg(bnb4.join("adapter"))
+        .arg("--reference")
+        .arg(bnb4.join("adapter/peft_reference.safetensors"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("same top token at 34/34"), "{stdout}");
+}
