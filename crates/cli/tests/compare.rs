@@ -115,10 +115,6 @@ fn a_qlora_adapter_gives_pefts_logits_on_the_same_4bit_base() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("same top token at 34/34"), "{stdout}");
 }
