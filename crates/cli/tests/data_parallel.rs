@@ -43,6 +43,25 @@ fn ember(config: &Path, extra: &[&str]) -> Command {
     command
 }
 
+/// A port no one listens on now, for a run's rank 0.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `command` as rank `rank` of `world`, with torchrun's environment (rank 0 on `port` here).
+fn as_rank(mut command: Command, rank: usize, world: usize, port: u16) -> Command {
+    command
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string());
+    command
+}
+
 fn succeed(mut command: Command) -> Output {
     let output = command.output().unwrap();
     assert!(
@@ -204,18 +223,10 @@ fn a_killed_rank_fails_the_run_on_every_rank() {
 #[test]
 fn a_rank_of_another_run_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let rank = |rank: usize, steps: usize| {
         let out = dir.path().join("out");
-        ember(&write_config(dir.path(), &out, 1, steps), &[])
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
+        as_rank(ember(&write_config(dir.path(), &out, 1, steps), &[]), rank, 2, port)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -234,22 +245,10 @@ fn a_rank_of_another_run_is_refused_at_once() {
 #[test]
 fn a_world_of_one_is_the_plain_run_and_ddp_backend_is_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let (plain, ranked) = (dir.path().join("plain"), dir.path().join("ranked"));
     succeed(ember(&write_config(dir.path(), &plain, 1, 2), &[]));
-    let rank_zero = |config: &Path, extra: &[&str]| {
-        let mut command = ember(config, extra);
-        command
-            .env("RANK", "0")
-            .env("WORLD_SIZE", "1")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string());
-        command
-    };
+    let rank_zero = |config: &Path, extra: &[&str]| as_rank(ember(config, extra), 0, 1, port);
     let config = write_config(dir.path(), &ranked, 1, 2);
     succeed(rank_zero(&config, &[]));
     assert_eq!(

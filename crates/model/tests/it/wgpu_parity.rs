@@ -59,14 +59,10 @@ fn a_row_times_a_transposed_weight_matches_the_cpu_on_wgpu() {
         let product = matmul_transposed(x, w).square();
         product.into_data().into_vec::<f32>().unwrap()
     }
-    let expected = squared_product::<B>(&Default::default());
-    let found = squared_product::<W>(&device);
-    let worst = expected
-        .iter()
-        .zip(&found)
-        .map(|(e, f)| (e - f).abs() / e.abs().max(1.0))
-        .fold(0f32, f32::max);
-    assert!(worst < 1e-5, "relative difference {worst:e}");
+    assert_as_on_the_cpu(
+        &squared_product::<B>(&Default::default()),
+        &squared_product::<W>(&device),
+    );
 }
 
 /// The same kernel's fault in attention: one query row against each head's own keys (no
@@ -87,11 +83,14 @@ fn one_query_row_attends_as_on_the_cpu_on_wgpu() {
         let mask = Tensor::<Bk, 4, Bool>::from_data(TensorData::new(open, [1, 1, 1, 24]), device);
         attend(q, k, v, mask, 0.25, None).into_data().into_vec::<f32>().unwrap()
     }
-    let expected = attention::<B>(&Default::default());
-    let found = attention::<W>(&device);
+    assert_as_on_the_cpu(&attention::<B>(&Default::default()), &attention::<W>(&device));
+}
+
+/// `found` (WGPU) within 1e-5 of `expected` (the CPU), relative to each value (at least 1).
+fn assert_as_on_the_cpu(expected: &[f32], found: &[f32]) {
     let worst = expected
         .iter()
-        .zip(&found)
+        .zip(found)
         .map(|(e, f)| (e - f).abs() / e.abs().max(1.0))
         .fold(0f32, f32::max);
     assert!(worst < 1e-5, "relative difference {worst:e}");
