@@ -70,9 +70,7 @@ impl TcpGroup {
         }
         Ok(())
     }
-}
 
-impl TcpGroup {
     /// Whether every rank this one is connected to still runs: for transports that cannot tell
     /// (NCCL waits forever for a rank that died). A closed connection is [`CollectiveError::Left`].
     pub fn check_peers(&mut self) -> Result<(), CollectiveError> {
