@@ -101,3 +101,62 @@ fn chat_asks_in_the_models_own_template() {
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("has no chat template"));
 }
+
+#[test]
+fn a_prompts_file_gives_each_prompt_what_it_gives_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.jsonl");
+    let prompts = [
+        "The capital of\nFrance is",
+        "Once",
+        "A much longer prompt, with a few more words in it",
+    ];
+    let lines = format!(
+        "{}\n\n{}\n{}\n",
+        serde_json::json!(prompts[0]),
+        serde_json::json!({"prompt": prompts[1], "id": 7}),
+        serde_json::json!(prompts[2])
+    );
+    std::fs::write(&file, lines).unwrap();
+    // Sampling too: each row draws from its own sampler of the same seed.
+    let sampling = ["--temperature", "0.9", "--seed", "3"];
+    let out = generate(
+        &[
+            &["--prompts-file", file.to_str().unwrap(), "--batch-size", "2"],
+            &sampling[..],
+        ]
+        .concat(),
+    );
+    let rows: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    for (row, prompt) in rows.iter().zip(prompts) {
+        let alone: serde_json::Value =
+            serde_json::from_str(stdout(&generate(&[&["--prompt", prompt, "--json"], &sampling[..]].concat())).trim())
+                .unwrap();
+        for key in ["prompt", "prompt_ids", "text", "token_ids", "stopped"] {
+            assert_eq!(row[key], alone[key], "{key} of {prompt:?}");
+        }
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 prompts"));
+}
+
+#[test]
+fn a_bad_prompts_file_is_refused_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.jsonl");
+    let refused = |lines: &str| {
+        std::fs::write(&file, lines).unwrap();
+        let out = generate(&["--prompts-file", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{lines:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let why = refused("\"fine\"\nnot json\n");
+    assert!(why.contains("prompts.jsonl:2") && why.contains("not JSON"), "{why}");
+    let why = refused("{\"text\": \"a\"}\n");
+    assert!(
+        why.contains("prompts.jsonl:1") && why.contains("no \"prompt\""),
+        "{why}"
+    );
+    let why = refused("\n\n");
+    assert!(why.contains("has no prompts"), "{why}");
+}

@@ -1,9 +1,10 @@
 //! Generation on Ember's kernels: each step runs the training forward's layer kernels on the
-//! new tokens (the prompt, then one token), their keys and values appended to a KV cache of
-//! fixed capacity that a decoding attention kernel reads, then the LM head on the last
-//! position. Sizes are run-time arguments everywhere: nothing compiles per token or length.
+//! new tokens (a prompt, or one token of each sequence being decoded), their keys and values
+//! appended to their sequences' KV caches of fixed capacity that a decoding attention kernel
+//! reads, then the LM head on the positions whose logits are wanted. Sizes, positions and
+//! sequences are run-time arguments everywhere: nothing compiles per token or length.
 
-use ember_model::{DecodeStep, GemmaForCausalLM, IGNORE_INDEX, ModelError};
+use ember_model::{BatchDecodeStep, DecodeStep, GemmaForCausalLM, IGNORE_INDEX, ModelError};
 use ember_trainer::grads::MicroBatch;
 
 use crate::adapters::Adapters;
@@ -13,8 +14,8 @@ use crate::driver::Buffer;
 use crate::error::{CudaError, Result};
 use crate::gemm::Elem;
 use crate::head::{HeadRun, head_logits};
-use crate::layer::{KvSlot, LayerRun, ModelWeights, forward};
-use crate::ops::Cuda;
+use crate::layer::{LayerRun, ModelWeights, forward};
+use crate::ops::{Cuda, DecodeCache};
 use crate::scratch::{Dims, Scratch};
 
 /// One generation's state on the device.
@@ -25,11 +26,11 @@ pub struct CudaDecoder<'a> {
     adapters: Adapters,
     weights: ModelWeights,
     scratch: Scratch,
-    /// Per layer: keys then values, `[capacity, kv_heads · head_dim]` each.
+    /// Per layer: keys then values, each `[rows, capacity, kv_heads · head_dim]`.
     cache: Buffer,
     capacity: usize,
-    /// Positions filled.
-    len: usize,
+    /// Positions filled, per sequence.
+    lens: Vec<usize>,
     /// The step's tokens, rewritten every step.
     data: BatchData,
     /// The hidden states between layers, `[tokens, hidden]` each (in, out).
@@ -38,16 +39,21 @@ pub struct CudaDecoder<'a> {
 }
 
 impl<'a> CudaDecoder<'a> {
-    /// A decoder for up to `capacity` positions whose largest step (the prompt) has
-    /// `max_step` tokens.
-    pub fn new(model: &'a GemmaForCausalLM<CudaBackend>, capacity: usize, max_step: usize) -> Result<Self> {
+    /// A decoder of `rows` sequences of up to `capacity` positions each, whose largest step
+    /// (a prompt, or a token of every sequence) has `max_step` tokens.
+    pub fn new(
+        model: &'a GemmaForCausalLM<CudaBackend>,
+        rows: usize,
+        capacity: usize,
+        max_step: usize,
+    ) -> Result<Self> {
         let config = &model.config;
         let device = model.model.embed_tokens.weight.device();
         let e = elem(model.dtype())?;
         let mut cuda = Cuda::new(device.index)?;
         let mut adapters = Adapters::new();
         adapters.pack(&mut cuda, model, e)?;
-        let dims = Dims::new(config, max_step.max(1), adapters.ranks(), e, false);
+        let dims = Dims::new(config, max_step.max(rows).max(1), adapters.ranks(), e, false);
         let kv = config.num_key_value_heads * config.head_dim;
         // The weights' last writes (loading, packing) may still be queued on burn's stream.
         wait_for_burn(&device)?;
@@ -58,44 +64,68 @@ impl<'a> CudaDecoder<'a> {
             data: BatchData::with_capacity(config, dims.tokens)?,
             weights: ModelWeights::hold(&cuda, model, e)?,
             scratch: Scratch::new(dims)?,
-            cache: Buffer::new(layers * 2 * capacity * kv * e.size())?,
+            cache: Buffer::new(layers * 2 * rows * capacity * kv * e.size())?,
             capacity,
-            len: 0,
+            lens: vec![0; rows],
             hidden: [
                 Buffer::new(dims.tokens * config.hidden_size * e.size())?,
                 Buffer::new(dims.tokens * config.hidden_size * e.size())?,
             ],
-            logits: Buffer::new(config.vocab_size * e.size())?,
+            logits: Buffer::new(rows * config.vocab_size * e.size())?,
             cuda,
             adapters,
         })
     }
 
-    /// Layer `layer`'s cache, appended to at `start`.
-    fn slot(&self, layer: usize, start: usize) -> KvSlot {
+    /// Layer `layer`'s caches, for a step laid out in `self.data`.
+    fn layer_cache(&self, layer: usize) -> DecodeCache {
         let c = &self.model.config;
-        let part = (self.capacity * c.num_key_value_heads * c.head_dim * self.elem.size()) as u64;
+        let seq_stride = self.capacity * c.num_key_value_heads * c.head_dim;
+        let part = (self.lens.len() * seq_stride * self.elem.size()) as u64;
         let k = self.cache.ptr + 2 * layer as u64 * part;
-        KvSlot { k, v: k + part, start }
+        DecodeCache {
+            k,
+            v: k + part,
+            seq_stride,
+            positions: self.data.positions,
+            segments: self.data.segments,
+        }
     }
 
-    fn run(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let (n, start) = (ids.len(), self.len);
-        if start + n > self.capacity || n > self.scratch.dims.tokens {
+    /// Appends `tokens` (`(row, token)`, a row's tokens in order) to their sequences and
+    /// returns the logits of the step's last `outputs` tokens, `[outputs, vocab]` row-major.
+    fn run(&mut self, tokens: &[(usize, u32)], outputs: usize) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        if n == 0 || n > self.scratch.dims.tokens || outputs > n.min(self.lens.len()) {
             return Err(CudaError::Unsupported(format!(
-                "a step of {n} tokens at position {start} exceeds the decoder's capacity of {} \
-                 positions or {} tokens a step",
-                self.capacity, self.scratch.dims.tokens
+                "a step of {n} tokens ({outputs} logits) exceeds the decoder's {} tokens a step",
+                self.scratch.dims.tokens
             )));
+        }
+        let mut lens = self.lens.clone();
+        let mut positions = Vec::with_capacity(n);
+        for &(row, _) in tokens {
+            let len = lens.get_mut(row).ok_or_else(|| {
+                CudaError::Unsupported(format!("sequence {row} of a decoder of {} sequences", self.lens.len()))
+            })?;
+            if *len >= self.capacity {
+                return Err(CudaError::Unsupported(format!(
+                    "sequence {row} is full: its KV cache holds {} positions",
+                    self.capacity
+                )));
+            }
+            positions.push(*len as i64);
+            *len += 1;
         }
         self.cuda.gpu.bind()?;
         let config = &self.model.config;
+        // Each token's segment is its sequence (1-based): the decoding kernels read it.
         let step = MicroBatch {
             batch: 1,
             seq: n,
-            input_ids: ids.iter().map(|&id| id as i64).collect(),
-            segments: vec![1; n],
-            positions: (start..start + n).map(|p| p as i64).collect(),
+            input_ids: tokens.iter().map(|&(_, id)| id as i64).collect(),
+            segments: tokens.iter().map(|&(row, _)| row as i64 + 1).collect(),
+            positions,
             targets: vec![IGNORE_INDEX; n],
             num_trained_tokens: 0,
             seed: 0,
@@ -119,7 +149,7 @@ impl<'a> CudaDecoder<'a> {
                 config.rms_norm_eps,
                 [None; 7],
             );
-            run.cache = Some(self.slot(index, start));
+            run.cache = Some(self.layer_cache(index));
             forward(&mut self.cuda, &self.scratch, &run, x, y)?;
             std::mem::swap(&mut x, &mut y);
         }
@@ -127,24 +157,24 @@ impl<'a> CudaDecoder<'a> {
             norm: self.weights.final_norm,
             head: self.weights.head,
             targets: data.targets,
-            tokens: 1,
+            tokens: outputs,
             cap: config.final_logit_softcapping.unwrap_or(0.0) as f32,
             eps: config.rms_norm_eps as f32,
             normaliser: 1.0,
         };
-        let last = x + ((n - 1) * config.hidden_size * self.elem.size()) as u64;
+        let last = x + ((n - outputs) * config.hidden_size * self.elem.size()) as u64;
         head_logits(&mut self.cuda, &self.scratch, &head, last, self.logits.ptr)?;
         self.cuda.finish()?;
-        self.len += n;
-        let vocab = config.vocab_size;
+        self.lens = lens;
+        let values = outputs * config.vocab_size;
         match self.elem {
             Elem::F32 => {
-                let mut logits = vec![0f32; vocab];
+                let mut logits = vec![0f32; values];
                 self.cuda.gpu.download(&mut logits, self.logits.ptr)?;
                 Ok(logits)
             }
             Elem::Bf16 => {
-                let mut bits = vec![0u16; vocab];
+                let mut bits = vec![0u16; values];
                 self.cuda.gpu.download(&mut bits, self.logits.ptr)?;
                 Ok(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect())
             }
@@ -152,8 +182,25 @@ impl<'a> CudaDecoder<'a> {
     }
 }
 
+fn generation_error(e: CudaError) -> ModelError {
+    ModelError::Generation(e.to_string())
+}
+
 impl DecodeStep for CudaDecoder<'_> {
     fn step(&mut self, ids: &[u32]) -> ember_model::Result<Vec<f32>> {
-        self.run(ids).map_err(|e| ModelError::Generation(e.to_string()))
+        BatchDecodeStep::prefill(self, 0, ids)
+    }
+}
+
+impl BatchDecodeStep for CudaDecoder<'_> {
+    fn prefill(&mut self, row: usize, ids: &[u32]) -> ember_model::Result<Vec<f32>> {
+        let tokens: Vec<(usize, u32)> = ids.iter().map(|&id| (row, id)).collect();
+        self.run(&tokens, 1).map_err(generation_error)
+    }
+
+    fn step(&mut self, tokens: &[(usize, u32)]) -> ember_model::Result<Vec<Vec<f32>>> {
+        let vocab = self.model.config.vocab_size;
+        let logits = self.run(tokens, tokens.len()).map_err(generation_error)?;
+        Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
     }
 }

@@ -6,7 +6,9 @@ use std::cell::{Cell, RefCell, RefMut};
 
 use burn::tensor::{DType, Tensor};
 use cubecl::cuda::CudaDevice;
-use ember_model::{DecodeStep, Family, GemmaConfig, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads};
+use ember_model::{
+    BatchDecodeStep, DecodeStep, Family, GemmaConfig, GemmaForCausalLM, LayerGrads, LayerKeep, LoraGrads,
+};
 use ember_trainer::estimate::{StepShape, burn_step_bytes};
 use ember_trainer::grads::{AdapterGrads, MicroBatch};
 use ember_trainer::kernels::{BatchKernels, Offloaded, TrainKernels};
@@ -162,8 +164,25 @@ impl TrainKernels<CudaBackend> for CudaKernels {
             return None;
         }
         Some(
-            CudaDecoder::new(model, capacity, max_step)
+            CudaDecoder::new(model, 1, capacity, max_step)
                 .map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>)
+                .map_err(Into::into),
+        )
+    }
+
+    fn batch_decoder<'a>(
+        &'a self,
+        model: &'a GemmaForCausalLM<CudaBackend>,
+        rows: usize,
+        capacity: usize,
+        max_prompt: usize,
+    ) -> Option<ember_trainer::Result<Box<dyn BatchDecodeStep + 'a>>> {
+        if self.unsupported(model).is_some() || model.config.head_dim > 256 {
+            return None;
+        }
+        Some(
+            CudaDecoder::new(model, rows, capacity, max_prompt)
+                .map(|d| Box::new(d) as Box<dyn BatchDecodeStep + 'a>)
                 .map_err(Into::into),
         )
     }

@@ -19,7 +19,7 @@ use crate::bridge::{CudaBackend, Held, Holds};
 use crate::driver::Buffer;
 use crate::error::{CudaError, Result};
 use crate::gemm::{Elem, Mat};
-use crate::ops::{AttnIo, AttnShape, Cuda, FourBitPtrs};
+use crate::ops::{AttnIo, AttnShape, Cuda, DecodeCache, FourBitPtrs};
 use crate::scratch::{Dims, Scratch};
 
 /// A layer's frozen tensors' pointers, valid while the micro-batch holds them.
@@ -227,18 +227,10 @@ pub struct LayerRun<'a> {
     pub eps: f32,
     /// Each projection's LoRA dropout mask (f32 `[tokens, in]` of 0/1) and keep probability.
     pub keep: [Option<(u64, f32)>; 7],
-    /// Generation: the layer's KV cache, which this run's keys and values extend and its
-    /// attention reads ([`KvSlot`]); `None` in training.
-    pub cache: Option<KvSlot>,
-}
-
-/// One layer's KV cache: keys and values `[capacity, kv_heads · head_dim]` after RoPE (and
-/// Gemma 3's key norm), positions `0..start` already filled; a run appends its tokens at `start`.
-#[derive(Debug, Clone, Copy)]
-pub struct KvSlot {
-    pub k: u64,
-    pub v: u64,
-    pub start: usize,
+    /// Generation: the layer's KV caches (keys and values after RoPE and Gemma 3's key norm),
+    /// which this run's keys and values extend, each token at its position in its sequence's
+    /// cache, and which its attention reads; `None` in training.
+    pub cache: Option<DecodeCache>,
 }
 
 impl<'a> LayerRun<'a> {
@@ -389,11 +381,8 @@ fn attention_block(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, attend: b
     let io = attn_io(s, run);
     match run.cache {
         Some(cache) => {
-            let kv_row = a.kv_heads * a.head_dim * e.size();
-            let at = (cache.start * kv_row) as u64;
-            cx.gpu.copy(cache.k + at, p.k, n * kv_row)?;
-            cx.gpu.copy(cache.v + at, p.v, n * kv_row)?;
-            cx.attention_decode(e, *a, p.q, cache.k, cache.v, io.o, cache.start)?;
+            cx.kv_append(e, p.k, p.v, cache, n, a.kv_heads * a.head_dim)?;
+            cx.attention_decode(e, *a, p.q, cache, io.o)?;
         }
         None if attend || s.saved_attention(run.index).is_none() => cx.attention_forward(e, *a, io)?,
         None => {}

@@ -50,6 +50,18 @@ pub struct AttnShape {
     pub cap: f32,
 }
 
+/// Generation's KV caches of one layer, as the decoding kernels read them: keys and values of
+/// every sequence (`seq_stride` elements apart), and the step's per-token positions and
+/// 1-based sequence numbers (device i32 arrays).
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeCache {
+    pub k: u64,
+    pub v: u64,
+    pub seq_stride: usize,
+    pub positions: u64,
+    pub segments: u64,
+}
+
 impl AttnShape {
     fn args(&self) -> [Arg; 7] {
         [
@@ -136,6 +148,7 @@ fn category(kernel: &str) -> &'static str {
         "pack" => "adapter packing",
         "dropout" => "lora dropout",
         "dequant4" => "4-bit dequantization",
+        "kv" => "attention decode",
         _ if kernel.contains("forward") => "attention forward",
         _ if kernel.contains("decode") => "attention decode",
         _ => "attention backward",
@@ -563,33 +576,27 @@ impl Cuda {
         }
     }
 
-    /// Attention of the `s.seq` new tokens in `q` (positions `start..`) against a KV cache
-    /// `k`, `v` (`[capacity, kv_heads · head_dim]`, positions `0..start + s.seq` filled), into
-    /// `o`: generation's attention (one sequence, no segments).
+    /// Attention of a step's `s.seq` new tokens in `q` against their sequences' KV caches `k`,
+    /// `v` (`[capacity, kv_heads · head_dim]` each, `seq_stride` elements apart), into `o`:
+    /// generation's attention. Token `t` belongs to sequence `segments[t] - 1` and sits at
+    /// `positions[t]` (device i32 arrays), its cache filled up to there.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_decode(
-        &mut self,
-        e: Elem,
-        s: AttnShape,
-        q: u64,
-        k: u64,
-        v: u64,
-        o: u64,
-        start: usize,
-    ) -> Result<()> {
+    pub fn attention_decode(&mut self, e: Elem, s: AttnShape, q: u64, cache: DecodeCache, o: u64) -> Result<()> {
         if s.head_dim > 256 || s.batch != 1 {
             return Err(CudaError::Unsupported(format!(
-                "decoding attention takes one sequence and head_dim up to 256, not {} and {}",
+                "decoding attention takes one row of new tokens and head_dim up to 256, not {} and {}",
                 s.batch, s.head_dim
             )));
         }
         let name = pick(e, "attention_decode_f32", "attention_decode_bf16");
         let args = [
             Ptr(q),
-            Ptr(k),
-            Ptr(v),
+            Ptr(cache.k),
+            Ptr(cache.v),
             Ptr(o),
-            I32(start as i32),
+            Ptr(cache.positions),
+            Ptr(cache.segments),
+            I64(cache.seq_stride as i64),
             I32(s.heads as i32),
             I32(s.kv_heads as i32),
             I32(s.head_dim as i32),
@@ -598,6 +605,31 @@ impl Cuda {
             F32(s.cap),
         ];
         self.launch(name, (s.seq as u32, s.heads as u32, 1), 256, 0, &args)
+    }
+
+    /// Writes a step's `tokens` keys and values (`[tokens, row]` each) into their sequences'
+    /// caches at their positions (see [`Cuda::attention_decode`]).
+    pub fn kv_append(
+        &mut self,
+        e: Elem,
+        k_new: u64,
+        v_new: u64,
+        cache: DecodeCache,
+        tokens: usize,
+        row: usize,
+    ) -> Result<()> {
+        let name = pick(e, "kv_append_f32", "kv_append_bf16");
+        let args = [
+            Ptr(k_new),
+            Ptr(v_new),
+            Ptr(cache.k),
+            Ptr(cache.v),
+            Ptr(cache.positions),
+            Ptr(cache.segments),
+            I64(cache.seq_stride as i64),
+            I32(row as i32),
+        ];
+        self.launch(name, (tokens as u32, 1, 1), 256, 0, &args)
     }
 
     /// Into how many shares the dK/dV kernel splits each group of query heads: the fewest that

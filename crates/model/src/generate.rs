@@ -52,16 +52,44 @@ impl<D: DecodeStep + ?Sized> DecodeStep for Box<D> {
     }
 }
 
-/// The generation loop of [`GemmaForCausalLM::generate`] over any [`DecodeStep`]: checks the
-/// prompt against the model's vocabulary and context, sizes the KV cache (`start` receives its
-/// capacity), then samples token by token until `max_new_tokens` or a stop token.
-pub fn generate_with<D: DecodeStep>(
-    model: &GemmaConfig,
-    prompt: &[u32],
-    config: &GenerationConfig,
-    start: impl FnOnce(usize) -> Result<D>,
-    mut on_token: impl FnMut(u32) -> Result<()>,
-) -> Result<Vec<u32>> {
+/// The model side of batched generation: `rows` sequences, each with its own KV cache, whose
+/// decoding steps run together (one token of each, so weights are read once per step for all).
+pub trait BatchDecodeStep {
+    /// Appends `ids` (a prompt) to sequence `row` and returns the logits of the last of them.
+    fn prefill(&mut self, row: usize, ids: &[u32]) -> Result<Vec<f32>>;
+    /// Appends one token to each listed sequence (`(row, token)`, distinct rows) and returns
+    /// each one's logits, in order.
+    fn step(&mut self, tokens: &[(usize, u32)]) -> Result<Vec<Vec<f32>>>;
+}
+
+impl<D: BatchDecodeStep + ?Sized> BatchDecodeStep for Box<D> {
+    fn prefill(&mut self, row: usize, ids: &[u32]) -> Result<Vec<f32>> {
+        (**self).prefill(row, ids)
+    }
+
+    fn step(&mut self, tokens: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
+        (**self).step(tokens)
+    }
+}
+
+/// Batched generation on decoders of one sequence each, for kernels without a batched
+/// decoder: each row steps alone.
+pub struct RowByRow<D>(pub Vec<D>);
+
+impl<D: DecodeStep> BatchDecodeStep for RowByRow<D> {
+    fn prefill(&mut self, row: usize, ids: &[u32]) -> Result<Vec<f32>> {
+        self.0[row].step(ids)
+    }
+
+    fn step(&mut self, tokens: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
+        tokens.iter().map(|&(row, token)| self.0[row].step(&[token])).collect()
+    }
+}
+
+/// How many new tokens `prompt` may get: `max_new_tokens`, less what the model's context
+/// leaves no room for. Refuses an empty prompt, ids outside the vocabulary and a prompt that
+/// fills the context.
+fn new_token_budget(model: &GemmaConfig, prompt: &[u32], max_new_tokens: usize) -> Result<usize> {
     if prompt.is_empty() {
         return Err(ModelError::Generation("the prompt is empty".into()));
     }
@@ -79,19 +107,36 @@ pub fn generate_with<D: DecodeStep>(
             prompt.len()
         )));
     }
-    let max_new_tokens = config.max_new_tokens.min(context - prompt.len());
-    if max_new_tokens < config.max_new_tokens {
+    let budget = max_new_tokens.min(context - prompt.len());
+    if budget < max_new_tokens {
         tracing::warn!(
-            "at most {max_new_tokens} new tokens: the prompt's {} and the model's context of {context} \
-             (max_position_embeddings) leave no room for {}",
+            "at most {budget} new tokens: the prompt's {} and the model's context of {context} \
+             (max_position_embeddings) leave no room for {max_new_tokens}",
             prompt.len(),
-            config.max_new_tokens
         );
     }
+    Ok(budget)
+}
+
+/// A KV cache's positions for `longest` prompt + new tokens: rounded up so that prompts of
+/// similar length share compiled GPU kernels, within the model's context.
+fn cache_capacity(model: &GemmaConfig, longest: usize) -> usize {
+    longest.next_multiple_of(256).min(model.max_position_embeddings)
+}
+
+/// The generation loop of [`GemmaForCausalLM::generate`] over any [`DecodeStep`]: checks the
+/// prompt against the model's vocabulary and context, sizes the KV cache (`start` receives its
+/// capacity), then samples token by token until `max_new_tokens` or a stop token.
+pub fn generate_with<D: DecodeStep>(
+    model: &GemmaConfig,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    start: impl FnOnce(usize) -> Result<D>,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    let max_new_tokens = new_token_budget(model, prompt, config.max_new_tokens)?;
     let mut sampler = Sampler::new(config.sampling.clone());
-    // Rounded up so that prompts of similar length share compiled GPU kernels.
-    let capacity = (prompt.len() + max_new_tokens).next_multiple_of(256).min(context);
-    let mut decoder = start(capacity)?;
+    let mut decoder = start(cache_capacity(model, prompt.len() + max_new_tokens))?;
     let mut step_input = prompt.to_vec();
     let mut generated = Vec::new();
     while generated.len() < max_new_tokens {
@@ -104,6 +149,67 @@ pub fn generate_with<D: DecodeStep>(
         step_input = vec![token];
     }
     Ok(generated)
+}
+
+/// [`generate_with`] for several prompts at once over a [`BatchDecodeStep`] (`start` receives
+/// the rows and the KV caches' capacity): each prompt is prefilled alone, then every unfinished
+/// row advances by one token per step. Each row samples with its own sampler from the same
+/// seed, so a prompt's tokens are those [`generate_with`] gives it alone. `on_token` sees
+/// `(row, token)` as each is chosen.
+pub fn generate_batch_with<D: BatchDecodeStep>(
+    model: &GemmaConfig,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    start: impl FnOnce(usize, usize) -> Result<D>,
+    mut on_token: impl FnMut(usize, u32) -> Result<()>,
+) -> Result<Vec<Vec<u32>>> {
+    if prompts.is_empty() {
+        return Err(ModelError::Generation("there are no prompts".into()));
+    }
+    let budgets = prompts
+        .iter()
+        .enumerate()
+        .map(|(row, prompt)| {
+            new_token_budget(model, prompt, config.max_new_tokens).map_err(|e| match e {
+                ModelError::Generation(why) => ModelError::Generation(format!("prompt {}: {why}", row + 1)),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let longest = prompts
+        .iter()
+        .zip(&budgets)
+        .map(|(p, n)| p.len() + n)
+        .max()
+        .unwrap_or(0);
+    let mut decoder = start(prompts.len(), cache_capacity(model, longest))?;
+    let mut samplers: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(config.sampling.clone())).collect();
+    let mut generated = vec![Vec::new(); prompts.len()];
+    let mut take = |row: usize, token: u32, generated: &mut Vec<Vec<u32>>| {
+        generated[row].push(token);
+        on_token(row, token)
+    };
+    for (row, prompt) in prompts.iter().enumerate() {
+        let token = samplers[row].sample(&decoder.prefill(row, prompt)?);
+        take(row, token, &mut generated)?;
+    }
+    loop {
+        let live: Vec<(usize, u32)> = generated
+            .iter()
+            .enumerate()
+            .filter_map(|(row, tokens)| {
+                let last = *tokens.last()?;
+                (tokens.len() < budgets[row] && !config.stop_tokens.contains(&last)).then_some((row, last))
+            })
+            .collect();
+        if live.is_empty() {
+            return Ok(generated);
+        }
+        for ((row, _), logits) in live.iter().zip(decoder.step(&live)?) {
+            let token = samplers[*row].sample(&logits);
+            take(*row, token, &mut generated)?;
+        }
+    }
 }
 
 /// [`DecodeStep`] in burn's ops, with [`KvCache`].

@@ -50,7 +50,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{Activation, Family, GemmaConfig, LayerType, Moe, PerLayerInputs, Rope};
 pub use embedding::Embedding;
 pub use error::{ModelError, Result};
-pub use generate::{DecodeStep, GenerationConfig, generate_with};
+pub use generate::{BatchDecodeStep, DecodeStep, GenerationConfig, RowByRow, generate_batch_with, generate_with};
 pub use head_loss::HEAD_CHUNK_ROWS;
 pub use kv_share::SharedKv;
 pub use laurel::Laurel;

@@ -8,7 +8,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorCreationOptions, TensorData};
-use ember_model::{DecodeStep, GemmaConfig, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep};
+use ember_model::{BatchDecodeStep, DecodeStep, GemmaConfig, GemmaForCausalLM, LayerContext, LayerGrads, LayerKeep};
 
 use crate::error::Result;
 use crate::estimate::{StepShape, burn_step_bytes};
@@ -55,6 +55,19 @@ pub trait TrainKernels<B: Backend> {
         _capacity: usize,
         _max_step: usize,
     ) -> Option<Result<Box<dyn DecodeStep + 'a>>> {
+        None
+    }
+
+    /// Batched generation on these kernels, where they have it: `rows` sequences with KV caches
+    /// of `capacity` positions each, prompts of at most `max_prompt` tokens. Without it,
+    /// callers step [`TrainKernels::decoder`]s a row at a time.
+    fn batch_decoder<'a>(
+        &'a self,
+        _model: &'a GemmaForCausalLM<B>,
+        _rows: usize,
+        _capacity: usize,
+        _max_prompt: usize,
+    ) -> Option<Result<Box<dyn BatchDecodeStep + 'a>>> {
         None
     }
 

@@ -7,7 +7,8 @@ use burn::tensor::backend::Backend;
 use ember_data::{ChatMessage, TextStream, Tokenizer, apply_chat_template};
 use ember_model::bnb::FourBitConfig;
 use ember_model::{
-    DecodeStep, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelError, ModelSource, SamplingConfig, generate_with,
+    BatchDecodeStep, DecodeStep, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelError, ModelSource, RowByRow,
+    SamplingConfig, generate_with,
 };
 use ember_trainer::kernels::TrainKernels;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,11 +26,20 @@ pub struct Args {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Text to continue; `<bos>` is added once.
-    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    #[arg(long, required_unless_present_any = ["prompt_file", "prompts_file"], conflicts_with_all = ["prompt_file", "prompts_file"])]
     pub prompt: Option<String>,
     /// Read the text to continue from this file (as is: a trailing newline is part of it).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompts_file")]
     pub prompt_file: Option<PathBuf>,
+    /// Continue many prompts, `--batch-size` at a time: a JSON Lines file, each line a JSON
+    /// string or an object with a "prompt" string. Prints one JSON object per prompt, in order
+    /// (as `--json` does for one), then the speed on stderr.
+    #[arg(long)]
+    pub prompts_file: Option<PathBuf>,
+    /// With `--prompts-file`: how many prompts decode together (each step reads the weights
+    /// once for all of them; Ember's CUDA kernels batch them, other kernels step each alone).
+    #[arg(long, default_value_t = 8, value_parser = ranges::at_least_one)]
+    pub batch_size: usize,
     /// Print one JSON object when done instead of streaming text: the prompt, the new text,
     /// both as token ids, and the speed.
     #[arg(long)]
@@ -74,6 +84,9 @@ impl TrainTask for Args {
     fn run<B: Backend>(self, device: B::Device, dtype: DType, kernels: &dyn TrainKernels<B>) -> Result<()> {
         let source = open_model(&self.model)?;
         let tokenizer = source.tokenizer()?;
+        if let Some(path) = &self.prompts_file {
+            return crate::commands::generate_many::run::<B>(&self, path, &source, &tokenizer, device, dtype, kernels);
+        }
         let text = match (&self.prompt, &self.prompt_file) {
             (Some(text), _) => text.clone(),
             (None, Some(path)) => {
@@ -87,16 +100,7 @@ impl TrainTask for Args {
         };
         let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, self.four_bit.config(), &device)?;
         let prompt = tokenizer.encode(&text)?;
-        let config = GenerationConfig {
-            max_new_tokens: self.max_new_tokens,
-            stop_tokens: tokenizer.stop_tokens().to_vec(),
-            sampling: SamplingConfig {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                seed: self.seed,
-            },
-        };
+        let config = self.generation_config(&tokenizer);
         let mut stream = TextStream::new(&tokenizer, &prompt);
         let mut stdout = std::io::stdout().lock();
         if !self.json {
@@ -143,8 +147,24 @@ impl TrainTask for Args {
     }
 }
 
+impl Args {
+    /// What to generate: the length and sampling asked for, ending at the tokenizer's stop tokens.
+    pub fn generation_config(&self, tokenizer: &Tokenizer) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            stop_tokens: tokenizer.stop_tokens().to_vec(),
+            sampling: SamplingConfig {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.seed,
+            },
+        }
+    }
+}
+
 /// `text` as the user's turn in the model's chat template, with the prompt for the model's turn.
-fn chat_prompt(source: &ModelSource, tokenizer: &Tokenizer, text: &str) -> Result<String> {
+pub fn chat_prompt(source: &ModelSource, tokenizer: &Tokenizer, text: &str) -> Result<String> {
     let template = source.chat_template()?.with_context(|| {
         format!(
             "{} has no chat template (tokenizer_config.json's chat_template, chat_template.jinja or \
@@ -171,6 +191,28 @@ pub fn decoder<'a, B: Backend>(
     match kernels.decoder(model, capacity, max_step) {
         Some(decoder) => decoder.map_err(|e| ModelError::Generation(e.to_string())),
         None => Ok(Box::new(model.decoder(capacity, device))),
+    }
+}
+
+/// A batched generation's steps on `kernels` where they decode batches (Ember's CUDA kernels),
+/// else [`decoder`]s stepping a row at a time: `rows` sequences, KV caches of `capacity`
+/// positions, prompts of up to `max_prompt` tokens.
+pub fn batch_decoder<'a, B: Backend>(
+    model: &'a GemmaForCausalLM<B>,
+    kernels: &'a dyn TrainKernels<B>,
+    device: &'a B::Device,
+    rows: usize,
+    capacity: usize,
+    max_prompt: usize,
+) -> ember_model::Result<Box<dyn BatchDecodeStep + 'a>> {
+    match kernels.batch_decoder(model, rows, capacity, max_prompt) {
+        Some(decoder) => decoder.map_err(|e| ModelError::Generation(e.to_string())),
+        None => {
+            let rows = (0..rows)
+                .map(|_| decoder(model, kernels, device, capacity, max_prompt))
+                .collect::<ember_model::Result<Vec<_>>>()?;
+            Ok(Box::new(RowByRow(rows)))
+        }
     }
 }
 

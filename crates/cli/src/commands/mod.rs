@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod generate_many;
 pub mod inspect;
 pub mod plot;
 pub mod train;

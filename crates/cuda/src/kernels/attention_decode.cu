@@ -1,18 +1,23 @@
 // Attention of new tokens against the KV cache, for generation: one block per (new token, head),
-// 256 threads. Token `row` sits at position `start + row` and attends to cache positions
-// `lo..=start + row` (the sliding window's `lo`, else 0), all of one sequence: no segments.
+// 256 threads. Token `row` belongs to sequence `segments[row] - 1` (each sequence has its own
+// cache, `seq_stride` elements apart), sits at position `positions[row]` and attends to that
+// cache's positions `lo..=positions[row]` (the sliding window's `lo`, else 0). Positions and
+// sequences are read from the device, so a step's launches are the same at every token.
 // Scores in f32 (soft-capped when `cap` is set), softmax online over tiles of keys, the output
 // accumulated in f32 (thread d holds dimension d) and rounded to T once.
 #define DECODE_TILE 1024
 
 template <typename T>
-__device__ void attention_decode(const T* q, const T* k, const T* v, T* o, int start, int heads, int kv_heads,
-                                 int head_dim, int window, float scale, float cap) {
+__device__ void attention_decode(const T* q, const T* k, const T* v, T* o, const int* positions, const int* segments,
+                                 long seq_stride, int heads, int kv_heads, int head_dim, int window, float scale,
+                                 float cap) {
     __shared__ float qs[256];
     __shared__ float p[DECODE_TILE];
     __shared__ float scratch[32];
     const int row = blockIdx.x, h = blockIdx.y, kvh = h / (heads / kv_heads);
-    const int pos = start + row;
+    const int pos = positions[row];
+    k += (long)(segments[row] - 1) * seq_stride;
+    v += (long)(segments[row] - 1) * seq_stride;
     const int lo = window > 0 ? max(0, pos - window + 1) : 0;
     const long q_stride = (long)heads * head_dim, kv_stride = (long)kv_heads * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = to_f32(q[row * q_stride + h * head_dim + d]);
@@ -51,11 +56,30 @@ __device__ void attention_decode(const T* q, const T* k, const T* v, T* o, int s
     if (threadIdx.x < head_dim) o[row * q_stride + h * head_dim + threadIdx.x] = from_f32<T>(acc / sum);
 }
 
+// Appends a step's keys and values (`[tokens, row]` each) to their sequences' caches, each token
+// at its position: one block per token.
+template <typename T>
+__device__ void kv_append(const T* k_new, const T* v_new, T* k, T* v, const int* positions, const int* segments,
+                          long seq_stride, int row) {
+    const int t = blockIdx.x;
+    const long at = (long)(segments[t] - 1) * seq_stride + (long)positions[t] * row;
+    for (int i = threadIdx.x; i < row; i += blockDim.x) {
+        k[at + i] = k_new[(long)t * row + i];
+        v[at + i] = v_new[(long)t * row + i];
+    }
+}
+
 #define EMBER_DECODE_KERNEL(S, T)                                                                          \
     extern "C" __global__ void __launch_bounds__(256) attention_decode_##S(                                \
-        const T* q, const T* k, const T* v, T* o, int start, int heads, int kv_heads, int head_dim,        \
-        int window, float scale, float cap) {                                                              \
-        attention_decode<T>(q, k, v, o, start, heads, kv_heads, head_dim, window, scale, cap);            \
+        const T* q, const T* k, const T* v, T* o, const int* positions, const int* segments,               \
+        long seq_stride, int heads, int kv_heads, int head_dim, int window, float scale, float cap) {      \
+        attention_decode<T>(q, k, v, o, positions, segments, seq_stride, heads, kv_heads, head_dim, window, \
+                            scale, cap);                                                                   \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) kv_append_##S(                                       \
+        const T* k_new, const T* v_new, T* k, T* v, const int* positions, const int* segments,             \
+        long seq_stride, int row) {                                                                        \
+        kv_append<T>(k_new, v_new, k, v, positions, segments, seq_stride, row);                            \
     }
 EMBER_DECODE_KERNEL(f32, float)
 EMBER_DECODE_KERNEL(bf16, bf16)

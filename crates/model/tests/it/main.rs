@@ -6,6 +6,7 @@ mod bnb4;
 mod checkpoints;
 mod common;
 mod explicit_backward;
+mod generate_batch;
 mod gguf;
 mod gguf_export;
 mod gguf_real;

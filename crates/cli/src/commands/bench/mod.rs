@@ -59,11 +59,14 @@ pub struct Args {
     /// Also time each phase of a step, and the matmuls and attention alone.
     #[arg(long)]
     pub breakdown: bool,
-    /// Also measure decoding: batch 1, this many prompt tokens, then `--decode-tokens` new ones.
+    /// Also measure decoding: `--decode-batch` prompts of this many tokens, then
+    /// `--decode-tokens` new ones each.
     #[arg(long)]
     pub decode_prompt: Option<usize>,
     #[arg(long, default_value_t = 256)]
     pub decode_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    pub decode_batch: usize,
     /// The card's dense bf16 peak in TFLOP/s, for model FLOPs utilisation (H100/H200 SXM: 989).
     #[arg(long, default_value_t = 989.0)]
     pub peak_tflops: f64,
@@ -107,6 +110,7 @@ impl Args {
             ("--steps", self.steps, 1),
             ("--decode-prompt", self.decode_prompt.unwrap_or(1), 1),
             ("--decode-tokens", self.decode_tokens, 1),
+            ("--decode-batch", self.decode_batch, 1),
         ] {
             if value < least {
                 anyhow::bail!("{flag} {value}: must be at least {least}");
@@ -322,7 +326,15 @@ impl TrainTask for Bench {
         if let Some(prompt) = a.decode_prompt {
             let inference = burn::module::AutodiffModule::valid(&model);
             drop(model);
-            report["decode"] = decode::measure(&inference, kernels, prompt, a.decode_tokens, a.seed, &device)?;
+            report["decode"] = decode::measure(
+                &inference,
+                kernels,
+                a.decode_batch,
+                prompt,
+                a.decode_tokens,
+                a.seed,
+                &device,
+            )?;
         }
         eprintln!("{}", serde_json::to_string_pretty(&report)?);
         Ok(report)
