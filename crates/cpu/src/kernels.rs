@@ -2,7 +2,7 @@ use burn::backend::NdArray;
 use ember_model::{DecodeStep, GemmaForCausalLM};
 use ember_trainer::Result;
 use ember_trainer::grads::MicroBatch;
-use ember_trainer::kernels::{BatchKernels, BurnKernels, TrainKernels};
+use ember_trainer::kernels::{BatchKernels, BurnKernels, Favour, TrainKernels};
 
 use crate::decode::CpuDecoder;
 
@@ -42,7 +42,8 @@ impl TrainKernels<NdArray> for CpuKernels {
         &'a self,
         model: &'a GemmaForCausalLM<NdArray>,
         batch: &MicroBatch,
+        favour: Favour,
     ) -> Result<Box<dyn BatchKernels<NdArray> + 'a>> {
-        BurnKernels.prepare(model, batch)
+        BurnKernels.prepare(model, batch, favour)
     }
 }

@@ -17,6 +17,7 @@ use crate::head::{HeadRun, head_logits};
 use crate::layer::{LayerRun, ModelWeights, forward};
 use crate::ops::{Cuda, DecodeCache};
 use crate::scratch::{Dims, Scratch};
+use ember_trainer::kernels::Favour;
 
 /// One generation's state on the device.
 pub struct CudaDecoder<'a> {
@@ -25,6 +26,8 @@ pub struct CudaDecoder<'a> {
     cuda: Cuda,
     adapters: Adapters,
     weights: ModelWeights,
+    /// Where a 4-bit model's layer is dequantized; `weights` points into it.
+    _dequant_room: Option<Buffer>,
     scratch: Scratch,
     /// Per layer: keys then values, each `[rows, capacity, kv_heads · head_dim]`.
     cache: Buffer,
@@ -53,16 +56,27 @@ impl<'a> CudaDecoder<'a> {
         let mut cuda = Cuda::new(device.index)?;
         let mut adapters = Adapters::new();
         adapters.pack(&mut cuda, model, e)?;
-        let dims = Dims::new(config, max_step.max(rows).max(1), adapters.ranks(), e, false);
+        // Decoding keeps no attention output for a backward.
+        let dims = Dims::new(
+            config,
+            max_step.max(rows).max(1),
+            adapters.ranks(),
+            e,
+            false,
+            Favour::Memory,
+        );
         let kv = config.num_key_value_heads * config.head_dim;
         // The weights' last writes (loading, packing) may still be queued on burn's stream.
         wait_for_burn(&device)?;
         let layers = model.model.layers.len();
+        let mut dequant_room = None;
+        let weights = ModelWeights::hold(&cuda, model, e, &mut dequant_room)?;
         Ok(Self {
             model,
             elem: e,
             data: BatchData::with_capacity(config, dims.tokens)?,
-            weights: ModelWeights::hold(&cuda, model, e)?,
+            weights,
+            _dequant_room: dequant_room,
             scratch: Scratch::new(dims)?,
             cache: Buffer::new(layers * 2 * rows * capacity * kv * e.size())?,
             capacity,

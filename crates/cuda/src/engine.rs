@@ -11,13 +11,14 @@ use ember_model::{
 };
 use ember_trainer::estimate::{StepShape, burn_step_bytes};
 use ember_trainer::grads::{AdapterGrads, MicroBatch};
-use ember_trainer::kernels::{BatchKernels, Offloaded, TrainKernels};
+use ember_trainer::kernels::{BatchKernels, Favour, Offloaded, TrainKernels};
 use ember_trainer::optim::{BlockwiseAdamKernel, BlockwiseResult, BlockwiseStep};
 
 use crate::adapters::{Adapters, projections};
 use crate::batch::BatchData;
 use crate::bridge::{CudaBackend, Holds, allocate_exactly, elem, empty, release_unused, wait_for_burn};
 use crate::decode::CudaDecoder;
+use crate::driver::Buffer;
 use crate::error::{CudaError, Result};
 use crate::head::{HeadRun, head_logits, head_loss};
 use crate::layer::{GradOut, LayerRun, ModelWeights, backward, forward};
@@ -41,6 +42,8 @@ struct State {
     scratch: Option<Scratch>,
     /// Where offloaded layer inputs go (made on first use).
     offload: Option<Offload>,
+    /// Where a 4-bit model's layer is dequantized (see [`ModelWeights::hold`]).
+    dequant_room: Option<Buffer>,
 }
 
 impl CudaKernels {
@@ -96,7 +99,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         let tokens = shape.batch * shape.seq;
         let r = shape.rank;
         // Every projection adapted at the largest rank: q/k/v, o, gate/up, down.
-        let dims = Dims::new(model, tokens, [3 * r, r, 2 * r, r], e, shape.dropout);
+        let dims = Dims::new(model, tokens, [3 * r, r, 2 * r, r], e, shape.dropout, Favour::Speed);
         // Beside the scratch: a layer's output and input gradient, the head's gradient
         // (burn tensors), and the step's adapter gradients (small).
         let hidden = (tokens * model.hidden_size * e.size()) as u64;
@@ -138,7 +141,8 @@ impl TrainKernels<CudaBackend> for CudaKernels {
 
     fn device_bytes(&self) -> u64 {
         self.state.borrow().as_ref().map_or(0, |s| {
-            (s.scratch.as_ref().map_or(0, Scratch::bytes) + s.adapters.bytes()) as u64
+            let room = s.dequant_room.as_ref().map_or(0, |r| r.bytes);
+            (s.scratch.as_ref().map_or(0, Scratch::bytes) + s.adapters.bytes() + room) as u64
         })
     }
 
@@ -191,6 +195,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         &'a self,
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
+        favour: Favour,
     ) -> ember_trainer::Result<Box<dyn BatchKernels<CudaBackend> + 'a>> {
         // Callers choose burn's kernels for what these refuse; one that did not gets an error.
         if let Some(why) = self.unsupported(model) {
@@ -200,6 +205,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
             self.state.borrow_mut(),
             model,
             batch,
+            favour,
             self.profiling.get(),
         )?))
     }
@@ -226,6 +232,7 @@ impl<'a> CudaBatch<'a> {
         mut state: RefMut<'a, Option<State>>,
         model: &'a GemmaForCausalLM<CudaBackend>,
         batch: &MicroBatch,
+        favour: Favour,
         profiling: bool,
     ) -> Result<Self> {
         let device = model.model.embed_tokens.weight.device();
@@ -239,6 +246,7 @@ impl<'a> CudaBatch<'a> {
                 adapters: Adapters::new(),
                 scratch: None,
                 offload: None,
+                dequant_room: None,
             });
         }
         let st = state.as_mut().expect("set up above");
@@ -254,12 +262,12 @@ impl<'a> CudaBatch<'a> {
             .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
         allocate_exactly(&device);
         release_unused(&device);
-        let dims = Dims::new(&model.config, data.tokens(), ranks, e, dropout);
+        let dims = Dims::new(&model.config, data.tokens(), ranks, e, dropout, favour);
         if !st.scratch.as_ref().is_some_and(|s| s.dims.covers(&dims)) {
             st.scratch = None;
             st.scratch = Some(Scratch::new(dims)?);
         }
-        let weights = ModelWeights::hold(&st.cuda, model, e)?;
+        let weights = ModelWeights::hold(&st.cuda, model, e, &mut st.dequant_room)?;
         Ok(Self {
             state,
             model,

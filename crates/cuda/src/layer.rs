@@ -145,13 +145,20 @@ pub struct ModelWeights {
     pub final_norm: u64,
     pub head: u64,
     pub embed: u64,
-    /// With 4-bit layers: the 4-bit tables, and room for one layer's dequantized projections.
-    four_bit: Option<(Buffer, Buffer)>,
+    /// With 4-bit layers: the 4-bit tables, and where one layer's projections are dequantized.
+    four_bit: Option<(Buffer, u64)>,
     _held: Vec<Held>,
 }
 
 impl ModelWeights {
-    pub fn hold(cuda: &Cuda, model: &GemmaForCausalLM<CudaBackend>, elem: Elem) -> Result<Self> {
+    /// The weights of `model`; a 4-bit model's layers are dequantized into `room`, grown to one
+    /// layer's projections if smaller (the caller keeps it, and it must outlive these).
+    pub fn hold(
+        cuda: &Cuda,
+        model: &GemmaForCausalLM<CudaBackend>,
+        elem: Elem,
+        room: &mut Option<Buffer>,
+    ) -> Result<Self> {
         let tables: Vec<f32> = [QuantType::Nf4.table(), QuantType::Fp4.table()]
             .concat()
             .into_iter()
@@ -162,7 +169,11 @@ impl ModelWeights {
         let (layers, mut held) = LayerWeights::hold_all(&model.model.layers, table_buffer.ptr)?;
         let largest = layers.iter().map(|l| l.dequantized_bytes(elem)).max().unwrap_or(0);
         let four_bit = if largest > 0 {
-            Some((table_buffer, Buffer::new(largest)?))
+            if room.as_ref().is_none_or(|r| r.bytes < largest) {
+                *room = None;
+                *room = Some(Buffer::new(largest)?);
+            }
+            Some((table_buffer, room.as_ref().expect("made above").ptr))
         } else {
             None
         };
@@ -192,11 +203,11 @@ impl ModelWeights {
     /// dequantized into the one layer's room, valid until the next call.
     pub fn layer(&self, cuda: &mut Cuda, index: usize, elem: Elem) -> Result<LayerWeights> {
         let weights = &self.layers[index];
-        let Some((_, room)) = &self.four_bit else {
+        let Some((_, room)) = self.four_bit else {
             return Ok(weights.clone());
         };
         let mut dense = weights.clone();
-        let mut at = room.ptr;
+        let mut at = room;
         for (p, w) in weights.four_bit.iter().enumerate() {
             if let Some(w) = w {
                 cuda.dequant4(elem, w, at)?;

@@ -3,6 +3,7 @@
 //! a micro-batch has more tokens than any before.
 
 use ember_model::GemmaConfig;
+use ember_trainer::kernels::Favour;
 
 use crate::driver::Buffer;
 use crate::error::Result;
@@ -30,14 +31,30 @@ pub struct Dims {
     pub elem: Elem,
     /// Some adapter has LoRA dropout: the `dropped` buffers exist.
     pub dropout: bool,
+    /// Each layer's attention output is kept from its forward to its backward.
+    pub save_attention: bool,
 }
 
 impl Dims {
-    pub fn new(config: &GemmaConfig, tokens: usize, ranks: [usize; 4], elem: Elem, dropout: bool) -> Self {
+    /// The layout for `tokens` tokens a micro-batch. Favouring memory, the MLP and LM-head
+    /// chunks are a quarter of the size and no attention output is kept (the backward's
+    /// recompute runs the attention forward again).
+    pub fn new(
+        config: &GemmaConfig,
+        tokens: usize,
+        ranks: [usize; 4],
+        elem: Elem,
+        dropout: bool,
+        favour: Favour,
+    ) -> Self {
+        let share = match favour {
+            Favour::Speed => 1,
+            Favour::Memory => 4,
+        };
         // A chunk of logits takes at most ~128 MiB (Gemma's vocabulary is 256k): 256 rows in
         // bf16 still keep the head's GEMMs at full speed, and larger chunks only cost memory.
-        let head_rows = ((128usize << 20) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
-        let mlp_rows = mlp_rows(config.intermediate_size * elem.size()).min(tokens.max(1));
+        let head_rows = ((128usize << 20) / share / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
+        let mlp_rows = mlp_rows(config.intermediate_size * elem.size() * share).min(tokens.max(1));
         Self {
             tokens,
             hidden: config.hidden_size,
@@ -52,6 +69,7 @@ impl Dims {
             vocab: config.vocab_size,
             elem,
             dropout,
+            save_attention: favour == Favour::Speed,
         }
     }
 }
@@ -84,6 +102,7 @@ impl Dims {
             && self.mlp_rows >= other.mlp_rows
             && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
             && self.dropout >= other.dropout
+            && self.save_attention >= other.save_attention
     }
 }
 
@@ -182,6 +201,7 @@ fn layout(dims: Dims) -> (Ptrs, usize) {
         vocab,
         elem,
         dropout,
+        save_attention,
     } = dims;
     // Input features of each projection group, and the largest input an adapter reads at
     // once (whole rows for attention, one chunk for the MLP).
@@ -239,7 +259,7 @@ fn layout(dims: Dims) -> (Ptrs, usize) {
     // The down projection's input gradient overwrites its input, once its dA has read it.
     p.dp = p.p;
     let stride = (n * q * t).next_multiple_of(256) + (heads * n * 4).next_multiple_of(256);
-    if layers * stride <= SAVED_ATTENTION_LIMIT {
+    if save_attention && layers * stride <= SAVED_ATTENTION_LIMIT {
         p.saved_attn = take(layers * stride);
         p.saved_stride = stride as u64;
     }

@@ -8,7 +8,7 @@ use ember_model::GemmaForCausalLM;
 use crate::distributed::{Collective, Solo};
 use crate::error::{Result, TrainError};
 use crate::grads::MicroBatch;
-use crate::kernels::{BurnKernels, TrainKernels, forward_layers};
+use crate::kernels::{BurnKernels, Favour, TrainKernels, forward_layers};
 
 /// Loss per trained token over a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,7 +62,8 @@ pub fn evaluate_across<B: Backend>(
     let (mut sum, mut tokens) = (0.0, 0);
     for batch in eval_batches(dataset, batch_size, pad_id).skip(rank).step_by(world) {
         let micro = MicroBatch::from_batch(&batch, pad_to_multiple_of);
-        let mut step = kernels.prepare(model, &micro)?;
+        // No backward follows: nothing is worth keeping for one.
+        let mut step = kernels.prepare(model, &micro, Favour::Memory)?;
         let x = forward_layers(model, step.as_mut(), &micro)?;
         sum += step.loss(x)?.into_scalar().elem::<f64>();
         tokens += micro.num_trained_tokens;

@@ -21,7 +21,7 @@ use ember_model::{
 };
 
 use crate::error::Result;
-use crate::kernels::{BatchKernels, Offloaded, TrainKernels};
+use crate::kernels::{BatchKernels, Favour, Offloaded, TrainKernels};
 use crate::phases::{Clock, MemoryProbe, Phase, Phases};
 
 /// Gradients of the adapter matrices by PEFT key, summed over micro-batches.
@@ -195,7 +195,8 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
 ) -> Result<f64> {
     let device = model.model.embed_tokens.weight.device();
     let frozen = model.valid();
-    let mut step = kernels.prepare(&frozen, batch)?;
+    let favour = if offload { Favour::Memory } else { Favour::Speed };
+    let mut step = kernels.prepare(&frozen, batch, favour)?;
     let keep = |index: usize| {
         seed_dropout(&frozen, batch, index);
         frozen.model.layers[index].draw_keep(batch.batch, batch.seq, &device)

@@ -88,12 +88,22 @@ pub trait TrainKernels<B: Backend> {
     }
 
     /// The kernels for one micro-batch: its positions, masks and targets set up once for all
-    /// layers.
+    /// layers, their buffers laid out for `favour`.
     fn prepare<'a>(
         &'a self,
         model: &'a GemmaForCausalLM<B>,
         batch: &MicroBatch,
+        favour: Favour,
     ) -> Result<Box<dyn BatchKernels<B> + 'a>>;
+}
+
+/// What a micro-batch's kernels favour where device memory and speed trade off: a run that
+/// offloads its layer inputs (`offload_activations`) asks for memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Favour {
+    #[default]
+    Speed,
+    Memory,
 }
 
 /// One micro-batch's layer forward, layer backward and loss.
@@ -190,6 +200,7 @@ impl<B: Backend> TrainKernels<B> for BurnKernels {
         &'a self,
         model: &'a GemmaForCausalLM<B>,
         batch: &MicroBatch,
+        _favour: Favour,
     ) -> Result<Box<dyn BatchKernels<B> + 'a>> {
         let device = model.model.embed_tokens.weight.device();
         let input = batch.input::<B>(&device);

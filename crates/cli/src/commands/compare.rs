@@ -16,7 +16,7 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LogitsReference};
 use ember_trainer::grads::MicroBatch;
-use ember_trainer::kernels::{TrainKernels, forward_layers};
+use ember_trainer::kernels::{Favour, TrainKernels, forward_layers};
 
 use super::generate::{decoder, load_model, open_model};
 use crate::device::{DeviceArgs, KernelChoice, TrainTask, dtype_name, run_training_on};
@@ -130,7 +130,7 @@ fn kernel_logits<B: Backend>(
         num_trained_tokens: 0,
         seed: 0,
     };
-    let mut step = kernels.prepare(model, &micro)?;
+    let mut step = kernels.prepare(model, &micro, Favour::Memory)?;
     let x = forward_layers(model, step.as_mut(), &micro)?;
     step.logits(x)?
         .cast(DType::F32)

@@ -16,7 +16,7 @@ use burn::tensor::{DType, Tensor};
 use ember_model::{GemmaForCausalLM, LayerGrads, LayerKeep};
 use ember_trainer::distributed::{Collective, CollectiveError, TcpGroup, ThreadGroup, WorldEnv};
 use ember_trainer::grads::MicroBatch;
-use ember_trainer::kernels::{BatchKernels, BurnKernels, TrainKernels};
+use ember_trainer::kernels::{BatchKernels, BurnKernels, Favour, TrainKernels};
 use ember_trainer::trainer::{Start, StepLog, TrainSummary, train, train_across};
 use ember_trainer::{Result, TrainError};
 
@@ -69,9 +69,10 @@ impl TrainKernels<B> for Faulty {
         &'a self,
         model: &'a GemmaForCausalLM<B>,
         batch: &MicroBatch,
+        favour: Favour,
     ) -> Result<Box<dyn BatchKernels<B> + 'a>> {
         let n = self.micro_batches.fetch_add(1, Ordering::Relaxed);
-        let inner = BurnKernels.prepare(model, batch)?;
+        let inner = BurnKernels.prepare(model, batch, favour)?;
         match self.fault {
             Fault::Fail { at } if at == n => Err(TrainError::Kernels("injected failure".into())),
             Fault::Stall { at, pause } if at == n => {

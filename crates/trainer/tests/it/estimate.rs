@@ -12,7 +12,7 @@ use ember_trainer::TrainError;
 use ember_trainer::config::{Offload, RunConfig};
 use ember_trainer::estimate::{MemoryEstimate, plan};
 use ember_trainer::grads::MicroBatch;
-use ember_trainer::kernels::{BatchKernels, BurnKernels, TrainKernels};
+use ember_trainer::kernels::{BatchKernels, BurnKernels, Favour, TrainKernels};
 use ember_trainer::trainer::{Start, train};
 
 type B = NdArray<f32>;
@@ -37,8 +37,9 @@ impl TrainKernels<B> for Tight {
         &'a self,
         model: &'a GemmaForCausalLM<B>,
         batch: &MicroBatch,
+        favour: Favour,
     ) -> ember_trainer::Result<Box<dyn BatchKernels<B> + 'a>> {
-        BurnKernels.prepare(model, batch)
+        BurnKernels.prepare(model, batch, favour)
     }
 }
 

@@ -9,7 +9,7 @@ use burn::tensor::{DType, ElementConversion};
 use ember_lora::{load_adapter, projections_mut};
 use ember_model::{GemmaForCausalLM, IGNORE_INDEX, LoadOptions, cross_entropy_sum, shift_labels};
 use ember_trainer::grads::{AdapterGrads, Checkpointing, MicroBatch, accumulate};
-use ember_trainer::kernels::{BurnKernels, TrainKernels, forward_layers};
+use ember_trainer::kernels::{BurnKernels, Favour, TrainKernels, forward_layers};
 use safetensors::SafeTensors;
 
 type AD = Autodiff<NdArray<f32>>;
@@ -227,7 +227,7 @@ fn kernel_loss_and_logits_equal_the_models_forward() {
     let model = model_with_adapter().valid();
     let batch = reference_batch();
     let device = Default::default();
-    let mut step = BurnKernels.prepare(&model, &batch).unwrap();
+    let mut step = BurnKernels.prepare(&model, &batch, Favour::Speed).unwrap();
     let x = forward_layers(&model, step.as_mut(), &batch).unwrap();
     let loss = step.loss(x.clone()).unwrap().into_scalar().elem::<f64>();
     let logits = step.logits(x).unwrap();

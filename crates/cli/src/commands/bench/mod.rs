@@ -247,6 +247,10 @@ impl TrainTask for Bench {
             "approx_tflops": tflops,
             "mfu": tflops / a.peak_tflops,
             "allocator_reserved_gib": reserved.map(|r| r as f64 / GIB),
+            // Everything the run allocated (burn's reserve at its largest and the kernels' own
+            // buffers), without the CUDA context: PyTorch's max_memory_allocated counts the same
+            // (this is an upper bound of that count).
+            "allocated_gib": reserved.map(|r| (r + kernels.device_bytes()) as f64 / GIB),
             "estimate_gib": estimate.total() as f64 / GIB,
             "driver_peak_gib": driver.as_ref().map(|d| d.peak_bytes() as f64 / GIB),
             "optimizer_state_bytes": optimizer.state_bytes(),
