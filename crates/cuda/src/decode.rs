@@ -4,6 +4,8 @@
 //! reads, then the LM head on the positions whose logits are wanted. Sizes, positions and
 //! sequences are run-time arguments everywhere: nothing compiles per token or length.
 
+use std::collections::HashMap;
+
 use ember_model::{BatchDecodeStep, DecodeStep, GemmaForCausalLM, IGNORE_INDEX, ModelError};
 use ember_trainer::grads::MicroBatch;
 
@@ -13,6 +15,7 @@ use crate::bridge::{CudaBackend, elem, wait_for_burn};
 use crate::driver::Buffer;
 use crate::error::{CudaError, Result};
 use crate::gemm::Elem;
+use crate::graph::Graph;
 use crate::head::{HeadRun, head_logits};
 use crate::layer::{LayerRun, ModelWeights, forward};
 use crate::ops::{Cuda, DecodeCache};
@@ -39,21 +42,26 @@ pub struct CudaDecoder<'a> {
     /// The hidden states between layers, `[tokens, hidden]` each (in, out).
     hidden: [Buffer; 2],
     logits: Buffer,
+    /// Each decoding step width's captured launches; `None` once capturing failed.
+    graphs: Option<HashMap<usize, Graph>>,
 }
 
 impl<'a> CudaDecoder<'a> {
     /// A decoder of `rows` sequences of up to `capacity` positions each, whose largest step
-    /// (a prompt, or a token of every sequence) has `max_step` tokens.
+    /// (a prompt, or a token of every sequence) has `max_step` tokens. With `profile`, it
+    /// prints its kernels' times by category when dropped.
     pub fn new(
         model: &'a GemmaForCausalLM<CudaBackend>,
         rows: usize,
         capacity: usize,
         max_step: usize,
+        profile: bool,
     ) -> Result<Self> {
         let config = &model.config;
         let device = model.model.embed_tokens.weight.device();
         let e = elem(model.dtype())?;
         let mut cuda = Cuda::new(device.index)?;
+        cuda.profile.set(profile);
         let mut adapters = Adapters::new();
         adapters.pack(&mut cuda, model, e)?;
         // Decoding keeps no attention output for a backward.
@@ -88,6 +96,7 @@ impl<'a> CudaDecoder<'a> {
             logits: Buffer::new(rows * config.vocab_size * e.size())?,
             cuda,
             adapters,
+            graphs: Some(HashMap::new()),
         })
     }
 
@@ -145,6 +154,48 @@ impl<'a> CudaDecoder<'a> {
             seed: 0,
         };
         self.data.write(&self.cuda.gpu, config, &step)?;
+        // A decoding step (a logit for every token) repeats its launches at every token of a
+        // given width: captured once, replayed. Prefills vary and run as they are.
+        let stream = self.cuda.gpu.stream;
+        if outputs == n && self.graphs.is_some() && !self.cuda.profile.on() {
+            if !self.graphs.as_ref().is_some_and(|g| g.contains_key(&n)) {
+                match Graph::capture(stream, || self.queue(n, outputs)) {
+                    Ok(graph) => {
+                        self.graphs.as_mut().expect("checked above").insert(n, graph);
+                    }
+                    Err(e) => {
+                        tracing::warn!("decoding without CUDA graphs: capturing a step failed ({e})");
+                        self.graphs = None;
+                    }
+                }
+            }
+        }
+        match self.graphs.as_ref().and_then(|g| g.get(&n)) {
+            Some(graph) if outputs == n => graph.launch(stream)?,
+            _ => self.queue(n, outputs)?,
+        }
+        self.cuda.finish()?;
+        self.lens = lens;
+        let values = outputs * config.vocab_size;
+
+        match self.elem {
+            Elem::F32 => {
+                let mut logits = vec![0f32; values];
+                self.cuda.gpu.download(&mut logits, self.logits.ptr)?;
+                Ok(logits)
+            }
+            Elem::Bf16 => {
+                let mut bits = vec![0u16; values];
+                self.cuda.gpu.download(&mut bits, self.logits.ptr)?;
+                Ok(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect())
+            }
+        }
+    }
+
+    /// Queues a step of `n` tokens laid out in `self.data` on Ember's stream: the embedding,
+    /// every layer (appending to the caches), and the logits of the last `outputs` tokens.
+    fn queue(&mut self, n: usize, outputs: usize) -> Result<()> {
+        let config = &self.model.config;
         let data = &self.data;
         let (mut x, mut y) = (self.hidden[0].ptr, self.hidden[1].ptr);
         let scale = self.model.model.embed_tokens.rounded_scale();
@@ -177,21 +228,17 @@ impl<'a> CudaDecoder<'a> {
             normaliser: 1.0,
         };
         let last = x + ((n - outputs) * config.hidden_size * self.elem.size()) as u64;
-        head_logits(&mut self.cuda, &self.scratch, &head, last, self.logits.ptr)?;
-        self.cuda.finish()?;
-        self.lens = lens;
-        let values = outputs * config.vocab_size;
-        match self.elem {
-            Elem::F32 => {
-                let mut logits = vec![0f32; values];
-                self.cuda.gpu.download(&mut logits, self.logits.ptr)?;
-                Ok(logits)
-            }
-            Elem::Bf16 => {
-                let mut bits = vec![0u16; values];
-                self.cuda.gpu.download(&mut bits, self.logits.ptr)?;
-                Ok(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect())
-            }
+        head_logits(&mut self.cuda, &self.scratch, &head, last, self.logits.ptr)
+    }
+}
+
+impl Drop for CudaDecoder<'_> {
+    fn drop(&mut self) {
+        if self.cuda.profile.on() {
+            let times: Vec<String> = (self.cuda.profile.totals().iter())
+                .map(|(category, ms, _)| format!("{category} {ms:.1} ms"))
+                .collect();
+            eprintln!("decoder kernels: {}", times.join(", "));
         }
     }
 }

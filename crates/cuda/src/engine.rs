@@ -168,7 +168,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
             return None;
         }
         Some(
-            CudaDecoder::new(model, 1, capacity, max_step)
+            CudaDecoder::new(model, 1, capacity, max_step, self.profiling.get())
                 .map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>)
                 .map_err(Into::into),
         )
@@ -185,7 +185,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
             return None;
         }
         Some(
-            CudaDecoder::new(model, rows, capacity, max_prompt)
+            CudaDecoder::new(model, rows, capacity, max_prompt, self.profiling.get())
                 .map(|d| Box::new(d) as Box<dyn BatchDecodeStep + 'a>)
                 .map_err(Into::into),
         )

@@ -16,6 +16,7 @@ mod driver;
 mod engine;
 mod error;
 mod gemm;
+mod graph;
 mod head;
 mod layer;
 mod module;

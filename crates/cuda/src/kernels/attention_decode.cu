@@ -4,8 +4,11 @@
 // cache's positions `lo..=positions[row]` (the sliding window's `lo`, else 0). Positions and
 // sequences are read from the device, so a step's launches are the same at every token.
 // Scores in f32 (soft-capped when `cap` is set), softmax online over tiles of keys, the output
-// accumulated in f32 (thread d holds dimension d) and rounded to T once.
+// accumulated in f32 and rounded to T once. Each warp takes every eighth key of a tile, its lanes
+// splitting the head dimension (coalesced reads of a key or value row); the warps' partial outputs
+// are summed at the end.
 #define DECODE_TILE 1024
+#define DECODE_WARPS 8
 
 template <typename T>
 __device__ void attention_decode(const T* q, const T* k, const T* v, T* o, const int* positions, const int* segments,
@@ -14,7 +17,9 @@ __device__ void attention_decode(const T* q, const T* k, const T* v, T* o, const
     __shared__ float qs[256];
     __shared__ float p[DECODE_TILE];
     __shared__ float scratch[32];
+    __shared__ float partial[DECODE_WARPS][256];
     const int row = blockIdx.x, h = blockIdx.y, kvh = h / (heads / kv_heads);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int pos = positions[row];
     k += (long)(segments[row] - 1) * seq_stride;
     v += (long)(segments[row] - 1) * seq_stride;
@@ -22,20 +27,27 @@ __device__ void attention_decode(const T* q, const T* k, const T* v, T* o, const
     const long q_stride = (long)heads * head_dim, kv_stride = (long)kv_heads * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = to_f32(q[row * q_stride + h * head_dim + d]);
     __syncthreads();
-    float m = -EMBER_INF, sum = 0.0f, acc = 0.0f;
+    float acc[8];  // dimensions lane + 32 i
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+    float m = -EMBER_INF, sum = 0.0f;
     for (int t0 = lo; t0 <= pos; t0 += DECODE_TILE) {
         const int n = min(DECODE_TILE, pos + 1 - t0);
         float tile_max = -EMBER_INF;
-        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        for (int j = warp; j < n; j += DECODE_WARPS) {
             const T* key = k + (long)(t0 + j) * kv_stride + kvh * head_dim;
             float s = 0.0f;
-            for (int d = 0; d < head_dim; ++d) s += qs[d] * to_f32(key[d]);
-            s *= scale;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int d = lane + 32 * i;
+                if (d < head_dim) s += qs[d] * to_f32(key[d]);
+            }
+            s = warp_sum(s) * scale;
             if (cap != 0.0f) s = tanhf(s / cap) * cap;
-            p[j] = s;
+            if (lane == 0) p[j] = s;
             tile_max = fmaxf(tile_max, s);
         }
-        const float m_new = fmaxf(m, block_max(tile_max, scratch));
+        const float m_new = fmaxf(m, block_max(tile_max, scratch));  // its barriers publish p
         const float alpha = expf(m - m_new);  // 0 on the first tile (m = -inf)
         float part = 0.0f;
         for (int j = threadIdx.x; j < n; j += blockDim.x) {
@@ -43,17 +55,32 @@ __device__ void attention_decode(const T* q, const T* k, const T* v, T* o, const
             p[j] = e;
             part += e;
         }
-        sum = sum * alpha + block_sum(part, scratch);  // its barriers also publish p
+        sum = sum * alpha + block_sum(part, scratch);  // its barriers publish p
         m = m_new;
-        if (threadIdx.x < head_dim) {
-            const T* value = v + (long)t0 * kv_stride + kvh * head_dim + threadIdx.x;
-            float a = acc * alpha;
-            for (int j = 0; j < n; ++j) a += p[j] * to_f32(value[(long)j * kv_stride]);
-            acc = a;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[i] *= alpha;
+        for (int j = warp; j < n; j += DECODE_WARPS) {
+            const float pj = p[j];
+            const T* value = v + (long)(t0 + j) * kv_stride + kvh * head_dim;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int d = lane + 32 * i;
+                if (d < head_dim) acc[i] += pj * to_f32(value[d]);
+            }
         }
         __syncthreads();  // the next tile writes p
     }
-    if (threadIdx.x < head_dim) o[row * q_stride + h * head_dim + threadIdx.x] = from_f32<T>(acc / sum);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int d = lane + 32 * i;
+        if (d < head_dim) partial[warp][d] = acc[i];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float total = 0.0f;
+        for (int w = 0; w < DECODE_WARPS; ++w) total += partial[w][d];
+        o[row * q_stride + h * head_dim + d] = from_f32<T>(total / sum);
+    }
 }
 
 // Appends a step's keys and values (`[tokens, row]` each) to their sequences' caches, each token

@@ -328,6 +328,8 @@ impl TrainTask for Bench {
             }
         }
         if let Some(prompt) = a.decode_prompt {
+            // With --breakdown, each decoder prints its kernels' times when done.
+            kernels.set_profiling(a.breakdown);
             let inference = burn::module::AutodiffModule::valid(&model);
             drop(model);
             report["decode"] = decode::measure(
