@@ -18,6 +18,7 @@ use cubecl::{MemoryAllocationMode, Runtime};
 
 use crate::error::{CudaError, Result};
 use crate::gemm::Elem;
+use ember_trainer::kernels::Favour;
 
 /// burn's CUDA backend without fusion: what the fast path trains on.
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
@@ -122,16 +123,22 @@ pub fn allocate_exactly(device: &CudaDevice) {
     unsafe { CudaRuntime::client(device).allocation_mode(MemoryAllocationMode::Persistent) };
 }
 
-/// Memory cubecl holds but no tensor uses, beyond which [`release_unused`] gives it back: a
-/// step's own tensors (~1 GiB at the Gemma-2B shape) are free between steps and stay.
+/// Memory cubecl holds but no tensor uses, beyond which [`release_unused`] gives it back when
+/// speed is favoured: a step's own tensors (~1 GiB at the Gemma-2B shape) are free between
+/// steps and stay. Favouring memory, all of it goes back before each micro-batch (the step's
+/// tensors are then allocated anew, a few milliseconds).
 const UNUSED_LIMIT: u64 = 2 << 30;
 
-/// Gives the driver back the memory no tensor uses, once it exceeds [`UNUSED_LIMIT`]: the
-/// slices of tensor sizes that may not come again (a new batch length), pages of the pool.
-pub fn release_unused(device: &CudaDevice) {
+/// Gives the driver back the memory no tensor uses, once it exceeds the limit `favour` sets:
+/// the slices of tensor sizes that may not come again (a new batch length), pages of the pool.
+pub fn release_unused(device: &CudaDevice, favour: Favour) {
+    let limit = match favour {
+        Favour::Speed => UNUSED_LIMIT,
+        Favour::Memory => 0,
+    };
     let client = CudaRuntime::client(device);
     if let Ok(usage) = client.memory_usage()
-        && usage.bytes_reserved.saturating_sub(usage.bytes_in_use) > UNUSED_LIMIT
+        && usage.bytes_reserved.saturating_sub(usage.bytes_in_use) > limit
     {
         client.memory_cleanup();
     }

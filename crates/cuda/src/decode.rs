@@ -42,6 +42,10 @@ pub struct CudaDecoder<'a> {
     /// The hidden states between layers, `[tokens, hidden]` each (in, out).
     hidden: [Buffer; 2],
     logits: Buffer,
+    /// Into how many splits the attention divides a decoding step's keys, and the room for
+    /// their partial results (steps of up to `rows` tokens; longer steps take one split).
+    splits: usize,
+    partials: Buffer,
     /// Each decoding step width's captured launches; `None` once capturing failed.
     graphs: Option<HashMap<usize, Graph>>,
 }
@@ -77,6 +81,10 @@ impl<'a> CudaDecoder<'a> {
         // The weights' last writes (loading, packing) may still be queued on burn's stream.
         wait_for_burn(&device)?;
         let layers = model.model.layers.len();
+        // Enough blocks to fill the card at a few tokens a step, each at least 64 keys.
+        let splits = capacity.div_ceil(64).clamp(1, 32);
+        let head_record = (config.head_dim + 2) * 4;
+        let partials = Buffer::new(rows * config.num_attention_heads * splits * head_record)?;
         let mut dequant_room = None;
         let weights = ModelWeights::hold(&cuda, model, e, &mut dequant_room)?;
         Ok(Self {
@@ -96,12 +104,14 @@ impl<'a> CudaDecoder<'a> {
             logits: Buffer::new(rows * config.vocab_size * e.size())?,
             cuda,
             adapters,
+            splits,
+            partials,
             graphs: Some(HashMap::new()),
         })
     }
 
-    /// Layer `layer`'s caches, for a step laid out in `self.data`.
-    fn layer_cache(&self, layer: usize) -> DecodeCache {
+    /// Layer `layer`'s caches, for a step of `n` tokens laid out in `self.data`.
+    fn layer_cache(&self, layer: usize, n: usize) -> DecodeCache {
         let c = &self.model.config;
         let seq_stride = self.capacity * c.num_key_value_heads * c.head_dim;
         let part = (self.lens.len() * seq_stride * self.elem.size()) as u64;
@@ -112,6 +122,8 @@ impl<'a> CudaDecoder<'a> {
             seq_stride,
             positions: self.data.positions,
             segments: self.data.segments,
+            splits: if n <= self.lens.len() { self.splits } else { 1 },
+            partials: self.partials.ptr,
         }
     }
 
@@ -214,7 +226,7 @@ impl<'a> CudaDecoder<'a> {
                 config.rms_norm_eps,
                 [None; 7],
             );
-            run.cache = Some(self.layer_cache(index));
+            run.cache = Some(self.layer_cache(index, n));
             forward(&mut self.cuda, &self.scratch, &run, x, y)?;
             std::mem::swap(&mut x, &mut y);
         }

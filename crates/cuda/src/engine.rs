@@ -261,7 +261,7 @@ impl<'a> CudaBatch<'a> {
             .flat_map(projections)
             .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
         allocate_exactly(&device);
-        release_unused(&device);
+        release_unused(&device, favour);
         let dims = Dims::new(&model.config, data.tokens(), ranks, e, dropout, favour);
         if !st.scratch.as_ref().is_some_and(|s| s.dims.covers(&dims)) {
             st.scratch = None;

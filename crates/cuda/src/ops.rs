@@ -51,8 +51,10 @@ pub struct AttnShape {
 }
 
 /// Generation's KV caches of one layer, as the decoding kernels read them: keys and values of
-/// every sequence (`seq_stride` elements apart), and the step's per-token positions and
-/// 1-based sequence numbers (device i32 arrays).
+/// every sequence (`seq_stride` elements apart), the step's per-token positions and 1-based
+/// sequence numbers (device i32 arrays), and into how many splits the attention divides each
+/// token's keys, with room for the splits' partial results (f32, `[tokens, heads, splits,
+/// head_dim + 2]`; unused with one split).
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeCache {
     pub k: u64,
@@ -60,6 +62,8 @@ pub struct DecodeCache {
     pub seq_stride: usize,
     pub positions: u64,
     pub segments: u64,
+    pub splits: usize,
+    pub partials: u64,
 }
 
 impl AttnShape {
@@ -594,6 +598,7 @@ impl Cuda {
             Ptr(cache.k),
             Ptr(cache.v),
             Ptr(o),
+            Ptr(cache.partials),
             Ptr(cache.positions),
             Ptr(cache.segments),
             I64(cache.seq_stride as i64),
@@ -603,6 +608,19 @@ impl Cuda {
             I32(s.window as i32),
             F32(s.scale),
             F32(s.cap),
+        ];
+        let splits = cache.splits.max(1) as u32;
+        self.launch(name, (s.seq as u32, s.heads as u32, splits), 256, 0, &args)?;
+        if splits == 1 {
+            return Ok(());
+        }
+        let name = pick(e, "attention_decode_combine_f32", "attention_decode_combine_bf16");
+        let args = [
+            Ptr(cache.partials),
+            Ptr(o),
+            I32(s.heads as i32),
+            I32(s.head_dim as i32),
+            I32(splits as i32),
         ];
         self.launch(name, (s.seq as u32, s.heads as u32, 1), 256, 0, &args)
     }
