@@ -7,8 +7,8 @@ use burn::tensor::backend::Backend;
 use ember_data::{ChatMessage, TextStream, Tokenizer, apply_chat_template};
 use ember_model::bnb::FourBitConfig;
 use ember_model::{
-    BatchDecodeStep, DecodeStep, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelError, ModelSource, RowByRow,
-    SamplingConfig, generate_with,
+    BatchDecodeStep, DecodeStep, FrozenWeight, GemmaForCausalLM, GenerationConfig, LoadOptions, ModelError,
+    ModelSource, RowByRow, SamplingConfig, generate_with,
 };
 use ember_trainer::kernels::TrainKernels;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -99,6 +99,7 @@ impl TrainTask for Args {
             false => text,
         };
         let model = load_model::<B>(&source, self.adapter.as_deref(), dtype, self.four_bit.config(), &device)?;
+        let model = for_generation(model)?;
         let prompt = tokenizer.encode(&text)?;
         let config = self.generation_config(&tokenizer);
         let mut stream = TextStream::new(&tokenizer, &prompt);
@@ -238,6 +239,21 @@ pub fn load_model<B: Backend>(
             .0),
         None => Ok(model),
     }
+}
+
+/// The model to generate with: adapters on dense weights are folded into them, as PEFT's
+/// `merge_and_unload` does, so each decoding step reads one weight per projection instead of
+/// running the adapter's two extra products (at Gemma-2B's shape a third of a token's time on
+/// the H200). Adapters on 4-bit weights stay: merged, those weights would be dense.
+pub fn for_generation<B: Backend>(model: GemmaForCausalLM<B>) -> Result<GemmaForCausalLM<B>> {
+    let linears =
+        || (model.model.layers.iter().enumerate()).flat_map(|(i, layer)| ember_lora::projections(i, layer).into_iter());
+    let adapted = linears().any(|(_, linear)| linear.lora.is_some());
+    let four_bit = linears().any(|(_, linear)| matches!(linear.weight, FrozenWeight::FourBit(_)));
+    if !adapted || four_bit {
+        return Ok(model);
+    }
+    Ok(ember_lora::merge_lora(model)?)
 }
 
 /// Loading shows a progress bar for checkpoints large enough to wait for.

@@ -13,7 +13,7 @@ use ember_model::{ModelSource, generate_batch_with};
 use ember_trainer::kernels::TrainKernels;
 use serde_json::{Value, json};
 
-use crate::commands::generate::{Args, batch_decoder, chat_prompt, load_model};
+use crate::commands::generate::{Args, batch_decoder, chat_prompt, for_generation, load_model};
 
 pub fn run<B: Backend>(
     args: &Args,
@@ -45,6 +45,7 @@ pub fn run<B: Backend>(
         prompts.push(ids);
     }
     let model = load_model::<B>(source, args.adapter.as_deref(), dtype, args.four_bit.config(), &device)?;
+    let model = for_generation(model)?;
     let config = args.generation_config(tokenizer);
     let started = Instant::now();
     let mut new_tokens = 0;

@@ -17,7 +17,7 @@ use ember_trainer::kernels::TrainKernels;
 use ember_trainer::trainer::{Start, train_across};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::generate::{decoder, load_model, open_model};
+use super::generate::{decoder, for_generation, load_model, open_model};
 use crate::device::{DeviceArg, DeviceArgs, KernelChoice, TrainTask, run_training_on};
 use crate::launch;
 use crate::memory;
@@ -273,7 +273,7 @@ fn ask<B: Backend>(
 ) -> Result<()> {
     let source = open_model(&config.model.path)?;
     let four_bit = config.model.four_bit(Some(dtype), &config.file)?;
-    let model = load_model::<B>(&source, Some(adapter), dtype, four_bit, device)?;
+    let model = for_generation(load_model::<B>(&source, Some(adapter), dtype, four_bit, device)?)?;
     let tokenizer = source.tokenizer()?;
     let data = &config.data;
     let layout = data.columns.layout()?;

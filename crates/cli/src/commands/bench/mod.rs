@@ -330,7 +330,8 @@ impl TrainTask for Bench {
         if let Some(prompt) = a.decode_prompt {
             // With --breakdown, each decoder prints its kernels' times when done.
             kernels.set_profiling(a.breakdown);
-            let inference = burn::module::AutodiffModule::valid(&model);
+            // Adapters folded into the weights, as `ember generate --adapter` decodes.
+            let inference = crate::commands::generate::for_generation(burn::module::AutodiffModule::valid(&model))?;
             drop(model);
             report["decode"] = decode::measure(
                 &inference,
