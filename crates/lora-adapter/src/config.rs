@@ -46,6 +46,9 @@ pub struct LoraConfig {
     pub lora_alpha: f64,
     pub lora_dropout: f64,
     pub target_modules: Targets,
+    /// Parameters adapted directly, PEFT's way for Gemma 4's 3-D expert weights: paths or their
+    /// ends (`experts.gate_up_proj`, `experts.down_proj`, `model.layers.3.experts.down_proj`).
+    pub target_parameters: Vec<String>,
     /// Scale by `alpha / sqrt(r)` instead of `alpha / r`.
     pub use_rslora: bool,
     pub init_lora_weights: Init,
@@ -72,6 +75,7 @@ impl Default for LoraConfig {
             lora_alpha: 8.0,
             lora_dropout: 0.0,
             target_modules: Targets::Names(PEFT_DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()),
+            target_parameters: Vec::new(),
             use_rslora: false,
             init_lora_weights: Init::Default,
             rank_pattern: Vec::new(),
@@ -175,6 +179,7 @@ impl LoraConfig {
             "rank_pattern": ranks,
             "revision": null,
             "target_modules": targets,
+            "target_parameters": (!self.target_parameters.is_empty()).then_some(&self.target_parameters),
             "task_type": "CAUSAL_LM",
             "use_dora": false,
             "use_rslora": self.use_rslora,
@@ -268,10 +273,6 @@ impl Reader<'_> {
             "trainable_token_indices",
             "trainable token embeddings are not supported",
         )?;
-        self.refuse_if_set(
-            "target_parameters",
-            "LoRA on raw parameters (PEFT's way to adapt Gemma 4's experts) is not supported",
-        )?;
         self.refuse_if_set("use_qalora", "QA-LoRA is not supported")?;
         self.refuse_if_set("alora_invocation_tokens", "activated LoRA is not supported")?;
         self.refuse_if_set("arrow_config", "Arrow routing is not supported")?;
@@ -286,6 +287,7 @@ impl Reader<'_> {
                 "lora_alpha",
                 "lora_dropout",
                 "target_modules",
+                "target_parameters",
                 "use_rslora",
                 "init_lora_weights",
                 "rank_pattern",
@@ -299,7 +301,6 @@ impl Reader<'_> {
                 "lora_bias",
                 "exclude_modules",
                 "trainable_token_indices",
-                "target_parameters",
                 "use_qalora",
                 "alora_invocation_tokens",
                 "arrow_config",
@@ -308,7 +309,7 @@ impl Reader<'_> {
             let unset = matches!(self.map.get(key), Some(Value::Null | Value::Bool(false)));
             let known = used.contains(&key.as_str()) || DESCRIPTIVE_KEYS.contains(&key.as_str());
             if self.strict && !known {
-                return Err(self.error(key, format!("unknown setting; known ones: {}", used[..9].join(", "))));
+                return Err(self.error(key, format!("unknown setting; known ones: {}", used[..10].join(", "))));
             }
             if !unset && !known {
                 tracing::warn!("{}: key `{key}` is not used by Ember", self.path.display());
@@ -331,6 +332,7 @@ impl Reader<'_> {
                 .number("lora_dropout")?
                 .unwrap_or(LoraConfig::default().lora_dropout),
             target_modules: self.targets()?,
+            target_parameters: self.names("target_parameters")?,
             use_rslora: self.bool("use_rslora")?,
             init_lora_weights: self.init()?,
             rank_pattern: self.pattern("rank_pattern", |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize))?,
@@ -359,6 +361,9 @@ impl Reader<'_> {
 
     fn targets(&self) -> Result<Targets> {
         match self.get("target_modules") {
+            // PEFT leaves the modules alone when only parameters are named (its table of default
+            // modules has no text Gemma 3n or 4, the models with experts).
+            None if self.get("target_parameters").is_some() => Ok(Targets::Names(Vec::new())),
             None => Ok(LoraConfig::default().target_modules),
             Some(Value::String(s)) if s == "all-linear" => Ok(Targets::AllLinear),
             Some(Value::String(s)) => Ok(Targets::Regex(s.clone())),
@@ -375,6 +380,19 @@ impl Reader<'_> {
                 "target_modules",
                 format!("expected a list of names or a regex, found {v}"),
             )),
+        }
+    }
+
+    /// A list of names (absent: none).
+    fn names(&self, key: &str) -> Result<Vec<String>> {
+        let bad = |v: &Value| self.error(key, format!("expected a list of names, found {v}"));
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(String::from).ok_or_else(|| bad(v)))
+                .collect(),
+            Some(v) => Err(bad(v)),
         }
     }
 

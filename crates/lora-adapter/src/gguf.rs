@@ -20,6 +20,15 @@ use crate::error::{LoraError, Result};
 /// with one alpha (no rsLoRA, no per-module patterns), that alpha is written as it is; otherwise
 /// each B carries its own scale and alpha is 0, which llama.cpp reads as "scale 1".
 pub fn export_gguf_lora<B: Backend>(model: &GemmaForCausalLM<B>, base_path: &Path, path: &Path) -> Result<()> {
+    if let Some(i) = (model.model.layers.iter()).position(|layer| layer.adapters()[7..].iter().any(Option::is_some)) {
+        return Err(LoraError::Config {
+            path: path.to_path_buf(),
+            key: format!("model.layers.{i}.experts"),
+            message: "Ember does not write adapters on expert weights (target_parameters) as a llama.cpp \
+                      LoRA file; export the merged model instead (`ember export`)"
+                .into(),
+        });
+    }
     let config = &model.config;
     let arch = Architecture::of_family(config.family, base_path)?;
     // The base GGUF carries llama.cpp's query scale folded into q_proj (Gemma, Gemma 2); the

@@ -14,7 +14,9 @@ mod merge;
 mod peft;
 mod targets;
 
-pub use apply::{adapter_parameter_count, add_lora, projections, projections_mut};
+pub use apply::{
+    adapter_parameter_count, adapter_paths, adapters, adapters_mut, add_lora, projections, projections_mut,
+};
 pub use atomic::{clean_stale_writes, write_dir_atomically, write_file_atomically};
 pub use config::{Init, LoraConfig, PROJECTIONS, Targets};
 pub use ember_model::MAX_SHARD_BYTES;

@@ -11,9 +11,10 @@ use crate::apply::projections_mut;
 use crate::atomic::write_dir_atomically;
 use crate::error::{LoraError, Result};
 
-/// Replaces every projection's weight by `W + scale·BA`, computed in f32 and cast once to
-/// the weight's dtype, and removes the adapters. A 4-bit weight's `W` is its dequantized
-/// value, the weight the adapter was trained on; the sum is dense.
+/// Replaces every projection's weight by `W + scale·BA`, and each adapted expert weight's
+/// slices by `W[e] + scale·B_e·A_e` (as PEFT's `merge_and_unload`), computed in f32 and cast
+/// once to the weight's dtype, and removes the adapters. A 4-bit weight's `W` is its
+/// dequantized value, the weight the adapter was trained on; the sum is dense.
 pub fn merge_lora<B: Backend>(mut model: GemmaForCausalLM<B>) -> Result<GemmaForCausalLM<B>> {
     let mut merged = 0;
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
@@ -27,6 +28,22 @@ pub fn merge_lora<B: Backend>(mut model: GemmaForCausalLM<B>) -> Result<GemmaFor
                     FrozenWeight::FourBit(_) => ParamId::new(),
                 };
                 linear.weight = FrozenWeight::Dense(Param::initialized(id, sum.set_require_grad(false)));
+                merged += 1;
+            }
+        }
+        let Some(experts) = layer.experts.as_mut() else {
+            continue;
+        };
+        let num_experts = experts.num_experts();
+        for (weight, lora) in [
+            (&mut experts.gate_up_proj, experts.lora.gate_up_proj.take()),
+            (&mut experts.down_proj, experts.lora.down_proj.take()),
+        ] {
+            if let Some(lora) = lora {
+                let value = weight.val();
+                let dtype = value.dtype();
+                let sum = (value.cast(DType::F32) + lora.expert_delta_weights(num_experts)).cast(dtype);
+                *weight = Param::initialized(weight.id, sum.set_require_grad(false));
                 merged += 1;
             }
         }

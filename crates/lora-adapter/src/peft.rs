@@ -1,17 +1,20 @@
 //! Adapters on disk in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`
 //! with keys `base_model.model.<module path>.lora_A.weight` (`[r, in]`) and `lora_B.weight`
-//! (`[out, r]`), f32, metadata `format: pt`.
+//! (`[out, r]`), f32, metadata `format: pt`. An adapter on an expert weight
+//! (`target_parameters`) is stored under its `ParamWrapper`'s path, `…experts` or, nested,
+//! `…experts.base_layer` ([`crate::adapter_paths`]), as `[r·experts, in]` and
+//! `[out, r·experts]` (layout: `ember_model`'s `expert_lora.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::module::Param;
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
-use ember_model::{GemmaForCausalLM, named_params};
+use ember_model::GemmaForCausalLM;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::apply::{add_lora, projections_mut};
+use crate::apply::{adapters, adapters_mut, add_lora};
 use crate::atomic::write_dir_atomically;
 use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
@@ -32,22 +35,16 @@ pub type AdapterTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 /// base), so PEFT applies the adapter to the model the checkpoint loads as.
 pub fn adapter_tensors<B: Backend>(model: &GemmaForCausalLM<B>) -> Result<AdapterTensors> {
     let mut tensors = BTreeMap::new();
-    for param in named_params(model) {
-        let (path, matrix) = match param.name.rsplit_once(".lora.") {
-            Some((path, "a")) => (path, 'A'),
-            Some((path, "b")) => (path, 'B'),
-            _ => continue,
-        };
-        let values = param
-            .values
-            .cast(DType::F32)
-            .into_data()
-            .into_vec::<f32>()
-            .map_err(|e| LoraError::io(path, std::io::Error::other(format!("{e:?}"))))?;
-        tensors.insert(
-            peft_key(&model.config.checkpoint_name(path), matrix),
-            (param.shape, values),
-        );
+    for (i, layer) in model.model.layers.iter().enumerate() {
+        for (path, lora) in adapters(i, layer) {
+            for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
+                let tensor = param.val();
+                let shape = tensor.dims().to_vec();
+                let values = (tensor.cast(DType::F32).into_data().into_vec::<f32>())
+                    .map_err(|e| LoraError::io(&path, std::io::Error::other(format!("{e:?}"))))?;
+                tensors.insert(peft_key(&model.config.checkpoint_name(&path), matrix), (shape, values));
+            }
+        }
     }
     Ok(tensors)
 }
@@ -103,10 +100,7 @@ pub fn load_adapter_as<B: Backend>(
     let config = model.config.clone();
     let checkpoint_name = |path: &str| config.checkpoint_name(path);
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
-        for (module, linear) in projections_mut(i, layer) {
-            let Some(lora) = linear.lora.as_mut() else {
-                continue;
-            };
+        for (module, lora) in adapters_mut(i, layer) {
             for (matrix, param) in [('A', &mut lora.a), ('B', &mut lora.b)] {
                 let key = peft_key(&checkpoint_name(&module), matrix);
                 *param = read_param(&file, &path, &key, param.val().dims(), &param.val().device())?;

@@ -1,4 +1,5 @@
-//! Which projections get an adapter, and with which rank and alpha: PEFT's matching rules.
+//! Which projections (and expert weights) get an adapter, and with which rank and alpha:
+//! PEFT's matching rules.
 
 use regex::Regex;
 
@@ -61,9 +62,23 @@ impl<'a> Resolver<'a> {
                         .is_none_or(|layers| layers.contains(&layer))
             }
         };
-        if !targeted {
-            return None;
-        }
+        targeted.then(|| self.sized(path))
+    }
+
+    /// The adapter for the parameter at `path` (`model.layers.3.experts.down_proj`), if
+    /// `target_parameters` names it: its whole path or a dotted end of it, in every layer
+    /// (PEFT's rule, which `layers_to_transform` does not restrict).
+    pub fn parameter(&self, path: &str) -> Option<Target> {
+        let named = |name: &String| path == name || path.ends_with(&format!(".{name}"));
+        self.config
+            .target_parameters
+            .iter()
+            .any(named)
+            .then(|| self.sized(path))
+    }
+
+    /// Rank, alpha and scale of the adapter at `path`, patterns applied.
+    fn sized(&self, path: &str) -> Target {
         let rank = first_match(&self.rank_patterns, path).unwrap_or(self.config.r);
         let alpha = first_match(&self.alpha_patterns, path).unwrap_or(self.config.lora_alpha);
         let scale = if self.config.use_rslora {
@@ -71,7 +86,7 @@ impl<'a> Resolver<'a> {
         } else {
             alpha / rank as f64
         };
-        Some(Target { rank, alpha, scale })
+        Target { rank, alpha, scale }
     }
 
     /// Fails if a named target matches none of the model's projections (say `lm_head`),

@@ -9,7 +9,7 @@ use crate::kv_share::SharedKv;
 use crate::laurel::Laurel;
 use crate::layer_altup::AltUpLayerSaved;
 use crate::linear::Linear;
-use crate::lora::LoraGrads;
+use crate::lora::{Lora, LoraGrads};
 use crate::mlp::{Mlp, MlpSaved};
 use crate::moe::{Experts, ExpertsSaved, Router, RouterSaved};
 use crate::norm::RmsNorm;
@@ -163,8 +163,9 @@ impl<B: Backend> DecoderLayer<B> {
 /// dropout.
 pub type LayerKeep<B> = [Option<Tensor<B, 2>>; 7];
 
-/// The adapters' gradients of one decoder layer, in [`LayerKeep`]'s order.
-pub type LayerGrads<B> = [Option<LoraGrads<B>>; 7];
+/// The adapters' gradients of one decoder layer, in [`ADAPTER_NAMES`]' order: the seven
+/// projections' as in [`LayerKeep`], then the experts' two weights' (PEFT's layout).
+pub type LayerGrads<B> = [Option<LoraGrads<B>>; 9];
 
 /// What [`DecoderLayer::backward`] needs from [`DecoderLayer::forward_saving`].
 #[derive(Debug, Clone)]
@@ -303,6 +304,7 @@ impl<B: Backend> DecoderLayer<B> {
         if let (Some(block), Some(saved)) = (self.per_layer_block(), per_layer) {
             dy = dy.clone() + block.backward(saved, dy);
         }
+        let mut expert_grads = [None, None];
         let (dh, d_attn, mlp_grads) = match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
             (Some(pre_ff), Some(post_ff)) => {
                 let d_ff = post_ff.backward(ff, dy.clone());
@@ -310,7 +312,8 @@ impl<B: Backend> DecoderLayer<B> {
                     (Some(parts), Some(moe)) => {
                         let d_mlp = parts.post_mlp.backward(moe.mlp, d_ff.clone());
                         let d_experts = parts.post_experts.backward(moe.experts, d_ff);
-                        let (d_in, d_weights) = parts.experts.backward(moe.experts_saved, d_experts);
+                        let (d_in, d_weights, grads) = parts.experts.backward(moe.experts_saved, d_experts);
+                        expert_grads = [grads.gate_up_proj, grads.down_proj];
                         let d_h = parts.pre.backward(h.clone(), d_in) + parts.router.backward(moe.router, d_weights);
                         (d_mlp, Some(d_h))
                     }
@@ -333,7 +336,9 @@ impl<B: Backend> DecoderLayer<B> {
         let (d_normed, [q, k, v, o]) = self.self_attn.backward(attention, rope, d_attn, index, shared);
         let dx = dh + self.input_layernorm.backward(x, d_normed);
         let [gate, up, down] = mlp_grads;
-        (dx.reshape([batch, seq, hidden]), [q, k, v, o, gate, up, down])
+        let [experts_gate_up, experts_down] = expert_grads;
+        let grads = [q, k, v, o, gate, up, down, experts_gate_up, experts_down];
+        (dx.reshape([batch, seq, hidden]), grads)
     }
 }
 
@@ -347,6 +352,21 @@ pub const PROJECTION_NAMES: [&str; 7] = [
     "mlp.gate_proj",
     "mlp.up_proj",
     "mlp.down_proj",
+];
+
+/// The paths under `model.layers.<i>` of everything in a layer that can carry an adapter, in
+/// [`LayerGrads`]' order: the seven projections, then the experts' two 3-D weights (parameters,
+/// not modules: PEFT's `target_parameters`).
+pub const ADAPTER_NAMES: [&str; 9] = [
+    PROJECTION_NAMES[0],
+    PROJECTION_NAMES[1],
+    PROJECTION_NAMES[2],
+    PROJECTION_NAMES[3],
+    PROJECTION_NAMES[4],
+    PROJECTION_NAMES[5],
+    PROJECTION_NAMES[6],
+    "experts.gate_up_proj",
+    "experts.down_proj",
 ];
 
 impl<B: Backend> DecoderLayer<B> {
@@ -376,6 +396,36 @@ impl<B: Backend> DecoderLayer<B> {
             Some(&mut mlp.gate_proj),
             Some(&mut mlp.up_proj),
             Some(&mut mlp.down_proj),
+        ]
+    }
+
+    /// The layer's adapters in [`ADAPTER_NAMES`]' order; `None` where there is none.
+    pub fn adapters(&self) -> [Option<&Lora<B>>; 9] {
+        let [q, k, v, o, gate, up, down] = self.projections().map(|linear| linear?.lora.as_ref());
+        let (gate_up_proj, down_proj) = match &self.experts {
+            Some(experts) => (experts.lora.gate_up_proj.as_ref(), experts.lora.down_proj.as_ref()),
+            None => (None, None),
+        };
+        [q, k, v, o, gate, up, down, gate_up_proj, down_proj]
+    }
+
+    /// [`Self::adapters`], mutably.
+    pub fn adapters_mut(&mut self) -> [Option<&mut Lora<B>>; 9] {
+        let (attn, mlp) = (&mut self.self_attn, &mut self.mlp);
+        let (gate_up_proj, down_proj) = match self.experts.as_mut() {
+            Some(experts) => (experts.lora.gate_up_proj.as_mut(), experts.lora.down_proj.as_mut()),
+            None => (None, None),
+        };
+        [
+            attn.q_proj.lora.as_mut(),
+            attn.k_proj.as_mut().and_then(|linear| linear.lora.as_mut()),
+            attn.v_proj.as_mut().and_then(|linear| linear.lora.as_mut()),
+            attn.o_proj.lora.as_mut(),
+            mlp.gate_proj.lora.as_mut(),
+            mlp.up_proj.lora.as_mut(),
+            mlp.down_proj.lora.as_mut(),
+            gate_up_proj,
+            down_proj,
         ]
     }
 

@@ -214,7 +214,11 @@ impl<B: Backend> DecoderLayer<B> {
         );
         let dx = altup.predict_backward(saved.predict, d_predictions, true);
         let [gate, up, down] = mlp_grads;
-        (dx.reshape([batch, seq, width]), [q, k, v, o, gate, up, down])
+        // Gemma 3n has no experts.
+        (
+            dx.reshape([batch, seq, width]),
+            [q, k, v, o, gate, up, down, None, None],
+        )
     }
 }
 

@@ -12,6 +12,7 @@ use crate::bnb::FourBitConfig;
 use crate::config::{Family, GemmaConfig};
 use crate::embedding::Embedding;
 use crate::error::{ModelError, Result};
+use crate::expert_lora::ExpertLoras;
 use crate::laurel::Laurel;
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
@@ -274,6 +275,10 @@ fn decoder_layer<B: Backend>(cfg: &GemmaConfig, index: usize, w: &mut Weights<B>
             Ok(Experts {
                 gate_up_proj: w.param(&format!("{prefix}.experts.gate_up_proj"), [e, 2 * n, h])?,
                 down_proj: w.param(&format!("{prefix}.experts.down_proj"), [e, h, n])?,
+                lora: ExpertLoras {
+                    gate_up_proj: None,
+                    down_proj: None,
+                },
                 activation: cfg.activation,
             })
         })

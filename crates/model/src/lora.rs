@@ -72,28 +72,54 @@ impl<B: Backend> Lora<B> {
         x: Tensor<B, 2>,
         keep: Option<Tensor<B, 2>>,
     ) -> (Tensor<B, 2>, LoraSaved<B>) {
-        let dtype = base.dtype();
         let mut x = x.cast(DType::F32);
         if let Some(keep) = &keep {
             x = x * keep.clone() / (1.0 - self.dropout);
         }
-        let z = matmul(x.clone(), self.a.val().transpose());
-        let delta = matmul(z.clone(), self.b.val().transpose()) * self.scale;
-        let out = (base.cast(DType::F32) + delta).cast(dtype);
+        let (out, z) = add_low_rank(base, x.clone(), self.a.val(), self.b.val(), self.scale);
         (out, LoraSaved { x, z, keep })
     }
 
     /// The adapter's gradients and its part of the input gradient (f32, `[n, in]`), given the
     /// output gradient `grad` `[n, out]`.
     pub fn backward(&self, saved: LoraSaved<B>, grad: Tensor<B, 2>) -> (Tensor<B, 2>, LoraGrads<B>) {
-        let grad = grad.cast(DType::F32) * self.scale;
-        let b = matmul(grad.clone().transpose(), saved.z);
-        let dz = matmul(grad, self.b.val());
-        let a = matmul(dz.clone().transpose(), saved.x);
-        let mut dx = matmul(dz, self.a.val());
+        let (mut dx, grads) = low_rank_backward(saved.x, saved.z, self.a.val(), self.b.val(), self.scale, grad);
         if let Some(keep) = saved.keep {
             dx = dx * keep / (1.0 - self.dropout);
         }
-        (dx, LoraGrads { a, b })
+        (dx, grads)
     }
+}
+
+/// `base + scale·(x·aᵀ)·bᵀ` for f32 rows `x` `[n, in]`, `a` `[r, in]`, `b` `[out, r]`: the sum
+/// in f32, cast back to `base`'s dtype; with the rank-sized product `z = x·aᵀ` the backward
+/// reuses.
+pub(crate) fn add_low_rank<B: Backend>(
+    base: Tensor<B, 2>,
+    x: Tensor<B, 2>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    scale: f64,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let dtype = base.dtype();
+    let z = matmul(x, a.transpose());
+    let delta = matmul(z.clone(), b.clone().transpose()) * scale;
+    ((base.cast(DType::F32) + delta).cast(dtype), z)
+}
+
+/// The gradients of [`add_low_rank`]'s input (f32 `[n, in]`) and of `a` and `b`, given the
+/// output's gradient `grad` `[n, out]`.
+pub(crate) fn low_rank_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    z: Tensor<B, 2>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    scale: f64,
+    grad: Tensor<B, 2>,
+) -> (Tensor<B, 2>, LoraGrads<B>) {
+    let grad = grad.cast(DType::F32) * scale;
+    let db = matmul(grad.clone().transpose(), z);
+    let dz = matmul(grad, b);
+    let da = matmul(dz.clone().transpose(), x);
+    (matmul(dz, a), LoraGrads { a: da, b: db })
 }

@@ -1,13 +1,16 @@
 //! Gemma 4's mixture of experts: a router picks each token's top-k experts (gated MLPs stored as
 //! 3-D tensors) and weighs their outputs; it runs beside the layer's dense MLP. Experts are
-//! frozen and run on the tokens routed to them only.
+//! frozen, may carry PEFT's adapters on their two weights ([`crate::expert_lora`]), and run on
+//! the tokens routed to them only.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, backend::Backend};
 
 use crate::config::Activation;
+use crate::expert_lora::{ExpertLoraGrads, ExpertLoraSaved, ExpertLoras, stack_expert_grads};
 use crate::linear::Linear;
+use crate::lora::{Lora, LoraGrads};
 use crate::matmul::{matmul, matmul_transposed};
 use crate::mlp::{activate, activation_derivative};
 use crate::norm::{rms_normalize, rms_normalize_backward};
@@ -34,6 +37,8 @@ pub struct Router<B: Backend> {
 pub struct Experts<B: Backend> {
     pub gate_up_proj: Param<Tensor<B, 3>>,
     pub down_proj: Param<Tensor<B, 3>>,
+    /// LoRA on either weight (PEFT's `target_parameters`).
+    pub lora: ExpertLoras<B>,
     #[module(skip)]
     pub activation: Activation,
 }
@@ -158,6 +163,8 @@ struct ExpertSaved<B: Backend> {
     act: Tensor<B, 2>,
     /// The expert's output before its routing weight.
     out: Tensor<B, 2>,
+    gate_up_lora: Option<ExpertLoraSaved<B>>,
+    down_lora: Option<ExpertLoraSaved<B>>,
 }
 
 /// What [`Experts::backward`] needs from [`Experts::forward_saving`].
@@ -182,8 +189,7 @@ impl<B: Backend> Experts<B> {
         let flat_weights = routing.weights.clone().reshape([tokens * routing.top_k]);
         let mut out = x.zeros_like();
         let mut saved = Vec::new();
-        let num_experts = self.gate_up_proj.val().dims()[0];
-        for expert in 0..num_experts {
+        for expert in 0..self.num_experts() {
             let slots: Vec<i64> = (0..tokens * routing.top_k)
                 .filter(|&slot| routing.experts[slot] == expert)
                 .map(|slot| slot as i64)
@@ -196,11 +202,23 @@ impl<B: Backend> Experts<B> {
             let slots_t = Tensor::<B, 1, Int>::from_data(slots.as_slice(), &device);
             let (gate_up, down) = self.weights(expert);
             let intermediate = gate_up.dims()[0] / 2;
-            let gu = matmul_transposed(x.clone().select(0, tokens_t.clone()), gate_up);
+            let rows = x.clone().select(0, tokens_t.clone());
+            let (gu, gate_up_lora) = self.add_adapter(
+                &self.lora.gate_up_proj,
+                expert,
+                matmul_transposed(rows.clone(), gate_up),
+                rows,
+            );
             let gate = gu.clone().narrow(1, 0, intermediate);
             let up = gu.narrow(1, intermediate, intermediate);
             let act = activate(self.activation, gate.clone());
-            let expert_out = matmul_transposed(act.clone() * up.clone(), down);
+            let product = act.clone() * up.clone();
+            let (expert_out, down_lora) = self.add_adapter(
+                &self.lora.down_proj,
+                expert,
+                matmul_transposed(product.clone(), down),
+                product,
+            );
             let weight = flat_weights.clone().select(0, slots_t.clone()).unsqueeze_dim::<2>(1);
             let weighted = (expert_out.clone().cast(DType::F32) * weight).cast(dtype);
             out = out.select_assign(0, tokens_t.clone(), weighted, IndexingUpdateOp::Add);
@@ -212,6 +230,8 @@ impl<B: Backend> Experts<B> {
                 up,
                 act,
                 out: expert_out,
+                gate_up_lora,
+                down_lora,
             });
         }
         debug_assert_eq!(out.dims(), [tokens, hidden]);
@@ -222,14 +242,21 @@ impl<B: Backend> Experts<B> {
         (out, saved)
     }
 
-    /// The gradients of the input rows and of the routing weights (f32 `[tokens, top_k]`),
-    /// given the output's.
-    pub fn backward(&self, saved: ExpertsSaved<B>, grad: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    /// The gradients of the input rows, of the routing weights (f32 `[tokens, top_k]`) and of
+    /// the adapters, given the output's.
+    pub fn backward(
+        &self,
+        saved: ExpertsSaved<B>,
+        grad: Tensor<B, 2>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, ExpertLoraGrads<B>) {
         let [tokens, top_k] = saved.weights.dims();
         let dtype = grad.dtype();
         let flat_weights = saved.weights.clone().reshape([tokens * top_k]);
         let mut dx = grad.zeros_like();
         let mut d_weights = flat_weights.zeros_like();
+        let num_experts = self.num_experts();
+        let mut gate_up_grads: Vec<Option<LoraGrads<B>>> = vec![None; num_experts];
+        let mut down_grads: Vec<Option<LoraGrads<B>>> = vec![None; num_experts];
         for e in saved.experts {
             let d_out = grad.clone().select(0, e.tokens.clone()).cast(DType::F32);
             let d_weight = (d_out.clone() * e.out.cast(DType::F32)).sum_dim(1).squeeze_dim::<1>(1);
@@ -237,14 +264,59 @@ impl<B: Backend> Experts<B> {
             let weight = flat_weights.clone().select(0, e.slots).unsqueeze_dim::<2>(1);
             let d_expert_out = (d_out * weight).cast(dtype);
             let (gate_up, down) = self.weights(e.expert);
-            let d_product = matmul(d_expert_out, down);
+            let mut d_product = matmul(d_expert_out.clone(), down);
+            if let (Some(lora), Some(saved)) = (&self.lora.down_proj, e.down_lora) {
+                let (d_lora, grads) = lora.expert_backward(e.expert, num_experts, saved, d_expert_out);
+                d_product = d_product + d_lora.cast(dtype);
+                down_grads[e.expert] = Some(grads);
+            }
             let d_act = d_product.clone() * e.up;
             let d_up = d_product * e.act;
             let d_gate = (activation_derivative(self.activation, e.gate) * d_act.cast(DType::F32)).cast(dtype);
-            let d_x = matmul(Tensor::cat(vec![d_gate, d_up], 1), gate_up);
+            let d_gu = Tensor::cat(vec![d_gate, d_up], 1);
+            let mut d_x = matmul(d_gu.clone(), gate_up);
+            if let (Some(lora), Some(saved)) = (&self.lora.gate_up_proj, e.gate_up_lora) {
+                let (d_lora, grads) = lora.expert_backward(e.expert, num_experts, saved, d_gu);
+                d_x = d_x + d_lora.cast(dtype);
+                gate_up_grads[e.expert] = Some(grads);
+            }
             dx = dx.select_assign(0, e.tokens, d_x, IndexingUpdateOp::Add);
         }
-        (dx, d_weights.reshape([tokens, top_k]))
+        let lora_grads = ExpertLoraGrads {
+            gate_up_proj: self
+                .lora
+                .gate_up_proj
+                .as_ref()
+                .map(|lora| stack_expert_grads(gate_up_grads, lora)),
+            down_proj: self
+                .lora
+                .down_proj
+                .as_ref()
+                .map(|lora| stack_expert_grads(down_grads, lora)),
+        };
+        (dx, d_weights.reshape([tokens, top_k]), lora_grads)
+    }
+
+    /// How many experts the weights hold.
+    pub fn num_experts(&self) -> usize {
+        self.gate_up_proj.val().dims()[0]
+    }
+
+    /// `base` (expert `expert`'s projection of `x`) plus the adapter's delta, if there is one.
+    fn add_adapter(
+        &self,
+        lora: &Option<Lora<B>>,
+        expert: usize,
+        base: Tensor<B, 2>,
+        x: Tensor<B, 2>,
+    ) -> (Tensor<B, 2>, Option<ExpertLoraSaved<B>>) {
+        match lora {
+            Some(lora) => {
+                let (out, saved) = lora.add_to_expert_saving(expert, self.num_experts(), base, x);
+                (out, Some(saved))
+            }
+            None => (base, None),
+        }
     }
 
     /// Expert `expert`'s `[2·intermediate, hidden]` and `[hidden, intermediate]` weights.

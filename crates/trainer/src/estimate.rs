@@ -206,6 +206,14 @@ pub fn estimate<B: Backend>(
                 rank = rank.max(target.rank);
             }
         }
+        // [in, out] of the experts' two weights; each expert has an adapter of its own.
+        let Some(moe) = model.moe else { continue };
+        let n = moe.intermediate_size;
+        for (name, [inp, out]) in [("experts.gate_up_proj", [h, 2 * n]), ("experts.down_proj", [n, h])] {
+            if let Some(target) = resolver.parameter(&format!("model.layers.{layer}.{name}")) {
+                adapter_params += moe.num_experts * target.rank * (inp + out);
+            }
+        }
     }
     // f32 parameter and gradient, then two moments: f32, or 8-bit codes with an f32 absmax
     // per block of 256.

@@ -15,10 +15,8 @@ use std::collections::BTreeMap;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
-use ember_lora::{peft_key, projections};
-use ember_model::{
-    AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, PROJECTION_NAMES, cross_entropy_sum, shift_labels,
-};
+use ember_lora::{adapter_paths, adapters, peft_key};
+use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, cross_entropy_sum, shift_labels};
 
 use crate::error::Result;
 use crate::kernels::{BatchKernels, Favour, Offloaded, TrainKernels};
@@ -169,8 +167,7 @@ fn accumulate_full<B: AutodiffBackend>(
     clock.lap(Phase::Head);
     let gradients = (loss_sum / normaliser).backward();
     for index in 0..model.model.layers.len() {
-        for (path, linear) in projections(index, &model.model.layers[index]) {
-            let Some(lora) = &linear.lora else { continue };
+        for (path, lora) in adapters(index, &model.model.layers[index]) {
             for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
                 if let Some(g) = param.val().grad(&gradients) {
                     add_grad(grads, peft_key(&path, matrix), g);
@@ -220,9 +217,9 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
             .expect("one input per layer")
             .take(step.as_mut(), index)?;
         let (grad_x, layer_grads) = step.backward(index, input, grad_y, keep(index))?;
-        for (name, lora) in PROJECTION_NAMES.iter().zip(layer_grads) {
+        let paths = adapter_paths(index, &frozen.model.layers[index]);
+        for (path, lora) in paths.into_iter().zip(layer_grads) {
             let Some(lora) = lora else { continue };
-            let path = format!("model.layers.{index}.{name}");
             add_grad(grads, peft_key(&path, 'A'), lora.a);
             add_grad(grads, peft_key(&path, 'B'), lora.b);
         }
@@ -241,11 +238,10 @@ fn add_grad<B: Backend>(grads: &mut AdapterGrads<B>, key: String, g: Tensor<B, 2
 }
 
 fn has_dropout<B: Backend>(model: &GemmaForCausalLM<B>) -> bool {
-    (0..model.model.layers.len()).any(|i| {
-        projections(i, &model.model.layers[i])
-            .iter()
-            .any(|(_, linear)| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0))
-    })
+    (model.model.layers.iter())
+        .flat_map(|layer| layer.adapters())
+        .flatten()
+        .any(|lora| lora.dropout > 0.0)
 }
 
 /// Seeds the backend's generator for layer `index` of `batch`, when the adapters use dropout:

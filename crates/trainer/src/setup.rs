@@ -8,8 +8,8 @@ use std::sync::Arc;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::{Dataset, Loader, LoaderOptions};
-use ember_lora::{CONFIG_FILE, LoraConfig, add_lora, load_adapter, load_adapter_as, peft_key};
-use ember_model::{GemmaForCausalLM, LoadOptions, ModelSource, named_params};
+use ember_lora::{CONFIG_FILE, LoraConfig, adapters, add_lora, load_adapter, load_adapter_as, peft_key};
+use ember_model::{GemmaForCausalLM, LoadOptions, ModelSource};
 
 use crate::checkpoint::{self, FORMAT_VERSION, TrainerState};
 use crate::config::{OptimKind, RunConfig};
@@ -242,11 +242,10 @@ fn restore_optimizer<B: AutodiffBackend>(
         message,
     };
     optimizer.load_state(state, device).map_err(error)?;
-    let adapter: BTreeMap<String, Vec<usize>> = named_params(model)
-        .into_iter()
-        .filter_map(|p| {
-            let (path, matrix) = p.name.rsplit_once(".lora.")?;
-            Some((peft_key(path, matrix.to_ascii_uppercase().chars().next()?), p.shape))
+    let adapter: BTreeMap<String, Vec<usize>> = (model.model.layers.iter().enumerate())
+        .flat_map(|(i, layer)| adapters(i, layer))
+        .flat_map(|(path, lora)| {
+            [('A', &lora.a), ('B', &lora.b)].map(|(m, p)| (peft_key(&path, m), p.val().dims().to_vec()))
         })
         .collect();
     for (name, len) in optimizer.state_sizes() {

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use std::collections::HashMap;
 
-use ember_lora::{peft_key, projections, projections_mut};
+use ember_lora::{adapters, adapters_mut, peft_key};
 use ember_model::GemmaForCausalLM;
 
 use crate::distributed::{Collective, Solo, sum_step};
@@ -128,8 +128,7 @@ pub fn shared_optimizer_step<B: AutodiffBackend>(
     // Every adapter tensor in one call: optimizers batch them into few kernel launches.
     let mut items = Vec::new();
     for (i, layer) in model.model.layers.iter().enumerate() {
-        for (path, linear) in projections(i, layer) {
-            let Some(lora) = &linear.lora else { continue };
+        for (path, lora) in adapters(i, layer) {
             for (matrix, param) in [('A', &lora.a), ('B', &lora.b)] {
                 let key = peft_key(&path, matrix);
                 let Some(grad) = grads.remove(&key) else { continue };
@@ -143,8 +142,7 @@ pub fn shared_optimizer_step<B: AutodiffBackend>(
         .zip(optimizer.update_many(items, lr, clip, kernels.blockwise_adam()))
         .collect();
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
-        for (path, linear) in projections_mut(i, layer) {
-            let Some(lora) = linear.lora.as_mut() else { continue };
+        for (path, lora) in adapters_mut(i, layer) {
             for (matrix, param) in [('A', &mut lora.a), ('B', &mut lora.b)] {
                 let Some(value) = updated.remove(&peft_key(&path, matrix)) else {
                     continue;

@@ -4,6 +4,7 @@
 
 mod adapter;
 mod common;
+mod experts;
 mod gguf_lora;
 mod peft_parity;
 mod roundtrip;

@@ -15,12 +15,26 @@ use ember_lora::{Init, LoraConfig, Targets, add_lora, export_checkpoint, merge_l
 use ember_model::ModelSource;
 use safetensors::tensor::TensorView;
 
-/// The bases: Gemma 3, and Gemma 3n and 4 (the multimodal one with its adapter under
-/// `model.language_model`, its export as the text model).
-const BASES: &[&str] = &["gemma3", "gemma3n", "gemma4", "gemma4-moe"];
+/// The cases and their bases: Gemma 3, and Gemma 3n and 4 (the multimodal one with its adapter
+/// under `model.language_model`, its export as the text model), and Gemma 4's experts adapted
+/// too (PEFT's `target_parameters`).
+const CASES: &[(&str, &str)] = &[
+    ("gemma3", "gemma3"),
+    ("gemma3n", "gemma3n"),
+    ("gemma4", "gemma4"),
+    ("gemma4-moe", "gemma4-moe"),
+    ("gemma4-moe-experts", "gemma4-moe"),
+];
 
-fn config(base: &str) -> LoraConfig {
+fn config(case: &str, base: &str) -> LoraConfig {
     let recipe = LoraConfig::seed_recipe();
+    if case == "gemma4-moe-experts" {
+        return LoraConfig {
+            target_parameters: vec!["experts.gate_up_proj".into(), "experts.down_proj".into()],
+            rank_pattern: vec![("o_proj".into(), 4), ("experts.down_proj".into(), 2)],
+            ..config(base, base)
+        };
+    }
     LoraConfig {
         r: 8,
         lora_alpha: 16.0,
@@ -41,8 +55,8 @@ fn config(base: &str) -> LoraConfig {
 
 /// `adapter/`, `merged/` (f32, so the comparison measures the merge, not a cast) and
 /// `ember_logits.safetensors` (the adapter's logits on the base's reference batch) in `out`.
-fn write_ember_side(base_name: &str, out: &Path) {
-    let config = config(base_name);
+fn write_ember_side(case: &str, base_name: &str, out: &Path) {
+    let config = config(case, base_name);
     let model = add_lora(load::<B>(&model_dir(base_name)), &config, 2024).unwrap();
     save_adapter(&model, &config, &out.join("adapter")).unwrap();
     let batch = Batch::of(base_name);
@@ -67,9 +81,9 @@ fn peft_and_transformers_load_what_ember_writes() {
     let Some(python) = ember_testkit::reference_python() else {
         return;
     };
-    for base in BASES {
+    for &(case, base) in CASES {
         let out = tempfile::tempdir().unwrap();
-        write_ember_side(base, out.path());
+        write_ember_side(case, base, out.path());
         let run = Command::new(&python)
             .arg(repo().join("fixtures/check_peft_roundtrip.py"))
             .arg(out.path())
@@ -77,12 +91,12 @@ fn peft_and_transformers_load_what_ember_writes() {
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
         let stdout = String::from_utf8_lossy(&run.stdout);
-        eprintln!("{base}: {stdout}");
+        eprintln!("{case}: {stdout}");
         assert!(
             run.status.success(),
-            "{base}: {stdout}{}",
+            "{case}: {stdout}{}",
             String::from_utf8_lossy(&run.stderr)
         );
-        assert_eq!(stdout.matches(": max |dlogit|").count(), 2, "{base}: {stdout}");
+        assert_eq!(stdout.matches(": max |dlogit|").count(), 2, "{case}: {stdout}");
     }
 }

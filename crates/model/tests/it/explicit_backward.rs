@@ -3,7 +3,7 @@
 //! (Gemma with MQA and with MHA + an untied head, Gemma 2 with soft-capping and sliding
 //! windows, Gemma 3 with q/k norms, Gemma 3n with AltUp, Laurel, per-layer inputs, sparse
 //! activations and shared keys and values, Gemma 4 with those it has, keys as values and
-//! experts), on padded and packed batches, with and without dropout. The layers run as a
+//! experts, adapters on the experts' weights included), on padded and packed batches, with and without dropout. The layers run as a
 //! stack, forward then backward in reverse, as a training step runs them: layers that share
 //! keys and values pass gradients between them.
 
@@ -14,7 +14,9 @@ use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
-use ember_model::{AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, Lora, cross_entropy_sum};
+use ember_model::{
+    ADAPTER_NAMES, AttentionMask, ForwardInput, GemmaForCausalLM, IGNORE_INDEX, Lora, cross_entropy_sum,
+};
 
 type AD = Autodiff<B>;
 
@@ -54,26 +56,40 @@ fn input<Bk: Backend>(device: &Bk::Device) -> ForwardInput<Bk> {
     }
 }
 
-/// The fixture with a random adapter on every projection (B non-zero, so every gradient path
-/// carries signal).
+/// The fixture with a random adapter on every projection and expert weight (B non-zero, so
+/// every gradient path carries signal).
 fn model_with_adapters(name: &str, dropout: f64) -> GemmaForCausalLM<AD> {
     let device = Default::default();
     let mut model: GemmaForCausalLM<AD> = load_on(&fixture(name), &device);
     let rank = 3;
+    let random = |shape: [usize; 2]| {
+        Param::from_tensor(Tensor::<AD, 2>::random(shape, Distribution::Normal(0.0, 0.3), &device).require_grad())
+    };
     for layer in &mut model.model.layers {
         for linear in layer.projections_mut().into_iter().flatten() {
             let [out, inp] = linear.shape();
-            let random = |shape: [usize; 2]| {
-                Param::from_tensor(
-                    Tensor::<AD, 2>::random(shape, Distribution::Normal(0.0, 0.3), &device).require_grad(),
-                )
-            };
             linear.lora = Some(Lora {
                 a: random([rank, inp]),
                 b: random([out, rank]),
                 scale: 1.5,
                 dropout,
             });
+        }
+        if let Some(experts) = &mut layer.experts {
+            let n = experts.num_experts();
+            let weights = [
+                (experts.gate_up_proj.val().dims(), &mut experts.lora.gate_up_proj),
+                (experts.down_proj.val().dims(), &mut experts.lora.down_proj),
+            ];
+            // PEFT's layout (`expert_lora.rs`); PEFT gives expert weights no dropout.
+            for ([_, out, inp], lora) in weights {
+                *lora = Some(Lora {
+                    a: random([rank * n, inp]),
+                    b: random([out, rank * n]),
+                    scale: 0.7,
+                    dropout: 0.0,
+                });
+            }
         }
     }
     model
@@ -144,17 +160,17 @@ fn check_layers(name: &str, dropout: f64) {
         let layer_saved = saved.pop().expect("one per layer");
         let (dx, grads) = frozen.layer_backward(index, layer_saved, &mut context, grad);
         let autodiff_layer = &model.model.layers[index];
-        for (p, (linear, grad)) in autodiff_layer.projections().iter().zip(grads).enumerate() {
-            let Some(linear) = linear else {
+        for (p, (lora, grad)) in autodiff_layer.adapters().into_iter().zip(grads).enumerate() {
+            let p = ADAPTER_NAMES[p];
+            let Some(lora) = lora else {
                 assert!(
                     grad.is_none(),
-                    "{name} layer {index}: projection {p} is absent but has a gradient"
+                    "{name} layer {index}: {p} has no adapter but a gradient"
                 );
                 continue;
             };
-            let lora = linear.lora.as_ref().unwrap();
-            let grad = grad.unwrap_or_else(|| panic!("{name} layer {index}: projection {p} has no gradient"));
-            let what = |m: &str| format!("{name} layer {index} projection {p} lora_{m}");
+            let grad = grad.unwrap_or_else(|| panic!("{name} layer {index}: {p} has no gradient"));
+            let what = |m: &str| format!("{name} layer {index} {p} lora_{m}");
             assert_close(
                 &what("A"),
                 values(grad.a),

@@ -76,6 +76,32 @@ fn weights_and_adapters_are_counted_as_loaded() {
 }
 
 #[test]
+fn expert_adapters_are_counted_as_loaded() {
+    let out = tempfile::tempdir().unwrap();
+    let mut table = config_table(out.path(), 1, "adamw_torch", true);
+    table["model"]["path"] = crate::common::repo()
+        .join("fixtures/models/gemma4-moe")
+        .display()
+        .to_string()
+        .into();
+    let lora = table["lora"].as_table_mut().unwrap();
+    lora.insert("target_modules".into(), toml::Value::Array(Vec::new()));
+    let experts = ["experts.gate_up_proj", "experts.down_proj"].map(toml::Value::from);
+    lora.insert("target_parameters".into(), toml::Value::Array(experts.to_vec()));
+    let ranks = toml::Table::from_iter([("experts.down_proj".to_string(), toml::Value::from(2))]);
+    lora.insert("rank_pattern".into(), ranks.into());
+    let config = RunConfig::from_table(table, std::path::Path::new("test.toml")).unwrap();
+    let (_, estimate) = estimate_of(&config, &BurnKernels);
+    let model = ModelSource::open(&config.model.path)
+        .unwrap()
+        .load::<B>(&LoadOptions::new(DType::F32), &Default::default())
+        .unwrap();
+    let adapters = adapter_parameter_count(&add_lora(model, &config.lora, 0).unwrap()) as f64;
+    assert!(adapters > 0.0);
+    assert_eq!(estimate.adapters, (adapters * 16.0) as u64);
+}
+
+#[test]
 fn offload_activations_takes_true_false_or_auto() {
     let out = tempfile::tempdir().unwrap();
     for (value, expected) in [

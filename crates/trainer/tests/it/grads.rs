@@ -1,5 +1,6 @@
 //! Layer-level gradient checkpointing computes the same gradients as the full graph, and
-//! both match PEFT's (fixture `fixtures/lora/plain`).
+//! both match PEFT's (fixtures `fixtures/lora/plain`, and `gemma4-moe-experts` with adapters on
+//! the experts' weights).
 
 use std::path::{Path, PathBuf};
 
@@ -20,17 +21,27 @@ fn repo() -> PathBuf {
 }
 
 fn model_with_adapter() -> GemmaForCausalLM<AD> {
+    model_with("gemma3", "plain")
+}
+
+/// The fixture model `base` with the PEFT adapter `fixtures/lora/<case>`.
+fn model_with(base: &str, case: &str) -> GemmaForCausalLM<AD> {
     let base = GemmaForCausalLM::load(
-        &repo().join("fixtures/models/gemma3"),
+        &repo().join("fixtures/models").join(base),
         &LoadOptions::new(DType::F32),
         &Default::default(),
     )
     .unwrap();
-    load_adapter(base, &repo().join("fixtures/lora/plain")).unwrap().0
+    load_adapter(base, &repo().join("fixtures/lora").join(case)).unwrap().0
 }
 
 fn reference_batch() -> MicroBatch {
-    let bytes = std::fs::read(repo().join("fixtures/models/gemma3/reference.safetensors")).unwrap();
+    reference_batch_of("gemma3")
+}
+
+/// The reference batch of the fixture model `base`, labels its input ids, padding ignored.
+fn reference_batch_of(base: &str) -> MicroBatch {
+    let bytes = std::fs::read(repo().join("fixtures/models").join(base).join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ints = |name: &str| -> Vec<i64> {
         st.tensor(name)
@@ -78,11 +89,15 @@ fn grads_with_dropout(checkpointing: Checkpointing, dropout: f64) -> (f64, Adapt
             }
         }
     }
-    let batch = reference_batch();
+    grads_of(&model, &reference_batch(), checkpointing)
+}
+
+/// The mean loss of `batch` and the adapters' gradients, by PEFT key.
+fn grads_of(model: &GemmaForCausalLM<AD>, batch: &MicroBatch, checkpointing: Checkpointing) -> (f64, AdapterGrads<B>) {
     let mut grads = AdapterGrads::new();
     let loss_sum = accumulate(
-        &model,
-        &batch,
+        model,
+        batch,
         batch.num_trained_tokens as f64,
         checkpointing,
         &BurnKernels,
@@ -114,10 +129,35 @@ fn checkpointed_gradients_equal_full_graph_gradients_and_peft() {
     let (loss_full, full) = grads(FULL);
     let (loss_ckpt, ckpt) = grads(LAYERS);
     assert_eq!(full.len(), 7 * 7 * 2);
+    assert_both_equal_peft("plain", (loss_full, full), (loss_ckpt, ckpt));
+}
+
+#[test]
+fn expert_adapter_gradients_of_both_paths_equal_peft() {
+    // q, k, v, o and the experts' two weights (PEFT's ParamWrapper keys), A and B, on 5 layers,
+    // less v_proj on the 2 global layers (their keys are their values).
+    let model = model_with("gemma4-moe", "gemma4-moe-experts");
+    let batch = reference_batch_of("gemma4-moe");
+    let (full, ckpt) = (grads_of(&model, &batch, FULL), grads_of(&model, &batch, LAYERS));
+    assert_eq!(full.1.len(), (5 * 6 - 2) * 2);
+    assert!(
+        full.1
+            .contains_key("base_model.model.model.layers.4.experts.base_layer.lora_A.weight")
+    );
+    assert_both_equal_peft("gemma4-moe-experts", full, ckpt);
+}
+
+/// The full graph's and the checkpointed step's losses and gradients agree, and equal PEFT's
+/// in `fixtures/lora/<case>`.
+fn assert_both_equal_peft(
+    case: &str,
+    (loss_full, full): (f64, AdapterGrads<B>),
+    (loss_ckpt, ckpt): (f64, AdapterGrads<B>),
+) {
     assert_eq!(full.keys().collect::<Vec<_>>(), ckpt.keys().collect::<Vec<_>>());
     assert!((loss_full - loss_ckpt).abs() < 1e-5, "{loss_full} vs {loss_ckpt}");
 
-    let bytes = std::fs::read(repo().join("fixtures/lora/plain/reference.safetensors")).unwrap();
+    let bytes = std::fs::read(repo().join("fixtures/lora").join(case).join("reference.safetensors")).unwrap();
     let reference = SafeTensors::deserialize(&bytes).unwrap();
     let peft_loss = f32::from_le_bytes(reference.tensor("loss").unwrap().data().try_into().unwrap());
     assert!(
