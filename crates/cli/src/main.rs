@@ -30,6 +30,9 @@ enum Command {
     Plot(commands::plot::Args),
     /// Training speed and memory on a random-weight model of a real Gemma shape.
     Bench(commands::bench::Args),
+    /// Fill the kernel caches ahead of a run: one training step and a short generation of a
+    /// Gemma shape on random weights, so the run's first step compiles nothing.
+    Warmup(commands::warmup::Args),
     /// Compare a model's logits with transformers' for the same batch (a safetensors reference).
     Compare(commands::compare::Args),
     /// Compare a training step's loss and adapter gradients from the chosen kernels with burn's
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Data(args) => commands::data::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Warmup(args) => commands::warmup::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::CheckGrads(args) => commands::check_grads::run(args),

@@ -1,4 +1,5 @@
-//! `ember generate`: the prompt from a file, and `--json` output with the token ids.
+//! `ember generate`: the prompt from a file, `--json` output with the token ids, many prompts from a
+//! JSON Lines file; and `ember warmup`, which runs a step and a generation.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -159,4 +160,28 @@ fn a_bad_prompts_file_is_refused_by_line() {
     );
     let why = refused("\n\n");
     assert!(why.contains("has no prompts"), "{why}");
+}
+
+#[test]
+fn warmup_runs_a_step_and_a_generation() {
+    let model = repo().join("fixtures/models/gemma3");
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "warmup",
+            "--arch",
+            model.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+        ])
+        .args(["--device", "cpu", "--dtype", "f32"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("step  0:") && stderr.contains("ember warmup: done in"),
+        "{stderr}"
+    );
 }

@@ -10,3 +10,4 @@ pub mod generate_many;
 pub mod inspect;
 pub mod plot;
 pub mod train;
+pub mod warmup;

@@ -89,11 +89,15 @@ fn parse_optim(s: &str) -> Result<OptimKind, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    println!("{}", measure(args)?);
+    Ok(())
+}
+
+/// The benchmark's report.
+pub fn measure(args: Args) -> Result<Value> {
     args.check()?;
     let device = args.device.clone();
-    let report = run_training_on(&device, args.kernels, Bench { args })?;
-    println!("{report}");
-    Ok(())
+    run_training_on(&device, args.kernels, Bench { args })
 }
 
 struct Bench {
