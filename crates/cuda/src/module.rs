@@ -159,3 +159,26 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// The kernels compile with NVRTC for Ampere and Hopper (no GPU needed; the library comes
+    /// from the reference Python environment): a kernel that does not compile fails here, in CI,
+    /// before any device time is spent on it.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        let Some(python) = ember_testkit::reference_python() else {
+            return;
+        };
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/check_kernels_compile.py");
+        let out = Command::new(python).arg(script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
