@@ -169,16 +169,15 @@ impl<'a> CudaDecoder<'a> {
         // A decoding step (a logit for every token) repeats its launches at every token of a
         // given width: captured once, replayed. Prefills vary and run as they are.
         let stream = self.cuda.gpu.stream;
-        if outputs == n && self.graphs.is_some() && !self.cuda.profile.on() {
-            if !self.graphs.as_ref().is_some_and(|g| g.contains_key(&n)) {
-                match Graph::capture(stream, || self.queue(n, outputs)) {
-                    Ok(graph) => {
-                        self.graphs.as_mut().expect("checked above").insert(n, graph);
-                    }
-                    Err(e) => {
-                        tracing::warn!("decoding without CUDA graphs: capturing a step failed ({e})");
-                        self.graphs = None;
-                    }
+        let uncaptured = self.graphs.as_ref().is_some_and(|g| !g.contains_key(&n));
+        if outputs == n && uncaptured && !self.cuda.profile.on() {
+            match Graph::capture(stream, || self.queue(n, outputs)) {
+                Ok(graph) => {
+                    self.graphs.as_mut().expect("checked above").insert(n, graph);
+                }
+                Err(e) => {
+                    tracing::warn!("decoding without CUDA graphs: capturing a step failed ({e})");
+                    self.graphs = None;
                 }
             }
         }
