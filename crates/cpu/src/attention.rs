@@ -18,9 +18,10 @@ pub(crate) struct CacheAttention {
 }
 
 impl CacheAttention {
-    /// `out` `[n, heads · head_dim]` for the queries `q` (same shape) of the tokens at
-    /// positions `start..start + n`, whose keys and values `cache` already holds.
-    pub fn attend(&self, q: &[f32], start: usize, cache: &LayerCache, out: &mut [f32]) {
+    /// `out` `[n, heads · head_dim]` for the queries `q` (same shape) of the tokens `at`
+    /// (each its sequence and position), whose keys and values their sequences' `caches`
+    /// already hold.
+    pub fn attend(&self, q: &[f32], at: &[(usize, usize)], caches: &[LayerCache], out: &mut [f32]) {
         let d = self.head_dim;
         let group = self.heads / self.kv_heads;
         out.par_chunks_mut(d)
@@ -29,7 +30,8 @@ impl CacheAttention {
             .for_each(|(i, (out, q))| {
                 let (token, head) = (i / self.heads, i % self.heads);
                 let kv_head = head / group;
-                let position = start + token;
+                let (sequence, position) = at[token];
+                let cache = &caches[sequence];
                 let first = self.window.map_or(0, |w| (position + 1).saturating_sub(w));
                 let mut scores: Vec<f32> = (first..=position)
                     .map(|p| {

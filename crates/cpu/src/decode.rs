@@ -1,10 +1,11 @@
-//! Generation's steps on the CPU: each step embeds its tokens (the prompt, then one token),
-//! runs them through every layer, appending their keys and values to each layer's cache, and
-//! returns the LM head's logits of the last of them. Every weight is read where burn keeps it.
+//! Generation's steps on the CPU: each step embeds its tokens (a prompt, or one token of each
+//! sequence being decoded), runs them through every layer, appending their keys and values to
+//! their sequences' caches, and returns the LM head's logits of the tokens asked for. Every
+//! weight is read where burn keeps it, once a step for all its tokens.
 
 use burn::backend::NdArray;
 use burn::tensor::DType;
-use ember_model::{DecodeStep, Family, GemmaForCausalLM, ModelError};
+use ember_model::{BatchDecodeStep, DecodeStep, Family, GemmaForCausalLM, ModelError};
 
 use crate::error::{CpuError, Result};
 use crate::layer::Layer;
@@ -23,8 +24,8 @@ pub struct CpuDecoder {
     head: Projection,
     final_softcap: Option<f32>,
     capacity: usize,
-    /// Positions filled.
-    len: usize,
+    /// Positions filled, per sequence.
+    lens: Vec<usize>,
 }
 
 impl CpuDecoder {
@@ -43,8 +44,8 @@ impl CpuDecoder {
         }
     }
 
-    /// A decoder for up to `capacity` positions.
-    pub fn new(model: &GemmaForCausalLM<NdArray>, capacity: usize) -> Result<Self> {
+    /// A decoder of `rows` sequences of up to `capacity` positions each.
+    pub fn new(model: &GemmaForCausalLM<NdArray>, rows: usize, capacity: usize) -> Result<Self> {
         if let Some(why) = Self::unsupported(model) {
             return Err(CpuError::Unsupported(why));
         }
@@ -65,7 +66,7 @@ impl CpuDecoder {
             .layers
             .iter()
             .enumerate()
-            .map(|(index, layer)| Layer::new(layer, index, config, capacity))
+            .map(|(index, layer)| Layer::new(layer, index, config, rows, capacity))
             .collect::<Result<_>>()?;
         Ok(Self {
             embed,
@@ -76,23 +77,44 @@ impl CpuDecoder {
             head,
             final_softcap: config.final_logit_softcapping.map(|c| c as f32),
             capacity,
-            len: 0,
+            lens: vec![0; rows],
         })
     }
 
-    fn run(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let (n, start) = (ids.len(), self.len);
-        if n == 0 || start + n > self.capacity {
+    /// Appends `tokens` (`(sequence, token)`, a sequence's tokens in order) and returns the
+    /// logits of the last `outputs` of them, `[outputs, vocab]`.
+    fn run(&mut self, tokens: &[(usize, u32)], outputs: usize) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        let mut lens = self.lens.clone();
+        let mut at = Vec::with_capacity(n);
+        for &(sequence, _) in tokens {
+            let Some(len) = lens.get_mut(sequence) else {
+                return Err(CpuError::Step(format!(
+                    "sequence {sequence} of a decoder of {} sequences",
+                    self.lens.len()
+                )));
+            };
+            if *len >= self.capacity {
+                return Err(CpuError::Step(format!(
+                    "a step of {n} tokens does not fit sequence {sequence} at position {len}: the \
+                     decoder's capacity of {} positions",
+                    self.capacity
+                )));
+            }
+            at.push((sequence, *len));
+            *len += 1;
+        }
+        if n == 0 || outputs == 0 || outputs > n {
             return Err(CpuError::Step(format!(
-                "a step of {n} tokens at position {start} does not fit the decoder's capacity of {} positions",
-                self.capacity
+                "a step of {n} tokens cannot give {outputs} logits"
             )));
         }
+        let ids = tokens.iter().map(|&(_, id)| id);
         let hidden = self.hidden;
         let embed = self.embed.get();
         let vocab = embed.len() / hidden;
         let mut x = Vec::with_capacity(n * hidden);
-        for &id in ids {
+        for id in ids {
             let id = id as usize;
             if id >= vocab {
                 return Err(CpuError::Step(format!(
@@ -106,10 +128,10 @@ impl CpuDecoder {
             );
         }
         for layer in &mut self.layers {
-            layer.forward(&mut x, start);
+            layer.forward(&mut x, &at);
         }
-        self.len += n;
-        let mut last = x.split_off((n - 1) * hidden);
+        self.lens = lens;
+        let mut last = x.split_off((n - outputs) * hidden);
         self.norm.apply(&mut last);
         let mut logits = self.head.apply(&last);
         if let Some(cap) = self.final_softcap {
@@ -121,8 +143,25 @@ impl CpuDecoder {
     }
 }
 
+fn generation_error(e: CpuError) -> ModelError {
+    ModelError::Generation(e.to_string())
+}
+
 impl DecodeStep for CpuDecoder {
     fn step(&mut self, ids: &[u32]) -> ember_model::Result<Vec<f32>> {
-        self.run(ids).map_err(|e| ModelError::Generation(e.to_string()))
+        BatchDecodeStep::prefill(self, 0, ids)
+    }
+}
+
+impl BatchDecodeStep for CpuDecoder {
+    fn prefill(&mut self, row: usize, ids: &[u32]) -> ember_model::Result<Vec<f32>> {
+        let tokens: Vec<(usize, u32)> = ids.iter().map(|&id| (row, id)).collect();
+        self.run(&tokens, 1).map_err(generation_error)
+    }
+
+    fn step(&mut self, tokens: &[(usize, u32)]) -> ember_model::Result<Vec<Vec<f32>>> {
+        let logits = self.run(tokens, tokens.len()).map_err(generation_error)?;
+        let vocab = logits.len() / tokens.len().max(1);
+        Ok(logits.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect())
     }
 }

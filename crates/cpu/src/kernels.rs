@@ -1,5 +1,5 @@
 use burn::backend::NdArray;
-use ember_model::{DecodeStep, GemmaForCausalLM};
+use ember_model::{BatchDecodeStep, DecodeStep, GemmaForCausalLM};
 use ember_trainer::Result;
 use ember_trainer::grads::MicroBatch;
 use ember_trainer::kernels::{BatchKernels, BurnKernels, Favour, TrainKernels};
@@ -32,8 +32,26 @@ impl TrainKernels<NdArray> for CpuKernels {
             return None;
         }
         Some(
-            CpuDecoder::new(model, capacity)
+            CpuDecoder::new(model, 1, capacity)
                 .map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>)
+                .map_err(Into::into),
+        )
+    }
+
+    fn batch_decoder<'a>(
+        &'a self,
+        model: &'a GemmaForCausalLM<NdArray>,
+        rows: usize,
+        capacity: usize,
+        _max_prompt: usize,
+    ) -> Option<Result<Box<dyn BatchDecodeStep + 'a>>> {
+        if let Some(why) = CpuDecoder::unsupported(model) {
+            tracing::warn!("Ember's CPU decoder cannot run this model ({why}); generating with burn's ops");
+            return None;
+        }
+        Some(
+            CpuDecoder::new(model, rows, capacity)
+                .map(|d| Box::new(d) as Box<dyn BatchDecodeStep + 'a>)
                 .map_err(Into::into),
         )
     }

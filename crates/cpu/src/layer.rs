@@ -28,12 +28,20 @@ pub(crate) struct Layer {
     activation: Activation,
     rotary: Rotary,
     attention: CacheAttention,
-    cache: LayerCache,
+    /// One per sequence.
+    caches: Vec<LayerCache>,
 }
 
 impl Layer {
-    /// Layer `index` of a model of `config`, with a cache of `capacity` positions.
-    pub fn new(layer: &DecoderLayer<NdArray>, index: usize, config: &GemmaConfig, capacity: usize) -> Result<Self> {
+    /// Layer `index` of a model of `config`, with caches of `capacity` positions for `rows`
+    /// sequences.
+    pub fn new(
+        layer: &DecoderLayer<NdArray>,
+        index: usize,
+        config: &GemmaConfig,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<Self> {
         let path = |name: &str| format!("model.layers.{index}.{name}");
         let attn = &layer.self_attn;
         let own = |p: Option<&ember_model::Linear<NdArray>>, name: &str| {
@@ -79,15 +87,17 @@ impl Layer {
                 softcap: attn.softcap.map(|c| c as f32),
                 window,
             },
-            cache: LayerCache::new(attn.num_kv_heads, capacity, attn.head_dim),
+            caches: (0..rows)
+                .map(|_| LayerCache::new(attn.num_kv_heads, capacity, attn.head_dim))
+                .collect(),
         })
     }
 
-    /// The layer on the residual stream `x` `[n, hidden]` of the tokens at positions
-    /// `start..start + n`, in place; their keys and values join the cache.
-    pub fn forward(&mut self, x: &mut [f32], start: usize) {
+    /// The layer on the residual stream `x` `[n, hidden]` of the tokens `at` (each its
+    /// sequence and position), in place; their keys and values join their sequences' caches.
+    pub fn forward(&mut self, x: &mut [f32], at: &[(usize, usize)]) {
         let normed = self.input_norm.of_rows(x);
-        let attn = self.attend(&normed, start);
+        let attn = self.attend(&normed, at);
         match &self.feed_forward_norms {
             Some((pre, post)) => {
                 let mut attn = attn;
@@ -107,7 +117,7 @@ impl Layer {
     }
 
     /// Attention with its output projection, `[n, hidden]`.
-    fn attend(&mut self, x: &[f32], start: usize) -> Vec<f32> {
+    fn attend(&mut self, x: &[f32], at: &[(usize, usize)]) -> Vec<f32> {
         let mut q = self.q.apply(x);
         let mut k = self.k.apply(x);
         let v = self.v.apply(x);
@@ -119,15 +129,15 @@ impl Layer {
         }
         let a = &self.attention;
         let (q_width, kv_width) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-        for (token, q) in q.chunks_exact_mut(q_width).enumerate() {
-            self.rotary.apply(q, start + token);
+        for (q, &(_, position)) in q.chunks_exact_mut(q_width).zip(at) {
+            self.rotary.apply(q, position);
         }
-        for (token, (k, v)) in k.chunks_exact_mut(kv_width).zip(v.chunks_exact(kv_width)).enumerate() {
-            self.rotary.apply(k, start + token);
-            self.cache.write(start + token, k, v);
+        for ((k, v), &(sequence, position)) in k.chunks_exact_mut(kv_width).zip(v.chunks_exact(kv_width)).zip(at) {
+            self.rotary.apply(k, position);
+            self.caches[sequence].write(position, k, v);
         }
         let mut out = vec![0f32; q.len()];
-        a.attend(&q, start, &self.cache, &mut out);
+        a.attend(&q, at, &self.caches, &mut out);
         self.o.apply(&out)
     }
 

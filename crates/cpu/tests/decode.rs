@@ -54,7 +54,7 @@ fn greedy_reference(name: &str) -> (Vec<u32>, Vec<u32>) {
 }
 
 fn decoder(model: &GemmaForCausalLM<B>, capacity: usize) -> CpuDecoder {
-    CpuDecoder::new(model, capacity).unwrap()
+    CpuDecoder::new(model, 1, capacity).unwrap()
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn greedy_generation_gives_transformers_tokens() {
             stop_tokens: Vec::new(),
             sampling: SamplingConfig::default(),
         };
-        let start = |capacity| CpuDecoder::new(&model, capacity).map_err(|e| ModelError::Generation(e.to_string()));
+        let start = |capacity| CpuDecoder::new(&model, 1, capacity).map_err(|e| ModelError::Generation(e.to_string()));
         let tokens = generate_with(&model.config, &prompt, &config, start, |_| Ok(())).unwrap();
         assert_eq!(tokens, expected, "{name}");
     }
@@ -148,4 +148,35 @@ fn a_step_past_the_capacity_is_an_error() {
     ours.step(&[2, 10, 11]).unwrap();
     let error = ours.step(&[12, 13]).unwrap_err().to_string();
     assert!(error.contains("capacity of 4"), "{error}");
+}
+
+#[test]
+fn decoding_sequences_together_gives_each_the_logits_it_gets_alone() {
+    // Gemma 2 and 3 have sliding windows of 6: the sequences run past them, at different positions.
+    for name in ["gemma2", "gemma3", "gemma-mqa"] {
+        let model = load(name);
+        let prompts: [&[u32]; 3] = [&[2, 10, 11, 12], &[2, 40], &[2, 7, 8, 9, 30, 31, 32]];
+        let mut together = CpuDecoder::new(&model, prompts.len(), 32).unwrap();
+        let mut alone: Vec<CpuDecoder> = prompts.iter().map(|_| decoder(&model, 32)).collect();
+        for (row, prompt) in prompts.iter().enumerate() {
+            let batched = ember_model::BatchDecodeStep::prefill(&mut together, row, prompt).unwrap();
+            assert!(
+                max_abs_diff(&batched, &alone[row].step(prompt).unwrap()) <= 1e-6,
+                "{name} prefill {row}"
+            );
+        }
+        for step in 0..9u32 {
+            // Every step all rows, except the second sits out every third step.
+            let tokens: Vec<(usize, u32)> = (0..prompts.len())
+                .filter(|&row| row != 1 || step % 3 != 0)
+                .map(|row| (row, 50 + step + row as u32))
+                .collect();
+            let batched = ember_model::BatchDecodeStep::step(&mut together, &tokens).unwrap();
+            assert_eq!(batched.len(), tokens.len());
+            for ((row, token), logits) in tokens.iter().zip(&batched) {
+                let single = alone[*row].step(&[*token]).unwrap();
+                assert!(max_abs_diff(logits, &single) <= 1e-6, "{name} step {step} row {row}");
+            }
+        }
+    }
 }

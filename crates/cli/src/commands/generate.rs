@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long)]
     pub prompts_file: Option<PathBuf>,
     /// With `--prompts-file`: how many prompts decode together (each step reads the weights
-    /// once for all of them; Ember's CUDA kernels batch them, other kernels step each alone).
+    /// once for all of them on Ember's CUDA kernels and CPU decoder; burn's ops step each alone).
     #[arg(long, default_value_t = 8, value_parser = ranges::at_least_one)]
     pub batch_size: usize,
     /// Print one JSON object when done instead of streaming text: the prompt, the new text,
