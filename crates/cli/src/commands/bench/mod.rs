@@ -89,7 +89,9 @@ fn parse_optim(s: &str) -> Result<OptimKind, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("{}", measure(args)?);
+    let report = measure(args)?;
+    eprintln!("{}", serde_json::to_string_pretty(&report)?);
+    println!("{report}");
     Ok(())
 }
 
@@ -347,7 +349,6 @@ impl TrainTask for Bench {
                 &device,
             )?;
         }
-        eprintln!("{}", serde_json::to_string_pretty(&report)?);
         Ok(report)
     }
 }
