@@ -5,7 +5,7 @@
 
 use burn::backend::NdArray;
 use burn::tensor::DType;
-use ember_model::{BatchDecodeStep, DecodeStep, Family, GemmaForCausalLM, ModelError};
+use ember_model::{BatchDecodeStep, DecodeStep, Family, GemmaForCausalLM, ModelError, step_positions};
 
 use crate::error::{CpuError, Result};
 use crate::layer::Layer;
@@ -85,25 +85,8 @@ impl CpuDecoder {
     /// logits of the last `outputs` of them, `[outputs, vocab]`.
     fn run(&mut self, tokens: &[(usize, u32)], outputs: usize) -> Result<Vec<f32>> {
         let n = tokens.len();
-        let mut lens = self.lens.clone();
-        let mut at = Vec::with_capacity(n);
-        for &(sequence, _) in tokens {
-            let Some(len) = lens.get_mut(sequence) else {
-                return Err(CpuError::Step(format!(
-                    "sequence {sequence} of a decoder of {} sequences",
-                    self.lens.len()
-                )));
-            };
-            if *len >= self.capacity {
-                return Err(CpuError::Step(format!(
-                    "a step of {n} tokens does not fit sequence {sequence} at position {len}: the \
-                     decoder's capacity of {} positions",
-                    self.capacity
-                )));
-            }
-            at.push((sequence, *len));
-            *len += 1;
-        }
+        let (positions, lens) = step_positions(&self.lens, tokens, self.capacity).map_err(CpuError::Step)?;
+        let at: Vec<(usize, usize)> = tokens.iter().map(|&(sequence, _)| sequence).zip(positions).collect();
         if n == 0 || outputs == 0 || outputs > n {
             return Err(CpuError::Step(format!(
                 "a step of {n} tokens cannot give {outputs} logits"

@@ -27,15 +27,7 @@ impl TrainKernels<NdArray> for CpuKernels {
         capacity: usize,
         _max_step: usize,
     ) -> Option<Result<Box<dyn DecodeStep + 'a>>> {
-        if let Some(why) = CpuDecoder::unsupported(model) {
-            tracing::warn!("Ember's CPU decoder cannot run this model ({why}); generating with burn's ops");
-            return None;
-        }
-        Some(
-            CpuDecoder::new(model, 1, capacity)
-                .map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>)
-                .map_err(Into::into),
-        )
+        Some(cpu_decoder(model, 1, capacity)?.map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>))
     }
 
     fn batch_decoder<'a>(
@@ -45,15 +37,7 @@ impl TrainKernels<NdArray> for CpuKernels {
         capacity: usize,
         _max_prompt: usize,
     ) -> Option<Result<Box<dyn BatchDecodeStep + 'a>>> {
-        if let Some(why) = CpuDecoder::unsupported(model) {
-            tracing::warn!("Ember's CPU decoder cannot run this model ({why}); generating with burn's ops");
-            return None;
-        }
-        Some(
-            CpuDecoder::new(model, rows, capacity)
-                .map(|d| Box::new(d) as Box<dyn BatchDecodeStep + 'a>)
-                .map_err(Into::into),
-        )
+        Some(cpu_decoder(model, rows, capacity)?.map(|d| Box::new(d) as Box<dyn BatchDecodeStep + 'a>))
     }
 
     fn prepare<'a>(
@@ -64,4 +48,14 @@ impl TrainKernels<NdArray> for CpuKernels {
     ) -> Result<Box<dyn BatchKernels<NdArray> + 'a>> {
         BurnKernels.prepare(model, batch, favour)
     }
+}
+
+/// [`CpuDecoder`] of `rows` sequences, where it runs the model (`None` leaves generation to
+/// burn's ops, with a warning saying why).
+fn cpu_decoder(model: &GemmaForCausalLM<NdArray>, rows: usize, capacity: usize) -> Option<Result<CpuDecoder>> {
+    if let Some(why) = CpuDecoder::unsupported(model) {
+        tracing::warn!("Ember's CPU decoder cannot run this model ({why}); generating with burn's ops");
+        return None;
+    }
+    Some(CpuDecoder::new(model, rows, capacity).map_err(Into::into))
 }

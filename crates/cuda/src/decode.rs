@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use ember_model::{BatchDecodeStep, DecodeStep, GemmaForCausalLM, IGNORE_INDEX, ModelError};
+use ember_model::{BatchDecodeStep, DecodeStep, GemmaForCausalLM, IGNORE_INDEX, ModelError, step_positions};
 use ember_trainer::grads::MicroBatch;
 
 use crate::adapters::Adapters;
@@ -137,21 +137,7 @@ impl<'a> CudaDecoder<'a> {
                 self.scratch.dims.tokens
             )));
         }
-        let mut lens = self.lens.clone();
-        let mut positions = Vec::with_capacity(n);
-        for &(row, _) in tokens {
-            let len = lens.get_mut(row).ok_or_else(|| {
-                CudaError::Unsupported(format!("sequence {row} of a decoder of {} sequences", self.lens.len()))
-            })?;
-            if *len >= self.capacity {
-                return Err(CudaError::Unsupported(format!(
-                    "sequence {row} is full: its KV cache holds {} positions",
-                    self.capacity
-                )));
-            }
-            positions.push(*len as i64);
-            *len += 1;
-        }
+        let (positions, lens) = step_positions(&self.lens, tokens, self.capacity).map_err(CudaError::Unsupported)?;
         self.cuda.gpu.bind()?;
         let config = &self.model.config;
         // Each token's segment is its sequence (1-based): the decoding kernels read it.
@@ -160,7 +146,7 @@ impl<'a> CudaDecoder<'a> {
             seq: n,
             input_ids: tokens.iter().map(|&(_, id)| id as i64).collect(),
             segments: tokens.iter().map(|&(row, _)| row as i64 + 1).collect(),
-            positions,
+            positions: positions.into_iter().map(|p| p as i64).collect(),
             targets: vec![IGNORE_INDEX; n],
             num_trained_tokens: 0,
             seed: 0,

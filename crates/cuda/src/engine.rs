@@ -51,6 +51,21 @@ impl CudaKernels {
         Self::default()
     }
 
+    /// [`CudaDecoder`] of `rows` sequences, where these kernels run the model (`None` leaves
+    /// generation to burn's ops).
+    fn cuda_decoder<'a>(
+        &self,
+        model: &'a GemmaForCausalLM<CudaBackend>,
+        rows: usize,
+        capacity: usize,
+        max_step: usize,
+    ) -> Option<ember_trainer::Result<CudaDecoder<'a>>> {
+        if self.unsupported(model).is_some() || model.config.head_dim > 256 {
+            return None;
+        }
+        Some(CudaDecoder::new(model, rows, capacity, max_step, self.profiling.get()).map_err(Into::into))
+    }
+
     /// `f` on the device, once a micro-batch has set it up.
     fn with_cuda<T>(&self, f: impl FnOnce(&mut Cuda) -> Result<T>) -> Result<T> {
         let mut state = self.state.borrow_mut();
@@ -163,14 +178,9 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         capacity: usize,
         max_step: usize,
     ) -> Option<ember_trainer::Result<Box<dyn DecodeStep + 'a>>> {
-        let head_dim = model.config.head_dim;
-        if self.unsupported(model).is_some() || head_dim > 256 {
-            return None;
-        }
         Some(
-            CudaDecoder::new(model, 1, capacity, max_step, self.profiling.get())
-                .map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>)
-                .map_err(Into::into),
+            self.cuda_decoder(model, 1, capacity, max_step)?
+                .map(|d| Box::new(d) as Box<dyn DecodeStep + 'a>),
         )
     }
 
@@ -181,13 +191,9 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         capacity: usize,
         max_prompt: usize,
     ) -> Option<ember_trainer::Result<Box<dyn BatchDecodeStep + 'a>>> {
-        if self.unsupported(model).is_some() || model.config.head_dim > 256 {
-            return None;
-        }
         Some(
-            CudaDecoder::new(model, rows, capacity, max_prompt, self.profiling.get())
-                .map(|d| Box::new(d) as Box<dyn BatchDecodeStep + 'a>)
-                .map_err(Into::into),
+            self.cuda_decoder(model, rows, capacity, max_prompt)?
+                .map(|d| Box::new(d) as Box<dyn BatchDecodeStep + 'a>),
         )
     }
 

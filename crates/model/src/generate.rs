@@ -72,6 +72,35 @@ impl<D: BatchDecodeStep + ?Sized> BatchDecodeStep for Box<D> {
     }
 }
 
+/// Where a decoding step's `tokens` (`(sequence, token)`, a sequence's tokens in order) go in
+/// their sequences' KV caches of `capacity` positions, `lens` of which are filled: each token's
+/// position, and the lengths after the step. The error names the sequence that does not exist
+/// or would overflow.
+pub fn step_positions(
+    lens: &[usize],
+    tokens: &[(usize, u32)],
+    capacity: usize,
+) -> std::result::Result<(Vec<usize>, Vec<usize>), String> {
+    let mut after = lens.to_vec();
+    let mut positions = Vec::with_capacity(tokens.len());
+    for &(sequence, _) in tokens {
+        let Some(len) = after.get_mut(sequence) else {
+            return Err(format!("sequence {sequence} of a decoder of {} sequences", lens.len()));
+        };
+        if *len >= capacity {
+            return Err(format!(
+                "a step of {} tokens does not fit sequence {sequence} at position {}: the decoder's \
+                 capacity of {capacity} positions",
+                tokens.len(),
+                lens[sequence]
+            ));
+        }
+        positions.push(*len);
+        *len += 1;
+    }
+    Ok((positions, after))
+}
+
 /// Batched generation on decoders of one sequence each, for kernels without a batched
 /// decoder: each row steps alone.
 pub struct RowByRow<D>(pub Vec<D>);
@@ -126,7 +155,8 @@ fn cache_capacity(model: &GemmaConfig, longest: usize) -> usize {
 
 /// The generation loop of [`GemmaForCausalLM::generate`] over any [`DecodeStep`]: checks the
 /// prompt against the model's vocabulary and context, sizes the KV cache (`start` receives its
-/// capacity), then samples token by token until `max_new_tokens` or a stop token.
+/// capacity), then samples token by token until `max_new_tokens` or a stop token. The one-row
+/// case of [`generate_batch_with`].
 pub fn generate_with<D: DecodeStep>(
     model: &GemmaConfig,
     prompt: &[u32],
@@ -134,24 +164,12 @@ pub fn generate_with<D: DecodeStep>(
     start: impl FnOnce(usize) -> Result<D>,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
-    let max_new_tokens = new_token_budget(model, prompt, config.max_new_tokens)?;
-    let mut sampler = Sampler::new(config.sampling.clone());
-    let mut decoder = start(cache_capacity(model, prompt.len() + max_new_tokens))?;
-    let mut step_input = prompt.to_vec();
-    let mut generated = Vec::new();
-    while generated.len() < max_new_tokens {
-        let token = sampler.sample(&decoder.step(&step_input)?);
-        generated.push(token);
-        on_token(token)?;
-        if config.stop_tokens.contains(&token) {
-            break;
-        }
-        step_input = vec![token];
-    }
-    Ok(generated)
+    let start = |_rows, capacity| Ok(RowByRow(vec![start(capacity)?]));
+    let mut generated = generate_batch_with(model, &[prompt.to_vec()], config, start, |_, token| on_token(token))?;
+    Ok(generated.remove(0))
 }
 
-/// [`generate_with`] for several prompts at once over a [`BatchDecodeStep`] (`start` receives
+/// Generation for several prompts at once over a [`BatchDecodeStep`] (`start` receives
 /// the rows and the KV caches' capacity): each prompt is prefilled alone, then every unfinished
 /// row advances by one token per step. Each row samples with its own sampler from the same
 /// seed, so a prompt's tokens are those [`generate_with`] gives it alone. `on_token` sees
@@ -170,8 +188,11 @@ pub fn generate_batch_with<D: BatchDecodeStep>(
         .iter()
         .enumerate()
         .map(|(row, prompt)| {
+            // Among several prompts, an error names which.
             new_token_budget(model, prompt, config.max_new_tokens).map_err(|e| match e {
-                ModelError::Generation(why) => ModelError::Generation(format!("prompt {}: {why}", row + 1)),
+                ModelError::Generation(why) if prompts.len() > 1 => {
+                    ModelError::Generation(format!("prompt {}: {why}", row + 1))
+                }
                 other => other,
             })
         })

@@ -52,7 +52,9 @@ pub use config::{Activation, Family, GemmaConfig, LayerType, Moe, PerLayerInputs
 pub use embedding::Embedding;
 pub use error::{ModelError, Result};
 pub use expert_lora::{ExpertLoraGrads, ExpertLoras};
-pub use generate::{BatchDecodeStep, DecodeStep, GenerationConfig, RowByRow, generate_batch_with, generate_with};
+pub use generate::{
+    BatchDecodeStep, DecodeStep, GenerationConfig, RowByRow, generate_batch_with, generate_with, step_positions,
+};
 pub use head_loss::HEAD_CHUNK_ROWS;
 pub use kv_share::SharedKv;
 pub use laurel::Laurel;
