@@ -95,6 +95,73 @@ impl BatchData {
     pub fn tokens(&self) -> usize {
         self.batch * self.seq
     }
+
+    /// The whole micro-batch, as one pass of a layer's kernels.
+    pub fn all(&self) -> BatchRows {
+        BatchRows {
+            batch: self.batch,
+            seq: self.seq,
+            offset: 0,
+            positions: self.positions,
+            segments: self.segments,
+            stats: self.stats,
+            first: true,
+            last: true,
+        }
+    }
+}
+
+/// Rows `offset / seq ..` of a micro-batch on the device: the token layout one pass of a
+/// layer's kernels reads.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRows {
+    pub batch: usize,
+    pub seq: usize,
+    /// The pass's first token among the micro-batch's.
+    pub offset: usize,
+    pub positions: u64,
+    pub segments: u64,
+    pub stats: u64,
+    /// Whether the pass holds the micro-batch's first or last row: where the adapters'
+    /// gradients start, and where they are complete.
+    pub first: bool,
+    pub last: bool,
+}
+
+impl BatchRows {
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+
+    /// These rows in passes of whole rows, each of at most `tokens` tokens (or one row, when
+    /// a row is longer): a layer's rows are independent of each other's, so a layer may run
+    /// its kernels a pass at a time in buffers sized for one pass.
+    pub fn passes(&self, tokens: usize) -> impl Iterator<Item = BatchRows> + '_ {
+        passes(self.batch, self.seq, tokens).map(|(start, count)| self.rows(start, count))
+    }
+
+    /// Rows `start..start + count` of these.
+    fn rows(&self, start: usize, count: usize) -> BatchRows {
+        let tokens = start * self.seq;
+        let stats_row = self.seq.div_ceil(32) * 3 * 4;
+        BatchRows {
+            batch: count,
+            seq: self.seq,
+            offset: self.offset + tokens,
+            positions: self.positions + 4 * tokens as u64,
+            segments: self.segments + 4 * tokens as u64,
+            stats: self.stats + (start * stats_row) as u64,
+            first: self.first && start == 0,
+            last: self.last && start + count == self.batch,
+        }
+    }
+}
+
+/// The first row and the number of rows of each pass over `batch` rows of `seq` tokens, at
+/// most `tokens` tokens a pass (one row at least).
+fn passes(batch: usize, seq: usize, tokens: usize) -> impl Iterator<Item = (usize, usize)> {
+    let rows = (tokens / seq.max(1)).max(1);
+    (0..batch).step_by(rows).map(move |start| (start, rows.min(batch - start)))
 }
 
 /// `1 / theta^(2i/d) / factor` in f32, as `ember_model::RopeTables` computes it.
@@ -123,7 +190,19 @@ pub fn tile_stats(segments: &[i64], batch: usize, seq: usize) -> Vec<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::tile_stats;
+    use super::{passes, tile_stats};
+
+    #[test]
+    fn passes_take_whole_rows() {
+        let all = |batch, seq, tokens| passes(batch, seq, tokens).collect::<Vec<_>>();
+        assert_eq!(all(8, 1024, 2048), [(0, 2), (2, 2), (4, 2), (6, 2)]);
+        assert_eq!(all(5, 1024, 2048), [(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(all(3, 1024, 3000), [(0, 2), (2, 1)]);
+        // A row longer than a pass is a pass of its own.
+        assert_eq!(all(2, 4096, 2048), [(0, 1), (1, 1)]);
+        assert_eq!(all(8, 1024, 8192), [(0, 8)]);
+        assert_eq!(all(8, 1024, 1 << 20), [(0, 8)]);
+    }
 
     #[test]
     fn tile_stats_describe_packing_and_padding() {

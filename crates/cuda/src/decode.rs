@@ -71,6 +71,7 @@ impl<'a> CudaDecoder<'a> {
         // Decoding keeps no attention output for a backward.
         let dims = Dims::new(
             config,
+            1,
             max_step.max(rows).max(1),
             adapters.ranks(),
             e,

@@ -114,7 +114,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         let tokens = shape.batch * shape.seq;
         let r = shape.rank;
         // Every projection adapted at the largest rank: q/k/v, o, gate/up, down.
-        let dims = Dims::new(model, tokens, [3 * r, r, 2 * r, r], e, shape.dropout, Favour::Speed);
+        let dims = Dims::new(model, shape.batch, shape.seq, [3 * r, r, 2 * r, r], e, shape.dropout, Favour::Speed);
         // Beside the scratch: a layer's output and input gradient, the head's gradient
         // (burn tensors), and the step's adapter gradients (small).
         let hidden = (tokens * model.hidden_size * e.size()) as u64;
@@ -268,7 +268,7 @@ impl<'a> CudaBatch<'a> {
             .any(|linear| linear.lora.as_ref().is_some_and(|lora| lora.dropout > 0.0));
         allocate_exactly(&device);
         release_unused(&device, favour);
-        let dims = Dims::new(&model.config, data.tokens(), ranks, e, dropout, favour);
+        let dims = Dims::new(&model.config, data.batch, data.seq, ranks, e, dropout, favour);
         if !st.scratch.as_ref().is_some_and(|s| s.dims.covers(&dims)) {
             st.scratch = None;
             st.scratch = Some(Scratch::new(dims)?);

@@ -14,7 +14,7 @@ use ember_model::bnb::{FourBitFormat, QuantType, dynamic_map};
 use ember_model::{Activation, DecoderLayer, FrozenWeight, GemmaForCausalLM, LayerType};
 
 use crate::adapters::{Adapters, GATE, GROUPS, K, O, Q, UP, V, projections};
-use crate::batch::BatchData;
+use crate::batch::{BatchData, BatchRows};
 use crate::bridge::{CudaBackend, Held, Holds};
 use crate::driver::Buffer;
 use crate::error::{CudaError, Result};
@@ -225,11 +225,13 @@ fn aligned(bytes: usize) -> usize {
 }
 
 /// Everything one layer's kernels need besides its input and output.
+#[derive(Clone)]
 pub struct LayerRun<'a> {
     pub index: usize,
     pub weights: &'a LayerWeights,
     pub adapters: &'a Adapters,
-    pub data: &'a BatchData,
+    /// The rows of the micro-batch the kernels run on: all of it, or one pass's.
+    pub data: BatchRows,
     pub attn: AttnShape,
     pub inv_freq: u64,
     /// Gemma 2/3's four norms around attention and MLP.
@@ -262,7 +264,7 @@ impl<'a> LayerRun<'a> {
             index,
             weights,
             adapters,
-            data,
+            data: data.all(),
             attn: AttnShape {
                 batch: data.batch,
                 seq: data.seq,
@@ -285,6 +287,26 @@ impl<'a> LayerRun<'a> {
             cache: None,
         }
     }
+
+    /// This run in passes of whole rows that fit the scratch's buffers, each with its rows'
+    /// token layout and dropout masks, and the token offset of its first row.
+    fn passes(&self, dims: &Dims) -> Vec<(LayerRun<'a>, usize)> {
+        self.data
+            .passes(dims.pass_tokens)
+            .map(|rows| {
+                let mut pass = self.clone();
+                pass.data = rows;
+                pass.attn.batch = rows.batch;
+                let skip = rows.offset - self.data.offset;
+                for (p, keep) in pass.keep.iter_mut().enumerate() {
+                    if let Some((mask, _)) = keep {
+                        *mask += (skip * shape(dims, p).1 * 4) as u64;
+                    }
+                }
+                (pass, skip)
+            })
+            .collect()
+    }
 }
 
 /// `[out, in]` of projection `p`.
@@ -298,29 +320,38 @@ fn shape(d: &Dims, p: usize) -> (usize, usize) {
     }
 }
 
-/// Rows `start..start + len` of a micro-batch's `total` tokens.
+/// Rows `start..start + len` of a pass's tokens, and whether they hold the micro-batch's
+/// first or last token: where the adapters' gradients start, and where they are complete.
 #[derive(Debug, Clone, Copy)]
 struct Rows {
     start: usize,
     len: usize,
-    total: usize,
+    first: bool,
+    last: bool,
 }
 
 impl Rows {
-    fn all(total: usize) -> Self {
+    /// All of the pass's rows.
+    fn all(pass: &BatchRows) -> Self {
         Self {
             start: 0,
-            len: total,
-            total,
+            len: pass.tokens(),
+            first: pass.first,
+            last: pass.last,
         }
     }
 
-    /// `total` rows in chunks of at most `size`.
-    fn chunks(total: usize, size: usize) -> impl Iterator<Item = Rows> {
-        (0..total).step_by(size.max(1)).map(move |start| Rows {
-            start,
-            len: size.min(total - start),
-            total,
+    /// The pass's rows in chunks of at most `size`.
+    fn chunks(pass: &BatchRows, size: usize) -> impl Iterator<Item = Rows> {
+        let (total, first, last) = (pass.tokens(), pass.first, pass.last);
+        (0..total).step_by(size.max(1)).map(move |start| {
+            let len = size.min(total - start);
+            Rows {
+                start,
+                len,
+                first: first && start == 0,
+                last: last && start + len == total,
+            }
         })
     }
 
@@ -330,22 +361,32 @@ impl Rows {
     }
 
     fn first(&self) -> bool {
-        self.start == 0
+        self.first
     }
 
     fn last(&self) -> bool {
-        self.start + self.len == self.total
+        self.last
     }
 }
 
-/// Runs layer `run` on `x` (`[tokens, hidden]`), writing `y`; activations stay in `scratch`.
-/// The MLP runs in chunks of rows ([`Dims::mlp_rows`]), so only one chunk's `[rows,
-/// intermediate]` activations exist at a time.
+/// Runs layer `run` on `x` (`[tokens, hidden]`), writing `y`, a pass of rows at a time
+/// ([`Dims::pass_tokens`]); activations stay in `scratch`. The MLP runs in chunks of rows
+/// ([`Dims::mlp_rows`]), so only one chunk's `[rows, intermediate]` activations exist at a
+/// time.
 pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Result<()> {
+    let row = s.dims.hidden * s.dims.elem.size();
+    for (pass, skip) in run.passes(&s.dims) {
+        let at = |ptr: u64| ptr + (skip * row) as u64;
+        forward_pass(cx, s, &pass, at(x), at(y))?;
+    }
+    Ok(())
+}
+
+fn forward_pass(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Result<()> {
     let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
     let n = run.data.tokens();
     attention_block(cx, s, run, x, true)?;
-    for rows in Rows::chunks(n, d.mlp_rows) {
+    for rows in Rows::chunks(&run.data, d.mlp_rows) {
         mlp_forward(cx, s, run, rows, true)?;
     }
     let post_ff = if run.sandwich { run.weights.norm(3) } else { None };
@@ -359,7 +400,7 @@ pub fn forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, y: u64) -> Re
 fn attention_block(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, attend: bool) -> Result<()> {
     let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
     let n = run.data.tokens();
-    let all = Rows::all(n);
+    let all = Rows::all(&run.data);
     let w = run.weights;
     let a = &run.attn;
     cx.rms_norm(e, x, w.norm(0).expect("input norm"), p.a, n, d.hidden, run.eps)?;
@@ -427,9 +468,19 @@ fn mlp_forward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, rows: Rows, down: boo
 pub type GradOut = [Option<(u64, u64)>; 7];
 
 /// Recomputes layer `run` on `x` and writes the gradient of `x` into `dx` and the adapters'
-/// gradients into `grads`, given the gradient `dy` of the layer's output. The MLP's recompute
-/// and backward run chunk by chunk, the adapters' gradients adding up over the chunks.
+/// gradients into `grads`, given the gradient `dy` of the layer's output, a pass of rows at a
+/// time. The MLP's recompute and backward run chunk by chunk, the adapters' gradients adding
+/// up over the chunks and the passes.
 pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx: u64, grads: &GradOut) -> Result<()> {
+    let row = s.dims.hidden * s.dims.elem.size();
+    for (pass, skip) in run.passes(&s.dims) {
+        let at = |ptr: u64| ptr + (skip * row) as u64;
+        backward_pass(cx, s, &pass, at(x), at(dy), at(dx), grads)?;
+    }
+    Ok(())
+}
+
+fn backward_pass(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx: u64, grads: &GradOut) -> Result<()> {
     let (d, p, e) = (&s.dims, &s.ptrs, s.dims.elem);
     let n = run.data.tokens();
     let w = run.weights;
@@ -438,7 +489,7 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
     attention_block(cx, s, run, x, false)?;
 
     let row = d.hidden * e.size();
-    for rows in Rows::chunks(n, d.mlp_rows) {
+    for rows in Rows::chunks(&run.data, d.mlp_rows) {
         // The post-feed-forward norm's backward reads the down projection's output.
         mlp_forward(cx, s, run, rows, run.sandwich)?;
         let dd = if run.sandwich {
@@ -484,7 +535,7 @@ pub fn backward(cx: &mut Cuda, s: &Scratch, run: &LayerRun, x: u64, dy: u64, dx:
         cx.rms_norm_backward(e, p.h, post_attn, p.dm, Some(dy), p.dh, n, d.hidden, run.eps)?;
         p.dh
     };
-    let all = Rows::all(n);
+    let all = Rows::all(&run.data);
     let io = attn_io(s, run);
     project_backward(cx, s, run, 1, io.o, &[d_attn], p.d_o, grads, all)?;
     cx.attention_backward(e, *a, io, p.d_o, p.dots, p.dkv_part, p.dq, p.dk, p.dv)?;

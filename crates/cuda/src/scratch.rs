@@ -12,7 +12,11 @@ use crate::gemm::Elem;
 /// Sizes a scratch layout depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dims {
+    /// Tokens of a micro-batch.
     pub tokens: usize,
+    /// Tokens of one pass of a layer's kernels: the layer's buffers have room for this many
+    /// (whole rows of the micro-batch, see [`crate::batch::BatchData::passes`]).
+    pub pass_tokens: usize,
     pub hidden: usize,
     /// `heads · head_dim`, `kv_heads · head_dim`.
     pub q: usize,
@@ -36,13 +40,16 @@ pub struct Dims {
 }
 
 impl Dims {
-    /// The layout for `tokens` tokens a micro-batch. Favouring memory, the MLP's chunks are a
-    /// quarter of the size and no attention output is kept (the backward's recompute runs the
-    /// attention forward again). The LM head's chunk stays: at a quarter of the rows its GEMMs
-    /// ran at a third of the speed (247 against 747 TFLOP/s at Gemma-2B's shape, H200).
+    /// The layout for micro-batches of `batch` rows of `seq` tokens. Favouring memory, the
+    /// MLP's chunks are a quarter of the size, a layer runs in passes of whole rows of about
+    /// one MLP chunk (its buffers sized for one pass, not the micro-batch), and no attention
+    /// output is kept (the backward's recompute runs the attention forward again). The LM
+    /// head's chunk stays: at a quarter of the rows its GEMMs ran at a third of the speed (247
+    /// against 747 TFLOP/s at Gemma-2B's shape, H200).
     pub fn new(
         config: &GemmaConfig,
-        tokens: usize,
+        batch: usize,
+        seq: usize,
         ranks: [usize; 4],
         elem: Elem,
         dropout: bool,
@@ -54,10 +61,17 @@ impl Dims {
         };
         // A chunk of logits takes at most ~128 MiB (Gemma's vocabulary is 256k): 256 rows in
         // bf16 still keep the head's GEMMs at full speed, and larger chunks only cost memory.
+        let tokens = batch * seq;
         let head_rows = ((128usize << 20) / (config.vocab_size * elem.size())).clamp(16, tokens.max(16));
-        let mlp_rows = mlp_rows(config.intermediate_size * elem.size() * share).min(tokens.max(1));
+        let mlp_rows = mlp_rows(config.intermediate_size * elem.size() * share);
+        let pass_tokens = match favour {
+            Favour::Speed => tokens,
+            Favour::Memory => ((mlp_rows / seq.max(1)).max(1) * seq).min(tokens),
+        }
+        .max(1);
         Self {
             tokens,
+            pass_tokens,
             hidden: config.hidden_size,
             q: config.num_attention_heads * config.head_dim,
             kv: config.num_key_value_heads * config.head_dim,
@@ -66,7 +80,7 @@ impl Dims {
             layers: config.num_hidden_layers(),
             ranks,
             head_rows,
-            mlp_rows,
+            mlp_rows: mlp_rows.min(pass_tokens),
             vocab: config.vocab_size,
             elem,
             dropout,
@@ -100,6 +114,7 @@ impl Dims {
         );
         same_model
             && self.tokens >= other.tokens
+            && self.pass_tokens >= other.pass_tokens
             && self.mlp_rows >= other.mlp_rows
             && self.ranks.iter().zip(other.ranks).all(|(a, b)| *a >= b)
             && self.dropout >= other.dropout
@@ -189,7 +204,8 @@ pub struct Scratch {
 /// Each named buffer's offset in the arena, and the arena's size.
 fn layout(dims: Dims) -> (Ptrs, usize) {
     let Dims {
-        tokens: n,
+        tokens,
+        pass_tokens: n,
         hidden: h,
         q,
         kv,
@@ -209,12 +225,11 @@ fn layout(dims: Dims) -> (Ptrs, usize) {
     let group_in = [h, q, h, i];
     let adapter_input = (n * h.max(q)).max(rows * i);
     let t = elem.size();
-    let mut end = 0usize;
-    let mut take = |bytes: usize| {
-        let offset = end.next_multiple_of(256);
-        end = offset + bytes;
-        offset as u64
-    };
+    // A layer's buffers and the LM head's share the arena: the head runs between layers, and
+    // a layer's backward recomputes all it reads but the kept attention outputs (kept apart).
+    let mut layer = Cursor::default();
+    let mut head = Cursor::default();
+    let mut take = |bytes: usize| layer.take(bytes);
     let mut p = Ptrs {
         a: take(n * h * t),
         q_raw: take(n * q * t),
@@ -250,21 +265,38 @@ fn layout(dims: Dims) -> (Ptrs, usize) {
         d_a: [0, 1, 2, 3].map(|g| take(ranks[g] * group_in[g] * 4)),
         dropped: take(if dropout { adapter_input * t } else { 0 }),
         dropped_grad: take(if dropout { adapter_input * t } else { 0 }),
-        head_normed: take(head_rows * h * t),
-        logits: take(head_rows * vocab * t),
-        head_grad: take(head_rows * h * t),
-        losses: take(n * 4),
+        head_normed: head.take(head_rows * h * t),
+        logits: head.take(head_rows * vocab * t),
+        head_grad: head.take(head_rows * h * t),
+        losses: head.take(tokens * 4),
         saved_attn: 0,
         saved_stride: 0,
     };
     // The down projection's input gradient overwrites its input, once its dA has read it.
     p.dp = p.p;
+    let mut rest = Cursor {
+        end: layer.end.max(head.end),
+    };
     let stride = (n * q * t).next_multiple_of(256) + (heads * n * 4).next_multiple_of(256);
     if save_attention && layers * stride <= SAVED_ATTENTION_LIMIT {
-        p.saved_attn = take(layers * stride);
+        p.saved_attn = rest.take(layers * stride);
         p.saved_stride = stride as u64;
     }
-    (p, end)
+    (p, rest.end)
+}
+
+/// The end of the buffers laid out so far; each starts 256-byte aligned.
+#[derive(Default)]
+struct Cursor {
+    end: usize,
+}
+
+impl Cursor {
+    fn take(&mut self, bytes: usize) -> u64 {
+        let offset = self.end.next_multiple_of(256);
+        self.end = offset + bytes;
+        offset as u64
+    }
 }
 
 impl Scratch {
@@ -332,12 +364,62 @@ impl Scratch {
             let o = p.saved_attn + layer as u64 * p.saved_stride;
             (
                 o,
-                o + (self.dims.tokens * self.dims.q * self.dims.elem.size()).next_multiple_of(256) as u64,
+                o + (self.dims.pass_tokens * self.dims.q * self.dims.elem.size()).next_multiple_of(256) as u64,
             )
         })
     }
 
     pub fn bytes(&self) -> usize {
         self.arena.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ember_model::GemmaConfig;
+    use ember_trainer::kernels::Favour;
+
+    use super::{Dims, layout};
+    use crate::gemm::Elem;
+
+    fn gemma_2b() -> GemmaConfig {
+        let json = r#"{"model_type": "gemma", "vocab_size": 256000, "hidden_size": 2048,
+            "intermediate_size": 16384, "num_hidden_layers": 18, "num_attention_heads": 8,
+            "num_key_value_heads": 1, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "rope_theta": 10000.0}"#;
+        GemmaConfig::parse(json, Path::new("gemma-2b")).expect("a valid config")
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn favouring_memory_sizes_a_layer_for_one_pass_of_rows() {
+        let config = gemma_2b();
+        let ranks = [48, 16, 32, 16];
+        let speed = Dims::new(&config, 8, 1024, ranks, Elem::Bf16, false, Favour::Speed);
+        let memory = Dims::new(&config, 8, 1024, ranks, Elem::Bf16, false, Favour::Memory);
+        assert_eq!((speed.pass_tokens, speed.mlp_rows), (8192, 8192));
+        // Two rows of 1,024 a pass: one MLP chunk of 2,048 rows.
+        assert_eq!((memory.pass_tokens, memory.mlp_rows), (2048, 2048));
+        let (speed_bytes, memory_bytes) = (layout(speed).1, layout(memory).1);
+        assert!(memory_bytes < 520 * MIB, "{} MiB", memory_bytes / MIB);
+        assert!(speed_bytes > 2 * memory_bytes, "{} MiB", speed_bytes / MIB);
+        // A row longer than a pass's share is a pass of its own.
+        let long = Dims::new(&config, 1, 16384, ranks, Elem::Bf16, false, Favour::Memory);
+        assert_eq!((long.pass_tokens, long.mlp_rows), (16384, 2048));
+        assert!(speed.covers(&memory) && !memory.covers(&speed) && !memory.covers(&long));
+    }
+
+    #[test]
+    fn the_lm_head_shares_the_layer_buffers() {
+        let config = gemma_2b();
+        let dims = Dims::new(&config, 8, 1024, [48, 16, 32, 16], Elem::Bf16, false, Favour::Memory);
+        let (p, bytes) = layout(dims);
+        // The head's chunk of logits (~128 MiB) starts the arena again, under the layer's buffers.
+        assert_eq!(p.head_normed, 0);
+        assert!(p.logits < p.g && bytes >= p.losses as usize + dims.tokens * 4);
+        assert_eq!(p.saved_stride, 0);
     }
 }

@@ -56,6 +56,10 @@ pub struct Args {
     /// minutes); PEFT's reference, when there is one, is still compared.
     #[arg(long)]
     pub skip_burn: bool,
+    /// Checkpoint as `offload_activations` does: kept layer inputs off the device, and kernels
+    /// favouring memory (Ember's CUDA kernels then run each layer in passes of rows).
+    #[arg(long)]
+    pub offload_activations: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub kernels: KernelChoice,
     #[command(flatten)]
@@ -123,12 +127,13 @@ impl TrainTask for Check {
             None => random_batch(model.config.vocab_size, a.batch, a.seq, &a.layout, a.seed)?,
         };
         let normaliser = batch.num_trained_tokens.max(1) as f64;
-        let layers = Checkpointing::Layers { offload: false };
-        let run = |k: &dyn TrainKernels<B>| -> Result<(f64, AdapterGrads<B>)> {
+        let run_with = |k: &dyn TrainKernels<B>, offload: bool| -> Result<(f64, AdapterGrads<B>)> {
             let mut grads = AdapterGrads::new();
+            let layers = Checkpointing::Layers { offload };
             let loss = accumulate(&model, &batch, normaliser, layers, k, &mut grads, None, None)?;
             Ok((loss / normaliser, grads))
         };
+        let run = |k: &dyn TrainKernels<B>| run_with(k, a.offload_activations);
         let started = std::time::Instant::now();
         let (loss, grads) = run(kernels)?;
         eprintln!(
@@ -140,12 +145,23 @@ impl TrainTask for Check {
             "model": a.model,
             "dtype": dtype_name(dtype),
             "lora_dropout": a.lora_dropout.unwrap_or(0.0),
+            "offload_activations": a.offload_activations,
             "kernels": kernels.name(),
             "tokens": batch.batch * batch.seq,
             "loss": loss,
             "grads": grads.len(),
         });
         let mut pass = loss.is_finite();
+        if a.offload_activations {
+            // Favouring memory changes only how the kernels cut the work (passes of rows,
+            // chunks): the same kernels favouring speed are the reference.
+            let (loss_speed, grads_speed) = run_with(kernels, false)?;
+            let (worst_key, worst) = worst_difference(&grads, &grads_speed)?;
+            report["loss_speed"] = json!(loss_speed);
+            report["grad_rel_diff_speed_max"] = json!(worst);
+            report["grad_rel_diff_speed_key"] = json!(worst_key);
+            pass &= worst <= a.tolerance && ((loss - loss_speed) / loss_speed).abs() <= a.tolerance;
+        }
         if !a.skip_burn {
             let (loss_ref, grads_ref) = run(&BurnKernels)?;
             let (worst_key, worst) = worst_difference(&grads, &grads_ref)?;
