@@ -30,6 +30,15 @@ pub fn allocated(device: &dyn Any) -> Option<Allocated> {
     })
 }
 
+/// The most burn's allocator held before a release by Ember's CUDA kernels (0 elsewhere): a
+/// peak within a step that a reading after it would miss.
+pub fn reserved_seen(device: &dyn Any) -> u64 {
+    match device.downcast_ref::<CudaDevice>() {
+        Some(_) => ember_cuda::reserved_seen(),
+        None => 0,
+    }
+}
+
 /// Bytes in use on card `index` now, as the driver counts them (every process, CUDA contexts
 /// included).
 pub fn driver_used_bytes(index: usize) -> Option<u64> {

@@ -137,11 +137,22 @@ pub fn release_unused(device: &CudaDevice, favour: Favour) {
         Favour::Memory => 0,
     };
     let client = CudaRuntime::client(device);
-    if let Ok(usage) = client.memory_usage()
-        && usage.bytes_reserved.saturating_sub(usage.bytes_in_use) > limit
-    {
-        client.memory_cleanup();
+    if let Ok(usage) = client.memory_usage() {
+        RESERVED_SEEN.fetch_max(usage.bytes_reserved, Ordering::Relaxed);
+        if usage.bytes_reserved.saturating_sub(usage.bytes_in_use) > limit {
+            client.memory_cleanup();
+        }
     }
+}
+
+/// The most cubecl had reserved when [`release_unused`] looked, before releasing.
+static RESERVED_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// The most memory burn's allocator held before a release of Ember's: a step's peak, which a
+/// reading after the step misses when a release came in between (favouring memory, before
+/// the optimizer).
+pub fn reserved_seen() -> u64 {
+    RESERVED_SEEN.load(Ordering::Relaxed)
 }
 
 /// Waits until burn's queued work on `device` is done, so Ember's stream may read its results

@@ -44,6 +44,8 @@ struct State {
     offload: Option<Offload>,
     /// Where a 4-bit model's layer is dequantized (see [`ModelWeights::hold`]).
     dequant_room: Option<Buffer>,
+    /// What the last micro-batch favoured.
+    favour: Favour,
 }
 
 impl CudaKernels {
@@ -219,6 +221,13 @@ impl TrainKernels<CudaBackend> for CudaKernels {
 
 impl BlockwiseAdamKernel<CudaBackend> for CudaKernels {
     fn step(&self, step: BlockwiseStep<'_, CudaBackend>) -> std::result::Result<BlockwiseResult<CudaBackend>, String> {
+        // Favouring memory, the layers' hidden states (gone by now, their memory kept for the
+        // next step's) go back before the update allocates the new parameters and state: the
+        // step's peak is then the backward's, not the two together.
+        let favour = self.state.borrow().as_ref().map(|s| s.favour);
+        if favour == Some(Favour::Memory) {
+            release_unused(&step.codes[0].device(), Favour::Memory);
+        }
         self.with_cuda(|cuda| crate::optimizer::adamw8bit(cuda, step))
             .map_err(|e| e.to_string())
     }
@@ -253,9 +262,11 @@ impl<'a> CudaBatch<'a> {
                 scratch: None,
                 offload: None,
                 dequant_room: None,
+                favour,
             });
         }
         let st = state.as_mut().expect("set up above");
+        st.favour = favour;
         st.cuda.gpu.bind()?;
         st.adapters.pack(&mut st.cuda, model, e)?;
         let data = BatchData::upload(&st.cuda.gpu, &model.config, batch)?;

@@ -27,7 +27,7 @@ mod optimizer;
 mod profile;
 mod scratch;
 
-pub use bridge::CudaBackend;
+pub use bridge::{CudaBackend, reserved_seen};
 pub use engine::CudaKernels;
 pub use error::{CudaError, Result};
 pub use nccl::NcclGroup;

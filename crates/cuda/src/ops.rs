@@ -556,9 +556,10 @@ impl Cuda {
 
     /// Attention forward: writes `io.o` and `io.lse`.
     pub fn attention_forward(&mut self, e: Elem, s: AttnShape, io: AttnIo) -> Result<()> {
-        let grid = (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32);
         let mut args = vec![Ptr(io.q), Ptr(io.k), Ptr(io.v), Ptr(io.o), Ptr(io.lse), Ptr(io.segs)];
         if s.fused(e) {
+            // The tile last: blocks start longest first (see attention_flash.cu).
+            let grid = (s.heads as u32, s.batch as u32, s.seq.div_ceil(64) as u32);
             args.push(Ptr(io.stats));
             args.extend(s.args());
             let name = match s.head_dim {
@@ -717,7 +718,7 @@ impl Cuda {
             ]);
             args.extend(s.args());
             let shared = 6 * 64 * hd * 2 + 2 * 64 * 64 * 2 + 4 * 64 * 4;
-            let grid = (tiles as u32, (s.kv_heads * splits) as u32, s.batch as u32);
+            let grid = ((s.kv_heads * splits) as u32, s.batch as u32, tiles as u32);
             self.launch(dkdv, grid, 256, shared, &args)?;
             if splits > 1 {
                 let n = tokens * s.kv_heads * hd;
@@ -736,7 +737,7 @@ impl Cuda {
             let shared = 2 * 64 * hd * 2 + 3 * bn * hd * 2 + (64 + bn) * 4;
             self.launch(
                 dq_name,
-                (tiles as u32, s.heads as u32, s.batch as u32),
+                (s.heads as u32, s.batch as u32, tiles as u32),
                 128,
                 shared,
                 &args,

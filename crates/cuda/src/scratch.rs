@@ -41,8 +41,8 @@ pub struct Dims {
 
 impl Dims {
     /// The layout for micro-batches of `batch` rows of `seq` tokens. Favouring memory, the
-    /// MLP's chunks are a quarter of the size, a layer runs in passes of whole rows of about
-    /// one MLP chunk (its buffers sized for one pass, not the micro-batch), and no attention
+    /// MLP's chunks are a quarter of the size, a layer runs in passes of whole rows ([`pass_tokens`]:
+    /// its buffers sized for one pass, not the micro-batch), and no attention
     /// output is kept (the backward's recompute runs the attention forward again). The LM
     /// head's chunk stays: at a quarter of the rows its GEMMs ran at a third of the speed (247
     /// against 747 TFLOP/s at Gemma-2B's shape, H200).
@@ -66,7 +66,7 @@ impl Dims {
         let mlp_rows = mlp_rows(config.intermediate_size * elem.size() * share);
         let pass_tokens = match favour {
             Favour::Speed => tokens,
-            Favour::Memory => ((mlp_rows / seq.max(1)).max(1) * seq).min(tokens),
+            Favour::Memory => pass_tokens(config, seq, mlp_rows).min(tokens),
         }
         .max(1);
         Self {
@@ -134,6 +134,26 @@ fn mlp_rows(row_bytes: usize) -> usize {
         .and_then(|rows| rows.parse().ok())
         .unwrap_or((256usize << 20) / row_bytes)
         .max(1)
+}
+
+/// Attention blocks a pass should give its kernels: two waves of the forward's on an H100 or
+/// H200 (132 SMs, two blocks each). With fewer, the longest causal tiles run beside idle SMs:
+/// Gemma-2B's attention took 55 instead of 38 ms a step in passes of two rows of 1,024.
+const ATTENTION_BLOCKS: usize = 512;
+
+/// Tokens of a pass favouring memory: whole rows of `seq` tokens, enough for an MLP chunk of
+/// `mlp_rows` and for [`ATTENTION_BLOCKS`] attention blocks (64 queries of a head each).
+/// `EMBER_CUDA_PASS_TOKENS` sets the target instead (measurements).
+fn pass_tokens(config: &GemmaConfig, seq: usize, mlp_rows: usize) -> usize {
+    let seq = seq.max(1);
+    let target = std::env::var("EMBER_CUDA_PASS_TOKENS")
+        .ok()
+        .and_then(|tokens| tokens.parse().ok())
+        .unwrap_or_else(|| {
+            let row_blocks = seq.div_ceil(64) * config.num_attention_heads;
+            mlp_rows.max(ATTENTION_BLOCKS.div_ceil(row_blocks) * seq)
+        });
+    (target / seq).max(1) * seq
 }
 
 /// Device pointers of the named buffers (see [`Scratch::new`] for their shapes).
@@ -401,10 +421,11 @@ mod tests {
         let speed = Dims::new(&config, 8, 1024, ranks, Elem::Bf16, false, Favour::Speed);
         let memory = Dims::new(&config, 8, 1024, ranks, Elem::Bf16, false, Favour::Memory);
         assert_eq!((speed.pass_tokens, speed.mlp_rows), (8192, 8192));
-        // Two rows of 1,024 a pass: one MLP chunk of 2,048 rows.
-        assert_eq!((memory.pass_tokens, memory.mlp_rows), (2048, 2048));
+        // Four rows of 1,024 a pass (512 attention blocks of 64 queries of a head), the MLP
+        // in two chunks of 2,048 rows.
+        assert_eq!((memory.pass_tokens, memory.mlp_rows), (4096, 2048));
         let (speed_bytes, memory_bytes) = (layout(speed).1, layout(memory).1);
-        assert!(memory_bytes < 520 * MIB, "{} MiB", memory_bytes / MIB);
+        assert!(memory_bytes < 560 * MIB, "{} MiB", memory_bytes / MIB);
         assert!(speed_bytes > 2 * memory_bytes, "{} MiB", speed_bytes / MIB);
         // A row longer than a pass's share is a pass of its own.
         let long = Dims::new(&config, 1, 16384, ranks, Elem::Bf16, false, Favour::Memory);

@@ -119,7 +119,11 @@ __device__ __forceinline__ float flash_score(float raw, float scale, float cap, 
     return s;
 }
 
-// ---- forward: grid (query tiles of 64, heads, batch), 4 warps of 16 query rows ----
+// Grids put the tile last, so blocks start in order of their work over all heads and rows,
+// the longest (causal: the last query tiles, the first key tiles) first: the last wave then
+// holds short blocks, not one long block beside idle SMs.
+
+// ---- forward: grid (heads, batch, query tiles of 64), 4 warps of 16 query rows ----
 template <int HD>
 __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* segs,
                               const int* stats, AttnShape a) {
@@ -130,10 +134,10 @@ __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16*
     bf16* Vs = Ks + BN * HD;
     int* seg_q = (int*)(Vs + BN * HD);
     int* seg_k = seg_q + BM;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+    const int h = blockIdx.x, b = blockIdx.y, q0 = (gridDim.z - 1 - blockIdx.z) * BM;
     const int hk = h / (a.heads / a.kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const long tokens = (long)gridDim.z * a.seq;
+    const long tokens = (long)gridDim.y * a.seq;
     const int qw = a.heads * HD, kw = a.kv_heads * HD;
     const long first = (long)b * a.seq;
     const int q_last = min(q0 + BM, a.seq) - 1;
@@ -271,7 +275,7 @@ __device__ void flash_forward(const bf16* q, const bf16* k, const bf16* v, bf16*
     }
 }
 
-// ---- dK, dV: grid (key tiles of 64, kv heads × splits, batch), 8 warps ----
+// ---- dK, dV: grid (kv heads × splits, batch, key tiles of 64), 8 warps ----
 // Block (x, y) takes key tile x of kv head y / splits and the query heads of share y % splits of
 // its group. Warp w owns keys 16·(w % 4) of the tile; for the scores it takes queries 32·(w / 4)
 // of the query tile, for the gradients dimensions (HD/2)·(w / 4). P and dS pass through shared
@@ -294,11 +298,11 @@ __device__ void flash_backward_dkdv(const bf16* q, const bf16* k, const bf16* v,
     float* dot_s = lse_s + BM;
     int* seg_q = (int*)(dot_s + BM);
     int* seg_k = seg_q + BM;
-    const int b = blockIdx.z, hk = blockIdx.y / splits, share = blockIdx.y % splits, k0 = blockIdx.x * BN;
+    const int b = blockIdx.y, hk = blockIdx.x / splits, share = blockIdx.x % splits, k0 = blockIdx.z * BN;
     const int group = a.heads / a.kv_heads, per_share = group / splits;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kg = warp & 3, half = warp >> 2;
-    const long tokens = (long)gridDim.z * a.seq;
+    const long tokens = (long)gridDim.y * a.seq;
     const int qw = a.heads * HD, kw = a.kv_heads * HD;
     const long first = (long)b * a.seq;
     const int k_last = min(k0 + BN, a.seq) - 1;
@@ -459,7 +463,7 @@ extern "C" __global__ void attention_flash_sum_splits(const float* part, bf16* d
     }
 }
 
-// ---- dQ: grid (query tiles of 64, heads, batch), 4 warps of 16 query rows, BN keys a step ----
+// ---- dQ: grid (heads, batch, query tiles of 64), 4 warps of 16 query rows, BN keys a step ----
 // K is double-buffered (the next tile's loads during this one's whole step), V loads during dQ.
 template <int HD, int BN>
 __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* d_o, const float* lse,
@@ -472,10 +476,10 @@ __device__ void flash_backward_dq(const bf16* q, const bf16* k, const bf16* v, c
     bf16* Vs = Kbuf + 2 * BN * HD;
     int* seg_q = (int*)(Vs + BN * HD);
     int* seg_k = seg_q + BM;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+    const int h = blockIdx.x, b = blockIdx.y, q0 = (gridDim.z - 1 - blockIdx.z) * BM;
     const int hk = h / (a.heads / a.kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const long tokens = (long)gridDim.z * a.seq;
+    const long tokens = (long)gridDim.y * a.seq;
     const int qw = a.heads * HD, kw = a.kv_heads * HD;
     const long first = (long)b * a.seq;
     const int q_last = min(q0 + BM, a.seq) - 1;
