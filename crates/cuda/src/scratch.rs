@@ -247,44 +247,70 @@ fn layout(dims: Dims) -> (Ptrs, usize) {
     let t = elem.size();
     // A layer's buffers and the LM head's share the arena: the head runs between layers, and
     // a layer's backward recomputes all it reads but the kept attention outputs (kept apart).
+    // Within a layer, the MLP's chunk buffers and the attention backward's share too: the
+    // backward's MLP loop is over before the attention backward writes its first.
     let mut layer = Cursor::default();
     let mut head = Cursor::default();
     let mut take = |bytes: usize| layer.take(bytes);
+    let (a, q_raw, q_buf, k_raw, k, v, o) = (
+        take(n * h * t),
+        take(n * q * t),
+        take(n * q * t),
+        take(n * kv * t),
+        take(n * kv * t),
+        take(n * kv * t),
+        take(n * q * t),
+    );
+    let (lse, attn, h_buf, m, d) = (
+        take(heads * n * 4),
+        take(n * h * t),
+        take(n * h * t),
+        take(n * h * t),
+        take(n * h * t),
+    );
+    let z = ranks.map(|r| take(n * r * t));
+    let (dd, dm) = (take(n * h * t), take(n * h * t));
+    let dz = ranks.map(|r| take(n * r * t));
+    let d_a = [0, 1, 2, 3].map(|g| take(ranks[g] * group_in[g] * 4));
+    let dropped = take(if dropout { adapter_input * t } else { 0 });
+    let dropped_grad = take(if dropout { adapter_input * t } else { 0 });
+    let mut mlp = Cursor { end: layer.end };
+    let mut back = Cursor { end: layer.end };
     let mut p = Ptrs {
-        a: take(n * h * t),
-        q_raw: take(n * q * t),
-        q: take(n * q * t),
-        k_raw: take(n * kv * t),
-        k: take(n * kv * t),
-        v: take(n * kv * t),
-        o: take(n * q * t),
-        lse: take(heads * n * 4),
-        attn: take(n * h * t),
-        h: take(n * h * t),
-        m: take(n * h * t),
-        g: take(rows * i * t),
-        u: take(rows * i * t),
-        p: take(rows * i * t),
-        d: take(n * h * t),
-        z: ranks.map(|r| take(n * r * t)),
-        dd: take(n * h * t),
+        a,
+        q_raw,
+        q: q_buf,
+        k_raw,
+        k,
+        v,
+        o,
+        lse,
+        attn,
+        h: h_buf,
+        m,
+        g: mlp.take(rows * i * t),
+        u: mlp.take(rows * i * t),
+        p: mlp.take(rows * i * t),
+        d,
+        z,
+        dd,
         dp: 0,
-        dm: take(n * h * t),
-        dh: take(n * h * t),
-        dattn: take(n * h * t),
-        d_o: take(n * q * t),
-        dots: take(heads * n * 4),
-        dq: take(n * q * t),
-        dk: take(n * kv * t),
-        dv: take(n * kv * t),
-        dkv_part: take(if q > kv { n * q * 8 } else { 0 }),
-        dq_raw: take(n * q * t),
-        dk_raw: take(n * kv * t),
-        da: take(n * h * t),
-        dz: ranks.map(|r| take(n * r * t)),
-        d_a: [0, 1, 2, 3].map(|g| take(ranks[g] * group_in[g] * 4)),
-        dropped: take(if dropout { adapter_input * t } else { 0 }),
-        dropped_grad: take(if dropout { adapter_input * t } else { 0 }),
+        dm,
+        dh: back.take(n * h * t),
+        dattn: back.take(n * h * t),
+        d_o: back.take(n * q * t),
+        dots: back.take(heads * n * 4),
+        dq: back.take(n * q * t),
+        dk: back.take(n * kv * t),
+        dv: back.take(n * kv * t),
+        dkv_part: back.take(if q > kv { n * q * 8 } else { 0 }),
+        dq_raw: back.take(n * q * t),
+        dk_raw: back.take(n * kv * t),
+        da: back.take(n * h * t),
+        dz,
+        d_a,
+        dropped,
+        dropped_grad,
         head_normed: head.take(head_rows * h * t),
         logits: head.take(head_rows * vocab * t),
         head_grad: head.take(head_rows * h * t),
@@ -295,7 +321,7 @@ fn layout(dims: Dims) -> (Ptrs, usize) {
     // The down projection's input gradient overwrites its input, once its dA has read it.
     p.dp = p.p;
     let mut rest = Cursor {
-        end: layer.end.max(head.end),
+        end: mlp.end.max(back.end).max(head.end),
     };
     let stride = (n * q * t).next_multiple_of(256) + (heads * n * 4).next_multiple_of(256);
     if save_attention && layers * stride <= SAVED_ATTENTION_LIMIT {
@@ -442,5 +468,8 @@ mod tests {
         assert_eq!(p.head_normed, 0);
         assert!(p.logits < p.g && bytes >= p.losses as usize + dims.tokens * 4);
         assert_eq!(p.saved_stride, 0);
+        // The attention backward's buffers start where the MLP's chunk buffers do.
+        assert_eq!(p.dh, p.g);
+        assert!(p.da > p.p && p.dm < p.g && p.d_a[3] < p.g);
     }
 }
