@@ -161,7 +161,9 @@ impl BatchRows {
 /// most `tokens` tokens a pass (one row at least).
 fn passes(batch: usize, seq: usize, tokens: usize) -> impl Iterator<Item = (usize, usize)> {
     let rows = (tokens / seq.max(1)).max(1);
-    (0..batch).step_by(rows).map(move |start| (start, rows.min(batch - start)))
+    (0..batch)
+        .step_by(rows)
+        .map(move |start| (start, rows.min(batch - start)))
 }
 
 /// `1 / theta^(2i/d) / factor` in f32, as `ember_model::RopeTables` computes it.

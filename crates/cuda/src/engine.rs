@@ -116,7 +116,15 @@ impl TrainKernels<CudaBackend> for CudaKernels {
         let tokens = shape.batch * shape.seq;
         let r = shape.rank;
         // Every projection adapted at the largest rank: q/k/v, o, gate/up, down.
-        let dims = Dims::new(model, shape.batch, shape.seq, [3 * r, r, 2 * r, r], e, shape.dropout, Favour::Speed);
+        let dims = Dims::new(
+            model,
+            shape.batch,
+            shape.seq,
+            [3 * r, r, 2 * r, r],
+            e,
+            shape.dropout,
+            Favour::Speed,
+        );
         // Beside the scratch: a layer's output and input gradient, the head's gradient
         // (burn tensors), and the step's adapter gradients (small).
         let hidden = (tokens * model.hidden_size * e.size()) as u64;

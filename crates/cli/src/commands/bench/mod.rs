@@ -218,7 +218,12 @@ impl TrainTask for Bench {
             let seconds = start.elapsed().as_secs_f64();
             loss = outcome.loss;
             if let Some(now) = memory::allocated(&device) {
-                reserved = Some(reserved.unwrap_or(0).max(now.reserved).max(memory::reserved_seen(&device)));
+                reserved = Some(
+                    reserved
+                        .unwrap_or(0)
+                        .max(now.reserved)
+                        .max(memory::reserved_seen(&device)),
+                );
             }
             eprintln!("  step {step:>2}: {seconds:.3} s, loss {loss:.4}");
             if step == 0 {
