@@ -123,7 +123,7 @@ impl TrainKernels<CudaBackend> for CudaKernels {
             [3 * r, r, 2 * r, r],
             e,
             shape.dropout,
-            Favour::Speed,
+            shape.favour,
         );
         // Beside the scratch: a layer's output and input gradient, the head's gradient
         // (burn tensors), and the step's adapter gradients (small).

@@ -16,7 +16,7 @@ use ember_model::{Family, GemmaConfig};
 
 use crate::config::{Offload, OptimKind, RunConfig};
 use crate::error::{Result, TrainError};
-use crate::kernels::TrainKernels;
+use crate::kernels::{Favour, TrainKernels};
 
 /// Device bytes of a run, by what holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +140,8 @@ pub struct StepShape {
     pub rank: usize,
     pub dtype: DType,
     pub dropout: bool,
+    /// What the layers' kernels favour: memory when layer inputs are offloaded.
+    pub favour: Favour,
 }
 
 /// The estimate for `model` with adapters `lora`, run as `run` says, in `dtype`, trained by
@@ -231,6 +233,10 @@ pub fn estimate<B: Backend>(
         rank,
         dtype,
         dropout: lora.lora_dropout > 0.0,
+        favour: match run.checkpointing && run.offload {
+            true => Favour::Memory,
+            false => Favour::Speed,
+        },
     };
     let step = kernels.step_bytes(model, shape);
     let saved_inputs = match (run.checkpointing, run.offload) {
