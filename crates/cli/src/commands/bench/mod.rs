@@ -14,7 +14,7 @@ use burn::backend::Autodiff;
 use burn::backend::cuda::CudaDevice;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ember_lora::{LoraConfig, add_lora, projections};
+use ember_lora::{LoraConfig, adapter_parameter_count, add_lora};
 use ember_model::bnb::FourBitConfig;
 use ember_model::{Family, GemmaForCausalLM, IGNORE_INDEX};
 use ember_trainer::config::OptimKind;
@@ -152,15 +152,8 @@ impl TrainTask for Bench {
         let driver_loaded = cuda_index.and_then(memory::driver_used_bytes);
         let build_s = start.elapsed().as_secs_f64();
         let total = config.parameter_count();
-        let trainable: usize = (0..model.model.layers.len())
-            .flat_map(|i| {
-                projections(i, &model.model.layers[i])
-                    .into_iter()
-                    .map(|(_, linear)| linear)
-            })
-            .filter_map(|linear| linear.lora.as_ref())
-            .map(|lora| lora.a.val().shape().num_elements() + lora.b.val().shape().num_elements())
-            .sum();
+        // Expert adapters (Gemma 4's MoE) included.
+        let trainable = adapter_parameter_count(&model);
         eprintln!(
             "ember bench: {} ({:.2} B parameters, {:.1} M trainable), batch {} x {}, built in {build_s:.1} s",
             a.arch,
