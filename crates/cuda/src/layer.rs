@@ -359,14 +359,6 @@ impl Rows {
     fn at(&self, ptr: u64, row_bytes: usize) -> u64 {
         ptr + (self.start * row_bytes) as u64
     }
-
-    fn first(&self) -> bool {
-        self.first
-    }
-
-    fn last(&self) -> bool {
-        self.last
-    }
 }
 
 /// Runs layer `run` on `x` (`[tokens, hidden]`), writing `y`, a pass of rows at a time
@@ -728,7 +720,7 @@ fn project_backward(
     let dropout = adapters
         .as_ref()
         .is_some_and(|a| a.members.iter().any(|&(p, _, _)| run.keep[p].is_some()));
-    let add = if rows.first() { 0.0 } else { 1.0 };
+    let add = if rows.first { 0.0 } else { 1.0 };
     let d_a = Mat::new(
         s.ptrs.d_a[g],
         adapters.as_ref().map_or(0, |a| a.rank),
@@ -811,7 +803,7 @@ fn project_backward(
     }
     for &(p, column, rank) in &adapters.members {
         let Some((grad_a, grad_b)) = grads[p] else { continue };
-        if rows.last() {
+        if rows.last {
             let member = d_a.rows(column, rank);
             cx.gpu.copy(grad_a, member.ptr, rank * in_features * 4)?;
         }

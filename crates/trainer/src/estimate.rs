@@ -233,10 +233,7 @@ pub fn estimate<B: Backend>(
         rank,
         dtype,
         dropout: lora.lora_dropout > 0.0,
-        favour: match run.checkpointing && run.offload {
-            true => Favour::Memory,
-            false => Favour::Speed,
-        },
+        favour: Favour::offloading(run.checkpointing && run.offload),
     };
     let step = kernels.step_bytes(model, shape);
     let saved_inputs = match (run.checkpointing, run.offload) {

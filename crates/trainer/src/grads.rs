@@ -192,7 +192,7 @@ fn accumulate_checkpointed<B: AutodiffBackend>(
 ) -> Result<f64> {
     let device = model.model.embed_tokens.weight.device();
     let frozen = model.valid();
-    let favour = if offload { Favour::Memory } else { Favour::Speed };
+    let favour = Favour::offloading(offload);
     let mut step = kernels.prepare(&frozen, batch, favour)?;
     let keep = |index: usize| {
         seed_dropout(&frozen, batch, index);

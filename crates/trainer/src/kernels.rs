@@ -106,6 +106,13 @@ pub enum Favour {
     Memory,
 }
 
+impl Favour {
+    /// What a run favours, given whether it offloads its layer inputs.
+    pub fn offloading(offload: bool) -> Self {
+        if offload { Self::Memory } else { Self::Speed }
+    }
+}
+
 /// One micro-batch's layer forward, layer backward and loss.
 pub trait BatchKernels<B: Backend> {
     /// Decoder layer `index` on `x` `[batch, seq, hidden]`, with the adapters' dropout masks.
